@@ -1,0 +1,19 @@
+# make setup    create .venv in this checkout and install the pinned requirements
+# make test     run the test suite (CPU, a few minutes)
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+CIFAR10_DATA ?= ../shared/data/cifar10-jpeg.tgz
+export CIFAR10_DATA
+
+.PHONY: setup test
+
+setup: $(VENV)/installed
+
+$(VENV)/installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $@
+
+test: setup
+	$(PYTHON) -m pytest -q

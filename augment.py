@@ -1,0 +1,116 @@
+"""The recipe's training augmentation: pad 4 and random 32x32 crop, horizontal flip, Cutout 8x8.
+
+Two implementations of the same three steps:
+- GPU batch transforms (the default): fastai batch transforms that act on a whole normalised
+  batch at once on its device, so the hot loop does no per-image work on the CPU.
+- An albumentations pipeline for the per-image path (`--aug albumentations`), the way the seed
+  notebooks ran it: uint8 images on CPU DataLoader workers.
+
+Both are training-only (`split_idx = 0`): fastai never applies them to the validation set.
+The GPU transforms run after `Normalize`, so Cutout fills with 0, which is the data set mean;
+the per-image path works on uint8 pixels before normalisation and fills with the mean pixel.
+"""
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastai.vision.all import PILImage, TensorImage, Transform
+
+PAD = 4
+CUTOUT_SIZE = 8
+
+
+class PadCrop(Transform):
+    """Pad by `pad` pixels and cut a random window of the original size: every image is shifted
+    by its own uniform offset in [-pad, pad] on each axis."""
+    split_idx, order = 0, 100  # training only; after Normalize (99)
+
+    def __init__(self, pad=PAD, mode="reflect"):
+        super().__init__()
+        self.pad, self.mode = pad, mode
+
+    def encodes(self, x: TensorImage):
+        n, c, h, w = x.shape
+        padded = F.pad(x, (self.pad,) * 4, mode=self.mode)
+        top = torch.randint(0, 2 * self.pad + 1, (n, 1), device=x.device)
+        left = torch.randint(0, 2 * self.pad + 1, (n, 1), device=x.device)
+        rows = (top + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (left + torch.arange(w, device=x.device))[:, None, None, :]
+        batch = torch.arange(n, device=x.device)[:, None, None, None]
+        channel = torch.arange(c, device=x.device)[None, :, None, None]
+        # One gather for the whole batch instead of a slice per image.
+        return padded[batch, channel, rows, cols]
+
+
+class FlipLR(Transform):
+    """Mirror each image left-right with probability `p`, chosen per image."""
+    split_idx, order = 0, 101
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = p
+
+    def encodes(self, x: TensorImage):
+        flip = torch.rand(x.shape[0], device=x.device) < self.p
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class Cutout(Transform):
+    """Fill one `size` x `size` square per image with `fill`; the square lies wholly inside the
+    image at a uniform position (DeVries & Taylor 2017, as in Myrtle's DAWNBench recipe).
+    `fill=0` after Normalize is the data set mean."""
+    split_idx, order = 0, 102
+
+    def __init__(self, size=CUTOUT_SIZE, fill=0.0, p=1.0):
+        super().__init__()
+        self.size, self.fill, self.p = size, fill, p
+
+    def encodes(self, x: TensorImage):
+        n, _, h, w = x.shape
+        top = torch.randint(0, h - self.size + 1, (n, 1), device=x.device)
+        left = torch.randint(0, w - self.size + 1, (n, 1), device=x.device)
+        rows = torch.arange(h, device=x.device)
+        cols = torch.arange(w, device=x.device)
+        in_rows = (rows >= top) & (rows < top + self.size)
+        in_cols = (cols >= left) & (cols < left + self.size)
+        square = in_rows[:, :, None] & in_cols[:, None, :]
+        square &= (torch.rand(n, device=x.device) < self.p)[:, None, None]
+        return x.masked_fill(square[:, None], self.fill)
+
+
+def gpu_augmentations(pad_mode="reflect"):
+    """The recipe's transform list, for `batch_tfms` after Normalize."""
+    return [PadCrop(PAD, pad_mode), FlipLR(), Cutout(CUTOUT_SIZE)]
+
+
+def albumentations_pipeline(mean, seed=None):
+    """The same three steps per uint8 HWC image; `mean` (RGB in [0, 1]) is Cutout's fill."""
+    fill = tuple(int(round(255 * m)) for m in mean)
+    return A.Compose([
+        # BORDER_REFLECT_101 mirrors without repeating the edge pixel, like torch's "reflect".
+        A.PadIfNeeded(min_height=32 + 2 * PAD, min_width=32 + 2 * PAD, border_mode=cv2.BORDER_REFLECT_101),
+        A.RandomCrop(32, 32),
+        A.HorizontalFlip(p=0.5),
+        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(CUTOUT_SIZE, CUTOUT_SIZE),
+                        hole_width_range=(CUTOUT_SIZE, CUTOUT_SIZE), fill=fill, p=1.0),
+    ], seed=seed)
+
+
+class AlbumentationsTransform(Transform):
+    """fastai item transform around an albumentations pipeline, training images only."""
+    split_idx, order = 0, 2  # after Resize (1), before ToTensor (5)
+
+    def __init__(self, pipeline):
+        super().__init__()
+        self.pipeline = pipeline
+        self.seeded_for = None
+
+    def encodes(self, img: PILImage):
+        # albumentations keeps its own random state, which every DataLoader worker inherits
+        # as an identical copy: reseed from torch's per-worker seed so that workers differ
+        # and a run with a fixed --seed repeats.
+        if self.seeded_for != torch.initial_seed():
+            self.seeded_for = torch.initial_seed()
+            self.pipeline.set_random_seed(self.seeded_for % 2**32)
+        return PILImage.create(self.pipeline(image=np.asarray(img))["image"])

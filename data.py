@@ -1,0 +1,316 @@
+"""CIFAR-10 from whatever the user has, through one fastai DataBlock.
+
+Sources, in the order they are looked for:
+- `--data PATH` or the environment variable CIFAR10_DATA: a folder or a .tgz in fastai's
+  URLs.CIFAR layout (train/<class>/*, test/<class>/*, any image format), or the official python
+  version (the cifar-10-batches-py/ folder or cifar-10-python.tar.gz);
+- otherwise fastai's `untar_data(URLs.CIFAR)` download.
+Archives are unpacked, and python batches written out as PNG files in that layout, once, into
+the cache folder (CIFAR10_CACHE, default ~/.cache/cifar10-fast). The decoded uint8 pixels are
+cached there too, so the next run starts in seconds.
+
+The validation set is the official 10,000-image test split. Images are normalised with the
+channel statistics of the training images in use.
+"""
+import hashlib
+import os
+import pickle
+import shutil
+import socket
+import tarfile
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.vision.all import (CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize,
+                               PILImage, Resize, TensorCategory, TensorImage, TfmdDL, URLs,
+                               get_image_files, parent_label, untar_data)
+from PIL import Image
+
+from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
+
+IMAGE_SIZE = 32
+SPLITS = ("train", "test")
+PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class DataError(Exception):
+    """A problem with the user's data, worded as one line that says what to do."""
+
+
+def cache_root():
+    return Path(os.environ.get("CIFAR10_CACHE", Path.home() / ".cache" / "cifar10-fast")).expanduser()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: turn whatever the user has into a folder in fastai's layout.
+
+def cifar10_folder(data=None):
+    """The folder (train/<class>/*, test/<class>/*) for `data`, CIFAR10_DATA or the download."""
+    data = data or os.environ.get("CIFAR10_DATA")
+    if not data:
+        return download()
+    path = Path(data).expanduser().absolute()
+    if not path.exists():
+        raise DataError(f"{path} does not exist: point --data or CIFAR10_DATA at a CIFAR-10 folder or .tgz")
+    if path.is_file():
+        path = unpack(path)
+    return layout_folder(path)
+
+
+def download():
+    # fastai's download has no timeout of its own: without one, a machine with no route out hangs.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        return layout_folder(untar_data(URLs.CIFAR))
+    except Exception as e:
+        raise DataError(f"could not download CIFAR-10 ({type(e).__name__}: {e}); "
+                        "pass --data PATH or set CIFAR10_DATA to a local copy") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def source_key(path):
+    """Names a cache entry after the source's path, size and modification time."""
+    stat = path.stat()
+    text = f"{path.absolute()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{path.name.split('.')[0]}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+def build_once(target, build):
+    """Run `build(tmp_dir)` and move the result to `target`, so that an interrupted build never
+    leaves a half-written cache entry behind."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    try:
+        build(tmp)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def unpack(archive):
+    if not tarfile.is_tarfile(archive):
+        raise DataError(f"{archive} is not a folder or a .tgz/.tar.gz archive: point --data at one of those")
+
+    def extract(tmp):
+        print(f"unpacking {archive} into the cache (once)")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of tmp
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"{archive} is damaged ({e}): download it again") from None
+
+    return build_once(cache_root() / "unpacked" / source_key(archive), extract)
+
+
+def layout_folder(path):
+    """Find fastai's layout in `path`, in the one folder an archive usually wraps it in, or make
+    it from the python batches."""
+    for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
+        if all((candidate / split).is_dir() for split in SPLITS):
+            check_layout(candidate)
+            return candidate
+        if all((candidate / name).is_file() for name in PYTHON_BATCHES):
+            return python_batches_to_folder(candidate)
+    raise DataError(f"{path} holds neither train/ and test/ class folders nor the python batches "
+                    f"({', '.join(PYTHON_BATCHES)}): point --data at a CIFAR-10 copy")
+
+
+def class_names(folder):
+    return sorted(p.name for p in (folder / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_layout(folder):
+    classes = class_names(folder)
+    if not classes:
+        raise DataError(f"{folder / 'train'} has no class folders: expected train/<class>/<image> files")
+    test_classes = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir())
+    if test_classes != classes:
+        raise DataError(f"{folder}: train/ and test/ have different class folders "
+                        f"({', '.join(classes)} vs {', '.join(test_classes)}): give both the same classes")
+    for split in SPLITS:
+        if not get_image_files(folder / split):
+            raise DataError(f"{folder / split} has no image files: expected {split}/<class>/<image> files")
+
+
+def read_python_batch(path):
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
+        return images.transpose(0, 2, 3, 1), list(batch[b"labels"])
+    except Exception as e:
+        raise DataError(f"{path} is not a readable CIFAR-10 python batch ({type(e).__name__}): "
+                        "download cifar-10-python.tar.gz again") from None
+
+
+def python_batches_to_folder(batches):
+    """Write the official python version out in fastai's layout (PNG is lossless)."""
+    meta = batches / "batches.meta"
+    if meta.is_file():
+        with open(meta, "rb") as f:
+            classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"label_names"]]
+    else:
+        classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    def write(tmp):
+        print(f"writing the python batches in {batches} out as PNG files in the cache (once)")
+        for name in PYTHON_BATCHES:
+            split = "test" if name == "test_batch" else "train"
+            images, labels = read_python_batch(batches / name)
+            for i, (image, label) in enumerate(zip(images, labels)):
+                out = tmp / split / classes[label] / f"{name}-{i:05d}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(out)
+
+    return build_once(cache_root() / "converted" / source_key(batches / "test_batch"), write)
+
+
+# ---------------------------------------------------------------------------------------------
+# The DataBlock.
+
+def cifar10_items(folder, subset=None):
+    """Training images, class-interleaved (so the first N hold every class), then test images."""
+    train = sorted(get_image_files(folder / "train"))
+    rank_in_class, seen = [], {}
+    for path in train:
+        seen[path.parent.name] = seen.get(path.parent.name, -1) + 1
+        rank_in_class.append(seen[path.parent.name])
+    train = [train[i] for i in np.argsort(rank_in_class, kind="stable")]
+    return train[:subset] + sorted(get_image_files(folder / "test"))
+
+
+def in_test_folder(path):
+    # GrandparentSplitter does the same but parses each path again: seconds at 60k images.
+    return path.parent.parent.name == "test"
+
+
+def cifar10_block(classes, subset=None, item_tfms=()):
+    """ImageBlock and CategoryBlock, split by the train/ and test/ folders, labelled by the parent
+    folder. Resize(32) lets the exported learner take images of any size."""
+    return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)),
+                     get_items=partial(cifar10_items, subset=subset),
+                     splitter=FuncSplitter(in_test_folder),
+                     get_y=parent_label,
+                     item_tfms=[Resize(IMAGE_SIZE), *item_tfms])
+
+
+def read_image(path):
+    """RGB uint8 HWC; any mode is converted and any size resized to 32x32."""
+    try:
+        image = PILImage.create(path)
+        image.load()
+    except Exception as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__}): remove or replace the file") from None
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    return np.asarray(image)
+
+
+def file_stamps(paths):
+    return np.array([(s.st_size, s.st_mtime_ns) for s in map(os.stat, paths)], dtype=np.int64)
+
+
+def decoded_images(folder, paths):
+    """uint8 (N, 3, 32, 32) pixels of `paths`, decoded once per folder and cached by file name,
+    size and modification time."""
+    cache = cache_root() / "decoded" / f"{source_key(folder)}.npz"
+    names = [str(p)[len(str(folder)) + 1:] for p in paths]  # relative_to() is slow at 60k
+    stamps = file_stamps(paths)
+    if cache.exists():
+        with np.load(cache) as cached:
+            row = {name: i for i, name in enumerate(cached["names"])}
+            rows = [row.get(name, -1) for name in names]
+            if -1 not in rows and np.array_equal(cached["stamps"][rows], stamps):
+                return torch.from_numpy(cached["images"][rows]).permute(0, 3, 1, 2)
+    print(f"decoding {len(paths)} images from {folder} (cached for later runs)")
+    images = np.stack([read_image(p) for p in paths])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as f:
+        np.savez(f, names=np.array(names), stamps=stamps, images=images)
+    os.replace(f.name, cache)
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def channel_stats(images):
+    """Per-channel mean and std in [0, 1] of uint8 (N, 3, H, W) images, exactly, from each
+    channel's histogram of the 256 pixel values (no float copy of the data set)."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for channel in images.unbind(1):
+        counts = torch.bincount(channel.flatten(), minlength=256).double()
+        mean = (counts * values).sum() / counts.sum()
+        var = (counts * (values - mean) ** 2).sum() / (counts.sum() - 1)
+        means.append(mean.item())
+        stds.append(var.sqrt().item())
+    return means, stds
+
+
+class DeviceDataLoader(TfmdDL):
+    """A fastai DataLoader that serves batches straight from uint8 images held in device memory.
+
+    fastai's DataLoader builds every batch in Python one item at a time; CIFAR-10 is 180 MB as
+    uint8, so it fits on any GPU, and a batch is then one index into a tensor. The batch
+    transforms (to float, Normalize, the GPU augmentations) still run as in any fastai loader.
+    Without `images` (an exported learner's empty loaders, `test_dl` on new files) it falls back
+    to fastai's per-item path.
+    """
+
+    def __init__(self, dataset=None, images=None, labels=None, **kwargs):
+        super().__init__(dataset, **{**kwargs, "num_workers": 0})  # the data never leaves the device
+        self.images, self.labels = images, labels
+        if images is not None:
+            self.to(self.device)
+
+    def to(self, device):
+        super().to(device)
+        if self.images is not None and device is not None:
+            self.images, self.labels = self.images.to(device), self.labels.to(device)
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        if dataset is None or dataset is self.dataset:
+            kwargs = {"images": self.images, "labels": self.labels, **kwargs}
+        return super().new(dataset, cls, **kwargs)
+
+    def create_batches(self, samps):
+        if self.images is None:
+            yield from super().create_batches(samps)
+            return
+        # One host-to-device copy of the epoch's order, then only device-side indexing.
+        order = torch.tensor(list(samps), device=self.images.device)
+        for start in range(0, len(order), self.bs):
+            idxs = order[start:start + self.bs]
+            if self.drop_last and len(idxs) < self.bs:
+                break
+            yield TensorImage(self.images[idxs]), TensorCategory(self.labels[idxs])
+
+
+def cifar10_dataloaders(folder, bs=512, aug="gpu", device=None, subset=None, workers=None, seed=None):
+    """fastai DataLoaders over the folder; returns (dls, stats) with stats = (mean, std)."""
+    classes = class_names(folder)
+    block = cifar10_block(classes, subset)
+    dsets = block.datasets(folder)
+    train_idx, test_idx = dsets.splits
+    images = decoded_images(folder, dsets.items)
+    stats = channel_stats(images[train_idx])
+    batch_tfms = [*block.batch_tfms, Normalize.from_stats(*stats)]
+    if aug == "gpu":
+        labels = torch.tensor([classes.index(p.parent.name) for p in dsets.items])
+        splits_kwargs = [dict(images=images[idx], labels=labels[idx]) for idx in (train_idx, test_idx)]
+        dls = dsets.dataloaders(bs=bs, device=device, dl_type=DeviceDataLoader, dl_kwargs=splits_kwargs,
+                                after_item=block.item_tfms, after_batch=[*batch_tfms, *gpu_augmentations()])
+    elif aug == "albumentations":
+        augmentations = AlbumentationsTransform(albumentations_pipeline(stats[0], seed))
+        dls = dsets.dataloaders(bs=bs, device=device, num_workers=workers,
+                                after_item=[*block.item_tfms, augmentations], after_batch=batch_tfms)
+    else:
+        raise ValueError(f"unknown augmentation backend {aug!r}")
+    return dls, stats

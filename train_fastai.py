@@ -1,0 +1,408 @@
+"""Train the DAWNBench CustomResNet on CIFAR-10 with fastai, from LR range test to exported learner.
+
+The recipe (Myrtle's "How to train your ResNet", as DAWNBench ran it):
+    LR range test       LRMIN and LRMAX both found by `lr_find` (rule: `lr_bounds` below)
+    one-cycle           24 epochs, LRMIN -> LRMAX at the end of epoch 5 -> LRMIN, never lower
+    optimiser, loss     Adam, cross-entropy, batch size 512
+    augmentation        [PadCrop(4, reflect), FlipLR, Cutout(8x8)] on training images only
+
+    python train_fastai.py --find-lr        # the LR range test alone
+    python train_fastai.py --epochs 24      # the recipe; runs the finder first unless given LRs
+
+Every run writes a new folder <out>/<timestamp>[-name]/; see the README for each file in it.
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
+
+import matplotlib
+matplotlib.use("Agg")  # files only; never open a window
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from fastai.vision.all import (Adam, ClassificationInterpretation, CrossEntropyLossFlat, CSVLogger, Learner,
+                               accuracy, set_seed)
+from safetensors.torch import save_file
+
+from customresnet import CustomResNet, count_parameters
+from data import DataError, cifar10_dataloaders, cifar10_folder
+
+FINDER_START_LR, FINDER_END_LR = 1e-7, 10
+PEAK_FRACTION = 5 / 24  # the recipe peaks at the end of epoch 5 of 24
+LR_RULE = ("On fastai's smoothed lr_find loss: LRMAX = the LR of the lowest loss / 10; "
+           "LRMIN = the first LR at which the loss has made 10% of its fall to that lowest point, "
+           "capped at LRMAX / 10")
+
+
+class UsageError(Exception):
+    """A bad flag or setting, worded as one line that says what to do."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--find-lr", action="store_true",
+                   help="run only the LR range test and write lr_find.csv/.png/.json")
+    p.add_argument("--data", help="CIFAR-10 folder or .tgz (fastai layout or the python version); "
+                                  "default: $CIFAR10_DATA, else fastai's download")
+    p.add_argument("--epochs", type=int, default=24, help="training epochs (default 24)")
+    p.add_argument("--peak-epoch", type=float,
+                   help="the LR reaches LRMAX at the end of this epoch (default 5 of 24: 5/24 of the run)")
+    p.add_argument("--bs", type=int, default=512, help="batch size (default 512)")
+    p.add_argument("--lr-max", type=float, help="peak LR; default: found by the LR range test")
+    p.add_argument("--lr-min", type=float, help="start and end LR; default: found by the LR range test")
+    p.add_argument("--wd", type=float, default=0.01,
+                   help="decoupled weight decay of fastai's Adam, not on BatchNorm or biases (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random generator (default 0)")
+    p.add_argument("--out", default="runs", help="parent folder of run folders (default runs)")
+    p.add_argument("--name", help="suffix for the run folder's name")
+    p.add_argument("--aug", choices=["gpu", "albumentations"], default="gpu",
+                   help="gpu: batch transforms on the data's device (default); "
+                        "albumentations: per image on CPU DataLoader workers")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 mixed precision on a GPU that has it, fp16 on older GPUs, fp32 on CPU")
+    p.add_argument("--subset", type=int, help="train on the first N training images (class-balanced), "
+                                              "for quick runs; the test set stays whole")
+    p.add_argument("--workers", type=int, help="DataLoader workers for --aug albumentations (default: all cores)")
+    p.add_argument("--width", type=int, default=64,
+                   help="channels of the first layer; 64 is the recipe, smaller is a thin copy for quick runs")
+    p.add_argument("--finder-iters", type=int, default=100,
+                   help="LR range test iterations (default 100; a training run uses at most its own length)")
+    args = p.parse_args(argv)
+    if args.peak_epoch is None:
+        args.peak_epoch = args.epochs * PEAK_FRACTION
+    for problem in invalid_settings(args):
+        p.error(problem)
+    return args
+
+
+def invalid_settings(args):
+    positive = dict(epochs=args.epochs, bs=args.bs, width=args.width, subset=args.subset,
+                    lr_max=args.lr_max, lr_min=args.lr_min)
+    for name, value in positive.items():
+        if value is not None and not value > 0:
+            yield f"--{name.replace('_', '-')} must be positive, not {value}"
+    if not 0 < args.peak_epoch <= args.epochs:
+        yield f"--peak-epoch must lie in (0, --epochs={args.epochs}], not {args.peak_epoch}"
+    if args.lr_min and args.lr_max and args.lr_min >= args.lr_max:
+        yield f"--lr-min ({args.lr_min}) must be below --lr-max ({args.lr_max})"
+    if args.wd < 0:
+        yield f"--wd must not be negative, not {args.wd}"
+    if args.workers is not None and args.workers < 0:
+        yield f"--workers must not be negative, not {args.workers}"
+    if args.finder_iters < 10:
+        yield f"--finder-iters must be at least 10, not {args.finder_iters}"
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+    return device
+
+
+def resolve_precision(precision, device):
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise UsageError(f"--precision {precision} needs a CUDA GPU (fastai's mixed precision); use fp32 on {device}")
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def new_run_dir(out, name):
+    """A new folder for this run; an existing one is never reused."""
+    stem = datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out} ({e.strerror}): choose a writable folder") from None
+    for attempt in range(1, 1000):
+        run_dir = Path(out) / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UsageError(f"cannot create {run_dir} ({e.strerror}): choose a writable --out") from None
+    raise UsageError(f"too many runs named {stem} in {out}: choose another --name")
+
+
+def write_json(path, obj):
+    """Write through a temporary file so that a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_figure(fig, path):
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def make_learner(dls, args, run_dir, precision):
+    model = CustomResNet(num_classes=len(dls.vocab), width=args.width)
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=accuracy,
+                    wd=args.wd, path=run_dir)
+    if dls.device.type == "cuda":
+        learn.to_channelslast(use_amp=precision != "fp32", amp_mode=precision if precision != "fp32" else "fp16")
+    return learn
+
+
+def library_versions():
+    import albumentations
+    import fastai
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "fastai": fastai.__version__, "albumentations": albumentations.__version__, "numpy": np.__version__,
+            "cuda": torch.version.cuda}
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Before training: how long will it take on this CPU?
+
+def images_per_second(model, images, train):
+    """Throughput of a copy of `model` on one batch, so the real model is left untouched."""
+    model = copy.deepcopy(model).train(train)
+    labels = torch.zeros(len(images), dtype=torch.long, device=images.device)
+    start = time.perf_counter()
+    with torch.set_grad_enabled(train):
+        out = model(images)
+        if train:
+            torch.nn.functional.cross_entropy(out, labels).backward()
+    return len(images) / (time.perf_counter() - start)
+
+
+def print_cpu_estimate(learn, finder_iters, epochs):
+    images = learn.dls.valid.one_batch()[0][:64]
+    train_rate = images_per_second(learn.model, images, train=True)
+    eval_rate = images_per_second(learn.model, images, train=False)
+    trained = (finder_iters + epochs * len(learn.dls.train)) * learn.dls.train.bs
+    evaluated = (epochs + 1) * len(learn.dls.valid.dataset)  # one pass per epoch, one for the plots
+    seconds = trained / train_rate + evaluated / eval_rate
+    duration = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
+    print(f"CPU only: this run will take about {duration} ({train_rate:.0f} training images/s, "
+          f"{eval_rate:.0f} test images/s here); a GPU takes seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# The LR range test.
+
+def lr_bounds(lrs, losses, max_divisor=10, descent_fraction=0.1):
+    """LRMIN and LRMAX from a range test's smoothed loss curve (the rule in LR_RULE)."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    lowest = int(np.argmin(losses))
+    if lowest == 0 or not losses[lowest] < losses[0]:
+        raise UsageError("the LR range test found no fall in the loss; check the data, or give --lr-max and --lr-min")
+    lr_max = lrs[lowest] / max_divisor
+    fallen = losses[: lowest + 1] <= losses[0] - descent_fraction * (losses[0] - losses[lowest])
+    lr_min = min(lrs[int(np.argmax(fallen))], lr_max / max_divisor)
+    return float(lr_min), float(lr_max)
+
+
+def usable_curve(lrs, losses, num_it):
+    """Drop what fastai's own suggestions drop: the first 10% (the smoothed loss is still
+    warming up) and the last five points (divergence), and anything from the first NaN on."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    keep = slice(num_it // 10, len(lrs) - 5) if len(lrs) - 5 - num_it // 10 >= 3 else slice(None)
+    lrs, losses = lrs[keep], losses[keep]
+    finite = np.isfinite(losses)
+    end = len(losses) if finite.all() else int(np.argmin(finite))
+    return lrs[:end], losses[:end]
+
+
+def find_lr(learn, run_dir, num_it):
+    """Run fastai's lr_find and write lr_find.csv, lr_find.png and lr_find.json."""
+    learn.lr_find(start_lr=FINDER_START_LR, end_lr=FINDER_END_LR, num_it=num_it, show_plot=False,
+                  suggest_funcs=None)
+    lrs = [float(lr) for lr in learn.recorder.lrs]
+    losses = [float(loss) for loss in learn.recorder.losses]
+    pd.DataFrame({"lr": lrs, "loss": losses}).to_csv(run_dir / "lr_find.csv", index=False)
+    (run_dir / learn.model_dir).rmdir()  # lr_find parks the weights there and leaves it empty
+    lr_min, lr_max = lr_bounds(*usable_curve(lrs, losses, num_it))
+    loss_at = lambda lr: float(np.interp(np.log(lr), np.log(lrs), losses))
+    learn.recorder.plot_lr_find(suggestions=[(lr_min, loss_at(lr_min)), (lr_max, loss_at(lr_max))],
+                                nms=[f"LRMIN {lr_min:.2e}", f"LRMAX {lr_max:.2e}"])
+    fig = plt.gcf()
+    fig.axes[0].set_title(f"LR range test ({num_it} iterations)")
+    save_figure(fig, run_dir / "lr_find.png")
+    write_json(run_dir / "lr_find.json", {"lr_min": lr_min, "lr_max": lr_max, "rule": LR_RULE,
+                                          "iterations": num_it, "start_lr": FINDER_START_LR,
+                                          "end_lr": FINDER_END_LR})
+    print(f"LR range test: LRMIN = {lr_min:.3e}, LRMAX = {lr_max:.3e}")
+    return lr_min, lr_max
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+def one_cycle(lr_min, lr_max, peak_epoch, epochs):
+    """fit_one_cycle's arguments for LRMIN -> LRMAX at `peak_epoch` -> LRMIN. fastai starts at
+    lr_max/div and ends at lr_max/div_final, so both divisors are LRMAX/LRMIN ("no
+    annihilation": the LR never goes below LRMIN)."""
+    div = lr_max / lr_min
+    return dict(n_epoch=epochs, lr_max=lr_max, div=div, div_final=div, pct_start=peak_epoch / epochs)
+
+
+def fit(learn, schedule):
+    start = time.perf_counter()
+    learn.fit_one_cycle(**schedule, cbs=[CSVLogger("history.csv")])
+    if learn.dls.device.type == "cuda":
+        torch.cuda.synchronize(learn.dls.device)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs.
+
+def write_schedule(learn, run_dir, lr_min, lr_max):
+    hps = learn.recorder.hps
+    iters_per_epoch = len(learn.dls.train)
+    schedule = pd.DataFrame({"iteration": np.arange(len(hps["lr"])), "lr": hps["lr"], "mom": hps["mom"]})
+    schedule.insert(1, "epoch", schedule.iteration / iters_per_epoch)
+    schedule.to_csv(run_dir / "lr_schedule.csv", index=False)
+    fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    ax_lr.plot(schedule.epoch, schedule.lr)
+    for lr, label in ((lr_min, "LRMIN"), (lr_max, "LRMAX")):
+        ax_lr.axhline(lr, ls=":", c="gray")
+        ax_lr.annotate(f"{label} {lr:.2e}", (0, lr), textcoords="offset points", xytext=(2, 3), fontsize=8)
+    ax_lr.set(ylabel="learning rate", title="one-cycle schedule, per iteration")
+    ax_mom.plot(schedule.epoch, schedule.mom)
+    ax_mom.set(xlabel="epoch", ylabel="momentum (Adam beta1)")
+    save_figure(fig, run_dir / "lr_schedule.png")
+
+
+def write_curves(history, run_dir):
+    epochs = history.epoch + 1
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, history.train_loss, label="train (smoothed)")
+    ax_loss.plot(epochs, history.valid_loss, label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, 100 * history.accuracy, marker="o")
+    ax_acc.axhline(90, ls=":", c="gray")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)",
+               title=f"final {100 * history.accuracy.iloc[-1]:.2f}%")
+    save_figure(fig, run_dir / "curves.png")
+
+
+def write_interpretation(learn, run_dir):
+    interp = ClassificationInterpretation.from_learner(learn)
+    interp.plot_confusion_matrix(figsize=(7, 7), title="confusion matrix (test set)")
+    save_figure(plt.gcf(), run_dir / "confusion_matrix.png")
+    with plt.rc_context({"axes.titlesize": 9}):
+        interp.plot_top_losses(10, nrows=2, figsize=(15, 7))
+        save_figure(plt.gcf(), run_dir / "misclassified.png")
+
+
+def write_weights(learn, run_dir, stats):
+    state = {name: tensor.detach().float().contiguous().cpu() for name, tensor in learn.model.state_dict().items()}
+    save_file(state, run_dir / "model.safetensors", metadata={"format": "pt", "model": "CustomResNet"})
+    write_json(run_dir / "classes.json", {"classes": list(learn.dls.vocab), "mean": stats[0], "std": stats[1]})
+
+
+def summarize(history, learn, args, fit_seconds, device):
+    reached_90 = history.index[history.accuracy >= 0.9]
+    images_trained = args.epochs * len(learn.dls.train) * learn.dls.train.bs
+    return {
+        "final_accuracy": float(history.accuracy.iloc[-1]),  # the headline: never the best epoch
+        "best_accuracy": float(history.accuracy.max()),
+        "first_epoch_90": int(reached_90[0]) + 1 if len(reached_90) else None,
+        "epochs": args.epochs,
+        "parameters": count_parameters(learn.model),
+        "fit_seconds": round(fit_seconds, 3),
+        "train_images_per_s": round(images_trained / fit_seconds, 1),
+        "device": device_name(device),
+        "versions": library_versions(),
+        "seed": args.seed,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(args):
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    set_seed(args.seed, reproducible=True)
+    folder = cifar10_folder(args.data)
+    dls, stats = cifar10_dataloaders(folder, bs=args.bs, aug=args.aug, device=device, subset=args.subset,
+                                     workers=args.workers, seed=args.seed)
+    if len(dls.train) == 0:
+        raise UsageError(f"{len(dls.train_ds)} training images make no full batch of --bs {args.bs}: "
+                         "lower --bs or raise --subset")
+    run_dir = new_run_dir(args.out, args.name)
+    learn = make_learner(dls, args, run_dir, precision)
+    config = {**vars(args), "data": str(folder), "device": str(device), "precision": precision,
+              "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
+              "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir)}
+    print(f"run folder: {run_dir}\nconfig: {json.dumps(config)}")
+
+    run_finder = args.find_lr or args.lr_min is None or args.lr_max is None
+    # The range test is about 100 iterations, but never longer than the training run it serves.
+    finder_iters = args.finder_iters if args.find_lr else min(args.finder_iters, args.epochs * len(dls.train))
+    if device.type == "cpu":
+        print_cpu_estimate(learn, finder_iters if run_finder else 0, 0 if args.find_lr else args.epochs)
+    lr_min, lr_max, lr_source = args.lr_min, args.lr_max, "flags"
+    if run_finder:
+        found_min, found_max = find_lr(learn, run_dir, finder_iters)
+        lr_min, lr_max, lr_source = lr_min or found_min, lr_max or found_max, "lr_find.json"
+    config.update(lr_min=lr_min, lr_max=lr_max, lr_source=lr_source, finder_iters=finder_iters)
+    write_json(run_dir / "config.json", config)
+    if args.find_lr:
+        return
+    if lr_min >= lr_max:
+        raise UsageError(f"LRMIN {lr_min:.3g} is not below LRMAX {lr_max:.3g}: give both --lr-min and --lr-max")
+
+    schedule = one_cycle(lr_min, lr_max, args.peak_epoch, args.epochs)
+    print(f"training: {args.epochs} epochs, LR {lr_min:.3e} -> {lr_max:.3e} (epoch {args.peak_epoch:g}) "
+          f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}")
+    fit_seconds = fit(learn, schedule)
+
+    history = pd.read_csv(run_dir / "history.csv")
+    write_schedule(learn, run_dir, lr_min, lr_max)
+    write_curves(history, run_dir)
+    write_interpretation(learn, run_dir)
+    summary = summarize(history, learn, args, fit_seconds, device)
+    write_json(run_dir / "summary.json", summary)
+    write_weights(learn, run_dir, stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fastai warns that a pickle runs code: that is for the loader
+        learn.export("export.pkl")
+    print(f"final test accuracy {100 * summary['final_accuracy']:.2f}% after {args.epochs} epochs, "
+          f"fit {fit_seconds:.1f} s; outputs in {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
