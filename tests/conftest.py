@@ -1,0 +1,91 @@
+"""Tiny CIFAR-10-shaped data sets, built by the tests themselves, in every format data.py reads.
+
+Each class k is a flat colour (pixel value 20 * k + 10 in every channel), so a test can tell from
+a batch's pixels whether its labels are right."""
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+REPO = Path(__file__).resolve().parents[1]
+SHARED_TGZ = REPO.parent / "shared" / "data" / "cifar10-jpeg.tgz"
+
+
+def class_value(k):
+    return 20 * k + 10
+
+
+def class_image(k):
+    return np.full((32, 32, 3), class_value(k), dtype=np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache and no CIFAR10_DATA from the environment."""
+    monkeypatch.setenv("CIFAR10_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CIFAR10_DATA", raising=False)
+    return tmp_path / "cache"
+
+
+def write_folder(root, n_train=8, n_test=2, suffix=".png", classes=CLASSES):
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(class_image(k)).save(root / split / name / f"{i:04d}{suffix}")
+    return root
+
+
+def write_python_batches(root, per_batch=10, n_test=20):
+    """The official python version's files: data_batch_1..5, test_batch, batches.meta."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def batch(n):
+        labels = rng.integers(0, 10, n).tolist()
+        data = np.stack([class_image(k).transpose(2, 0, 1).reshape(-1) for k in labels])
+        return {b"data": data, b"labels": labels}
+
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
+        with open(root / name, "wb") as f:
+            pickle.dump(batch(n), f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [c.encode() for c in CLASSES]}, f)
+    return root
+
+
+def write_tgz(folder, archive, arcname):
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=arcname)
+    return archive
+
+
+@pytest.fixture
+def tiny_folder(tmp_path):
+    return write_folder(tmp_path / "cifar10")
+
+
+def real_subset(tmp_path, n_train_per_class, n_test_per_class):
+    """The first images of each class from the shared JPEG copy, in fastai's layout."""
+    data = Path(os.environ.get("CIFAR10_DATA", SHARED_TGZ))
+    if not data.is_file():
+        pytest.skip(f"{data} is not here (CI has it): set CIFAR10_DATA to the CIFAR-10 .tgz")
+    wanted = {"train": n_train_per_class, "test": n_test_per_class}
+    taken = {}
+    with tarfile.open(data) as tar:
+        for member in tar:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 4 or parts[-3] not in wanted:
+                continue
+            key = parts[-3:-1]
+            if taken.get(key, 0) < wanted[parts[-3]]:
+                taken[key] = taken.get(key, 0) + 1
+                target = tmp_path / "real" / Path(*parts[-3:])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+    return tmp_path / "real"

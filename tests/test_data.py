@@ -1,0 +1,181 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from conftest import CLASSES, class_value, write_folder, write_python_batches, write_tgz
+from data import DataError, channel_stats, cifar10_dataloaders, cifar10_folder, cifar10_items
+
+
+def check_labels_match_pixels(dl, stats):
+    """Every image of class k is the flat value class_value(k): undo Normalize and compare."""
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
+    for x, y in dl:
+        pixels = (x.as_subclass(torch.Tensor) * std + mean) * 255
+        expected = torch.tensor([class_value(k) for k in y.tolist()], dtype=torch.float32).view(-1, 1, 1, 1)
+        assert torch.allclose(pixels, expected.expand_as(pixels), atol=0.5)
+
+
+def load(source, **kwargs):
+    folder = cifar10_folder(str(source))
+    dls, stats = cifar10_dataloaders(folder, bs=8, device="cpu", **kwargs)
+    return folder, dls, stats
+
+
+SOURCES = {  # name: (make, training images, test images)
+    "png folder": (lambda tmp: write_folder(tmp / "cifar10"), 80, 20),
+    "bmp folder": (lambda tmp: write_folder(tmp / "cifar10", suffix=".bmp"), 80, 20),
+    "folder wrapping the layout": (lambda tmp: write_folder(tmp / "wrap" / "cifar10").parent, 80, 20),
+    "fastai .tgz": (lambda tmp: write_tgz(write_folder(tmp / "cifar10"), tmp / "cifar10.tgz", "cifar10"), 80, 20),
+    "python batches folder": (lambda tmp: write_python_batches(tmp / "cifar-10-batches-py"), 50, 20),
+    "python .tar.gz": (lambda tmp: write_tgz(write_python_batches(tmp / "cifar-10-batches-py"),
+                                             tmp / "cifar-10-python.tar.gz", "cifar-10-batches-py"), 50, 20),
+}
+
+
+@pytest.mark.parametrize("make,n_train,n_test", SOURCES.values(), ids=SOURCES.keys())
+def test_every_source_format_gives_labelled_train_and_test_sets(tmp_path, make, n_train, n_test):
+    folder, dls, stats = load(make(tmp_path))
+    assert list(dls.vocab) == CLASSES
+    assert (len(dls.train_ds), len(dls.valid_ds)) == (n_train, n_test)
+    check_labels_match_pixels(dls.valid, stats)
+    assert sum(len(y) for _, y in dls.valid) == n_test
+
+
+def test_env_variable_is_the_default_source(tiny_folder, monkeypatch):
+    monkeypatch.setenv("CIFAR10_DATA", str(tiny_folder))
+    assert cifar10_folder() == tiny_folder
+
+
+def test_training_batches_are_augmented_and_test_batches_are_not(tiny_folder):
+    _, dls, stats = load(tiny_folder)
+    x, _ = dls.train.one_batch()
+    # Cutout puts the mean (0 after Normalize) into flat class images, which hold no mean pixel.
+    assert ((x == 0).all(1).sum((1, 2)) == 64).all()
+    check_labels_match_pixels(dls.valid, stats)
+
+
+def test_decoded_pixels_are_cached_and_refreshed_when_a_file_changes(tiny_folder, monkeypatch):
+    load(tiny_folder)
+    calls = []
+    real_read = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda p: calls.append(p) or real_read(p))
+    load(tiny_folder)
+    assert calls == []
+    changed = tiny_folder / "test" / "cat" / "0000.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    load(tiny_folder)
+    assert len(calls) == 100  # the whole folder again
+
+
+def test_archives_are_unpacked_once(tmp_path, isolated_cache):
+    archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "c.tgz", "cifar10")
+    first = cifar10_folder(str(archive))
+    assert first.is_relative_to(isolated_cache)
+    (first / "marker").write_text("kept")
+    assert cifar10_folder(str(archive)) == first and (first / "marker").exists()
+
+
+def test_subset_takes_the_first_n_training_images_of_every_class(tiny_folder):
+    items = cifar10_items(tiny_folder, subset=20)
+    train = [p for p in items if p.parent.parent.name == "train"]
+    assert len(train) == 20 and len(items) == 40
+    assert sorted(p.parent.name for p in train) == sorted(CLASSES * 2)
+    assert {p.name for p in train} == {"0000.png", "0001.png"}
+    _, dls, _ = load(tiny_folder, subset=20)
+    assert (len(dls.train_ds), len(dls.valid_ds)) == (20, 20)
+
+
+def test_channel_stats_are_exact():
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(images)
+    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double() / 255
+    assert np.allclose(mean, pixels.mean(1)) and np.allclose(std, pixels.std(1))
+
+
+def test_any_image_mode_and_size_is_read_as_rgb_32(tmp_path):
+    folder = write_folder(tmp_path / "cifar10", n_train=1, n_test=1)
+    Image.new("L", (40, 20), 7).save(folder / "train" / "cat" / "gray.png")
+    Image.new("RGBA", (32, 32), (1, 2, 3, 4)).save(folder / "train" / "cat" / "rgba.png")
+    Image.new("P", (32, 32)).save(folder / "train" / "dog" / "palette.png")
+    _, dls, _ = load(folder)
+    assert len(dls.train_ds) == 13
+    assert data.read_image(folder / "train" / "cat" / "gray.png").shape == (32, 32, 3)
+
+
+def test_albumentations_backend_serves_the_same_split(tiny_folder):
+    _, dls, stats = load(tiny_folder, aug="albumentations", workers=0)
+    x, _ = dls.train.one_batch()
+    assert x.shape == (8, 3, 32, 32)
+    check_labels_match_pixels(dls.valid, stats)
+
+
+def missing_path(tmp):
+    return tmp / "nope"
+
+
+def empty_folder(tmp):
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
+def wrong_layout(tmp):
+    (write_folder(tmp / "c") / "train").rename(tmp / "c" / "training")
+    return tmp / "c"
+
+
+def not_an_archive(tmp):
+    (tmp / "x.txt").write_text("hello")
+    return tmp / "x.txt"
+
+
+def damaged_archive(tmp):
+    whole = write_tgz(write_folder(tmp / "c"), tmp / "whole.tgz", "c").read_bytes()
+    (tmp / "x.tgz").write_bytes(whole[: len(whole) // 2])
+    return tmp / "x.tgz"
+
+
+def classes_differ(tmp):
+    write_folder(tmp / "c").joinpath("test", "cat").rename(tmp / "c" / "test" / "kat")
+    return tmp / "c"
+
+
+def split_with_no_images(tmp):
+    for image in write_folder(tmp / "c").glob("test/*/*"):
+        image.unlink()
+    return tmp / "c"
+
+
+def corrupt_python_batch(tmp):
+    (write_python_batches(tmp / "b") / "test_batch").write_bytes(b"junk")
+    return tmp / "b"
+
+
+BAD_SOURCES = [
+    (missing_path, "does not exist"),
+    (empty_folder, "neither train/ and test/"),
+    (wrong_layout, "neither train/ and test/"),
+    (not_an_archive, "not a folder or a .tgz"),
+    (damaged_archive, "damaged"),
+    (classes_differ, "different class folders"),
+    (split_with_no_images, "has no image files"),
+    (corrupt_python_batch, "not a readable CIFAR-10 python batch"),
+]
+
+
+@pytest.mark.parametrize("make,message", BAD_SOURCES, ids=[make.__name__ for make, _ in BAD_SOURCES])
+def test_bad_sources_raise_one_line_errors(tmp_path, make, message):
+    with pytest.raises(DataError, match=message) as e:
+        load(make(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_image_is_named(tmp_path):
+    folder = write_folder(tmp_path / "c")
+    (folder / "train" / "cat" / "0003.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"cannot read image .*0003\.png"):
+        load(folder)

@@ -1,0 +1,176 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastai.test_utils import synth_learner
+from PIL import Image
+
+import train_fastai
+from conftest import REPO, real_subset, write_folder
+from train_fastai import UsageError, lr_bounds, main, one_cycle
+
+RUN_FILES = ["config.json", "lr_find.csv", "lr_find.png", "lr_find.json", "history.csv", "lr_schedule.csv",
+             "lr_schedule.png", "curves.png", "confusion_matrix.png", "misclassified.png", "summary.json",
+             "export.pkl", "model.safetensors", "classes.json"]
+
+
+def run_dirs(out):
+    return sorted(p for p in out.iterdir() if p.is_dir())
+
+
+def test_one_cycle_goes_lrmin_to_lrmax_at_the_peak_and_back_never_lower():
+    lr_min, lr_max, epochs, peak_epoch = 1e-4, 1e-2, 24, 5
+    per_epoch = 20
+    learn = synth_learner(n_trn=per_epoch)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(**one_cycle(lr_min, lr_max, peak_epoch, epochs))
+    lrs = np.array(learn.recorder.hps["lr"])
+    peak = per_epoch * peak_epoch  # the first step after epoch 5: 5/24 of the run
+    assert len(lrs) == per_epoch * epochs
+    assert lrs[0] == pytest.approx(lr_min, rel=1e-6)
+    assert lrs[peak] == pytest.approx(lr_max, rel=1e-6) and lrs.argmax() == peak
+    assert lrs[-1] == pytest.approx(lr_min, rel=0.01)
+    assert lrs.min() >= lr_min * (1 - 1e-9)
+    assert (np.diff(lrs[: peak + 1]) > 0).all() and (np.diff(lrs[peak:]) <= 0).all()
+
+
+def test_lr_rule_on_a_range_test_curve():
+    lrs = np.logspace(-7, 1, 81)  # ten points a decade
+    # Flat until 1e-5, falling to its lowest point at 1e-2, then diverging.
+    losses = np.interp(np.log10(lrs), [-7, -5, -2, 1], [2.3, 2.3, 1.3, 9.0])
+    lr_min, lr_max = lr_bounds(lrs, losses)
+    assert lr_max == pytest.approx(1e-3)
+    assert lr_min == pytest.approx(lrs[np.argmax(losses <= 2.2)])  # 10% of the fall of 1.0
+    assert 1e-5 < lr_min < 1e-4
+
+
+def test_lr_rule_keeps_lrmin_a_decade_below_lrmax():
+    lrs = np.logspace(-7, 1, 81)
+    losses = np.interp(np.log10(lrs), [-7, -2.5, -2, 1], [2.3, 2.3, 1.3, 9.0])  # a short, late fall
+    lr_min, lr_max = lr_bounds(lrs, losses)
+    assert lr_min == pytest.approx(lr_max / 10)
+
+
+def test_lr_rule_refuses_a_curve_that_never_falls():
+    lrs = np.logspace(-7, 1, 81)
+    with pytest.raises(UsageError, match="no fall in the loss"):
+        lr_bounds(lrs, np.linspace(2.3, 5, 81))
+
+
+def cli(*args):
+    return main([*map(str, args)])
+
+
+def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsys, monkeypatch):
+    out = tmp_path / "runs"
+    common = ["--data", tiny_folder, "--out", out, "--bs", 16, "--width", 8]
+    cli("--find-lr", *common, "--finder-iters", 20, "--name", "finder")
+    finder_dir, = run_dirs(out)
+    assert finder_dir.name.endswith("-finder")
+    found = json.loads((finder_dir / "lr_find.json").read_text())
+    assert 0 < found["lr_min"] < found["lr_max"] and "LRMAX" in found["rule"]
+    assert len(pd.read_csv(finder_dir / "lr_find.csv").columns) == 2
+    assert "LRMIN" in capsys.readouterr().out
+
+    cli(*common, "--epochs", 2, "--name", "train")
+    train_dir = next(p for p in run_dirs(out) if p.name.endswith("-train"))
+    assert finder_dir.exists()  # the earlier run is untouched
+    for name in RUN_FILES:
+        assert (train_dir / name).stat().st_size > 0, name
+    history = pd.read_csv(train_dir / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert len(history) == 2
+    summary = json.loads((train_dir / "summary.json").read_text())
+    assert summary["final_accuracy"] == pytest.approx(history.accuracy.iloc[-1])
+    assert summary["best_accuracy"] == pytest.approx(history.accuracy.max())
+    for key in ("parameters", "first_epoch_90", "fit_seconds", "train_images_per_s", "device", "versions", "seed"):
+        assert key in summary
+    config = json.loads((train_dir / "config.json").read_text())
+    assert config["lr_source"] == "lr_find.json" and config["epochs"] == 2 and config["width"] == 8
+    schedule = pd.read_csv(train_dir / "lr_schedule.csv")
+    assert list(schedule.columns) == ["iteration", "epoch", "lr", "mom"] and len(schedule) == 2 * 5
+    assert schedule.lr.iloc[0] == pytest.approx(config["lr_min"])
+    assert schedule.lr.max() == pytest.approx(config["lr_max"], rel=0.05)
+    assert not (train_dir / "models").exists()
+    for png in train_dir.glob("*.png"):
+        assert Image.open(png).size[0] > 200
+
+    # The exported learner loads from another working directory and predicts.
+    image = tiny_folder / "test" / "cat" / "0000.png"
+    script = (f"from fastai.learner import load_learner; learn = load_learner({str(train_dir / 'export.pkl')!r}); "
+              f"print(learn.predict({str(image)!r})[0])")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] in json.loads((train_dir / "classes.json").read_text())["classes"]
+
+    import predict
+    predict.main([str(train_dir), str(image)])
+    assert "cat/0000.png" in capsys.readouterr().out
+
+
+def test_cli_albumentations_backend_with_given_lrs(tmp_path, tiny_folder):
+    out = tmp_path / "runs"
+    cli("--data", tiny_folder, "--out", out, "--bs", 16, "--width", 8, "--epochs", 1, "--aug", "albumentations",
+        "--workers", 0, "--lr-min", 1e-4, "--lr-max", 1e-3)
+    run_dir, = run_dirs(out)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["lr_source"] == "flags" and config["aug"] == "albumentations"
+    assert not (run_dir / "lr_find.json").exists()
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1
+
+
+BAD_FLAGS = [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--bs", "-1"], "--bs must be positive"),
+    (["--epochs", "24", "--peak-epoch", "30"], "--peak-epoch must lie in"),
+    (["--lr-max", "0"], "--lr-max must be positive"),
+    (["--lr-min", "1e-2", "--lr-max", "1e-3"], "must be below --lr-max"),
+    (["--aug", "magic"], "invalid choice"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--device", "toaster"], "is not a device"),
+    (["--precision", "bf16"], "needs a CUDA GPU"),
+    (["--data", "/no/such/cifar"], "does not exist"),
+    (["--subset", "3", "--bs", "16"], "make no full batch"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
+def test_bad_flags_exit_with_one_line(tmp_path, tiny_folder, capsys, flags, message):
+    args = ["--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", *flags]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "error" in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_bad_input_from_the_shell_prints_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "train_fastai.py"), "--data", str(tmp_path / "missing")],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'} does not exist: point --data "
+                                                "or CIFAR10_DATA at a CIFAR-10 folder or .tgz"]
+
+
+def test_unwritable_out_folder_is_refused(tmp_path, tiny_folder, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit):
+        main(["--data", str(tiny_folder), "--out", str(blocker / "runs"), "--width", "8", "--bs", "16"])
+    assert "choose a writable folder" in capsys.readouterr().err
+
+
+def test_it_learns_real_cifar10(tmp_path):
+    """A thin model on 3,000 real training images for 5 epochs is far above chance (10%)."""
+    folder = real_subset(tmp_path, n_train_per_class=300, n_test_per_class=50)
+    out = tmp_path / "runs"
+    cli("--data", folder, "--out", out, "--width", 16, "--bs", 128, "--epochs", 5,
+        "--lr-min", 2e-4, "--lr-max", 4e-3)
+    run_dir, = run_dirs(out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_accuracy"] > 0.35, summary
