@@ -380,6 +380,7 @@ def run(args):
               "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
               "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir)}
     print(f"run folder: {run_dir}\nconfig: {json.dumps(config)}")
+    write_json(run_dir / "config.json", config)  # written again once the LRs are known
 
     run_finder = args.find_lr or args.lr_min is None or args.lr_max is None
     # The range test is about 100 iterations, but never longer than the training run it serves.
