@@ -8,8 +8,7 @@ import pytest
 from fastai.test_utils import synth_learner
 from PIL import Image
 
-import train_fastai
-from conftest import REPO, real_subset, write_folder
+from conftest import REPO, real_subset
 from train_fastai import UsageError, lr_bounds, main, one_cycle
 
 RUN_FILES = ["config.json", "lr_find.csv", "lr_find.png", "lr_find.json", "history.csv", "lr_schedule.csv",
