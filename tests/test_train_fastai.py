@@ -72,7 +72,8 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     found = json.loads((finder_dir / "lr_find.json").read_text())
     assert 0 < found["lr_min"] < found["lr_max"] and "LRMAX" in found["rule"]
     assert len(pd.read_csv(finder_dir / "lr_find.csv").columns) == 2
-    assert "LRMIN" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "LRMIN" in printed and "CPU only: this run will take about" in printed
 
     cli(*common, "--epochs", 2, "--name", "train")
     train_dir = next(p for p in run_dirs(out) if p.name.endswith("-train"))
@@ -89,6 +90,7 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
         assert key in summary
     config = json.loads((train_dir / "config.json").read_text())
     assert config["lr_source"] == "lr_find.json" and config["epochs"] == 2 and config["width"] == 8
+    assert config["finder_iters"] == 2 * 5  # never longer than the training run (80 images, bs 16)
     schedule = pd.read_csv(train_dir / "lr_schedule.csv")
     assert list(schedule.columns) == ["iteration", "epoch", "lr", "mom"] and len(schedule) == 2 * 5
     assert schedule.lr.iloc[0] == pytest.approx(config["lr_min"])
