@@ -13,7 +13,7 @@ from train_fastai import UsageError, lr_bounds, main, one_cycle
 
 RUN_FILES = ["config.json", "lr_find.csv", "lr_find.png", "lr_find.json", "history.csv", "lr_schedule.csv",
              "lr_schedule.png", "curves.png", "confusion_matrix.png", "misclassified.png", "summary.json",
-             "export.pkl", "model.safetensors", "classes.json"]
+             "export.pkl", "model.safetensors", "classes.json", "report.html"]
 
 
 def run_dirs(out):
@@ -96,6 +96,7 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     assert schedule.lr.iloc[0] == pytest.approx(config["lr_min"])
     assert schedule.lr.max() == pytest.approx(config["lr_max"], rel=0.05)
     assert not (train_dir / "models").exists()
+    assert (train_dir / "report.html").read_text().count("src='data:image/png;base64,") == 5  # lr_find.png too
     for png in train_dir.glob("*.png"):
         assert Image.open(png).size[0] > 200
 
