@@ -113,7 +113,7 @@ def runs_table(runs):
     """One row per run: the settings that differ between the runs, then the headline numbers."""
     table = runs.set_index("run")[[*varying(runs, ["group", "point", *SETTINGS]), "final_accuracy", "tta_accuracy",
                                    "fit_seconds", "epochs_run", "first_epoch_90", "first_epoch_93", "first_epoch_94"]]
-    table[["final_accuracy", "tta_accuracy"]] *= 100
+    table[["final_accuracy", "tta_accuracy"]] = 100 * table[["final_accuracy", "tta_accuracy"]].astype(float)
     return table.rename(columns={"final_accuracy": "final %", "tta_accuracy": "tta %", "fit_seconds": "fit s"}) \
         .dropna(axis=1, how="all")
 

@@ -1,6 +1,7 @@
 import json
 import multiprocessing
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -94,6 +95,14 @@ def test_compare_prints_runs_side_by_side_and_writes_the_figure(finished_sweep, 
     compare.main(["--out", str(out), "--png", str(tmp_path / "all.png")])  # no folders: every run in the index
     printed = capsys.readouterr().out
     assert all(run.name in printed for run in members(group))
+
+    without_tta = tmp_path / "without-tta"  # a run trained without --tta compares with the others
+    shutil.copytree(members(group)[0], without_tta)
+    summary = json.loads((without_tta / "summary.json").read_text())
+    del summary["tta_accuracy"]
+    (without_tta / "summary.json").write_text(json.dumps(summary))
+    compare.main([str(group), str(without_tta), "--png", str(tmp_path / "mixed.png")])
+    assert "without-tta" in capsys.readouterr().out
 
 
 def test_compare_figure_draws_accuracy_and_lr_of_every_run(finished_sweep, monkeypatch, tmp_path):
