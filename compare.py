@@ -135,7 +135,12 @@ def records(table):
 
 
 def format_table(table, index=True):
-    return table.to_string(index=index, float_format=lambda x: f"{x:.2f}")
+    """Accuracies (%) and seconds to two decimals; settings (an LR of 0.002) as they were given."""
+    table = table.copy()
+    for column in [c for c in table.columns if "%" in c or "fit s" in c]:
+        table[column] = table[column].map(lambda x: f"{x:.2f}" if pd.notna(x) else "")
+    return table.to_string(index=index, float_format=lambda x: f"{x:.6g}",
+                           col_space={column: len(column) + 2 for column in table.columns})
 
 
 def format_points(table):
