@@ -89,3 +89,22 @@ def real_subset(tmp_path, n_train_per_class, n_test_per_class):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(tar.extractfile(member).read())
     return tmp_path / "real"
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(tmp_path_factory):
+    """A 2-point lr_max sweep with --runs 2 on the tiny data set, with --tta and a --target-acc low
+    enough that every run stops after its first epoch; returns (out folder, group folder, stdout)."""
+    import contextlib
+    import io
+
+    import train_fastai
+    tmp = tmp_path_factory.mktemp("sweep")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setenv("CIFAR10_CACHE", str(tmp / "cache"))
+        train_fastai.main(["--data", str(write_folder(tmp / "cifar10")), "--out", str(tmp / "runs"), "--bs", "16",
+                           "--width", "8", "--epochs", "2", "--lr-min", "1e-4", "--sweep", "lr_max=1e-3,3e-3",
+                           "--runs", "2", "--seed", "5", "--tta", "--target-acc", "0.01", "--name", "lr"])
+    group, = (tmp / "runs").glob("*-lr-group")
+    return tmp / "runs", group, printed.getvalue()

@@ -5,15 +5,17 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from fastai.test_utils import synth_learner
+from fastai.vision.all import CrossEntropyLossFlat, DataLoaders, Learner
 from PIL import Image
 
 from conftest import REPO, real_subset
-from train_fastai import UsageError, lr_bounds, main, one_cycle
+from train_fastai import PRESETS, TimeToAccuracy, UsageError, flip_tta_accuracy, lr_bounds, main, one_cycle, parse_args
 
 RUN_FILES = ["config.json", "lr_find.csv", "lr_find.png", "lr_find.json", "history.csv", "lr_schedule.csv",
              "lr_schedule.png", "curves.png", "confusion_matrix.png", "misclassified.png", "summary.json",
-             "export.pkl", "model.safetensors", "classes.json"]
+             "export.pkl", "model.safetensors", "classes.json", "report.html"]
 
 
 def run_dirs(out):
@@ -96,6 +98,7 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     assert schedule.lr.iloc[0] == pytest.approx(config["lr_min"])
     assert schedule.lr.max() == pytest.approx(config["lr_max"], rel=0.05)
     assert not (train_dir / "models").exists()
+    assert (train_dir / "report.html").read_text().count("src='data:image/png;base64,") == 5  # lr_find.png too
     for png in train_dir.glob("*.png"):
         assert Image.open(png).size[0] > 200
 
@@ -136,6 +139,15 @@ BAD_FLAGS = [
     (["--precision", "bf16"], "needs a CUDA GPU"),
     (["--data", "/no/such/cifar"], "does not exist"),
     (["--subset", "3", "--bs", "16"], "make no full batch"),
+    (["--runs", "0"], "--runs must be positive"),
+    (["--sweep", "momentum=0.9,0.95"], "momentum cannot be swept"),
+    (["--sweep", "lr_max=1e-3,fast"], "must be float numbers"),
+    (["--sweep", "epochs=2,0"], "--epochs must be positive, not 0"),
+    (["--sweep", "wd=0,0.1", "--sweep", "wd=1"], "--sweep wd is given twice"),
+    (["--target-acc", "94"], "--target-acc is a fraction"),
+    (["--label-smoothing", "1"], "--label-smoothing must lie in [0, 1)"),
+    (["--preset", "fastest"], "invalid choice"),
+    (["--find-lr", "--runs", "2"], "--find-lr runs the LR range test once"),
 ]
 
 
@@ -175,3 +187,75 @@ def test_it_learns_real_cifar10(tmp_path):
     run_dir, = run_dirs(out)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_accuracy"] > 0.35, summary
+
+
+def test_time_to_accuracy_records_each_milestone_once_and_stops_at_the_target():
+    per_epoch = [0.5, 0.91, 0.92, 0.935, 0.95, 0.96]
+
+    def accuracy(pred, targ):  # the accuracy this test scripts for each epoch
+        return torch.tensor(per_epoch[learn.epoch])
+
+    for target, epochs_run in ((None, 6), (0.93, 4)):
+        learn = synth_learner(n_trn=8, metrics=accuracy)
+        timer = TimeToAccuracy(target=target)
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(6, lr=1e-3, cbs=[timer])
+        results = timer.results()
+        assert len(learn.recorder.values) == epochs_run
+        assert results["stopped_early"] == (target is not None)
+        assert results["first_epoch_90"] == 2 and results["first_epoch_93"] == 4
+        assert results["first_epoch_94"] == (5 if target is None else None)
+        assert 0 < results["seconds_to_90"] <= results["seconds_to_93"]
+
+
+class HalvesModel(torch.nn.Module):
+    """Logits (mean of the left half, 2 x mean of the right half): not mirror-symmetric."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))  # fastai reads the device off a parameter
+
+    def forward(self, x):
+        return self.scale * torch.stack([x[..., :2].mean((1, 2, 3)), 2 * x[..., 2:].mean((1, 2, 3))], 1)
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    # Left half bright, label 1: the image alone says 0 (softmax 0.73 / 0.27), its mirror says 1
+    # (0.12 / 0.88), and their average says 1.
+    image = torch.zeros(3, 4, 4)
+    image[..., :2] = 1
+    items = [(image, torch.tensor(1))] * 4
+    dls = DataLoaders.from_dsets(items, items, bs=2, device="cpu")
+    learn = Learner(dls, HalvesModel(), loss_func=CrossEntropyLossFlat())
+    probs, _ = learn.get_preds(dl=dls.valid)
+    assert (probs.argmax(1) == 0).all()
+    assert flip_tta_accuracy(learn) == 1.0
+
+
+def test_presets_fill_the_flags_left_unset_and_given_flags_win():
+    seed = parse_args([])
+    assert seed.preset == "seed" and (seed.epochs, seed.bs, seed.wd, seed.label_smoothing, seed.tta) == (24, 512, 0.01,
+                                                                                                       0.0, False)
+    fast = parse_args(["--preset", "fast"])
+    assert {name: getattr(fast, name) for name in PRESETS["fast"]} == PRESETS["fast"]
+    assert fast.epochs < 24 and fast.label_smoothing > 0 and fast.tta
+    given = parse_args(["--preset", "fast", "--epochs", "12", "--no-tta", "--label-smoothing", "0"])
+    assert (given.epochs, given.tta, given.label_smoothing, given.bs) == (12, False, 0.0, PRESETS["fast"]["bs"])
+
+
+def test_a_run_reports_flip_tta_time_to_accuracy_and_an_early_stop(finished_sweep):
+    _, group, printed = finished_sweep
+    run_dir = group.parent / json.loads((group / "summary.json").read_text())["members"][0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    history = pd.read_csv(run_dir / "history.csv")
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["target_acc"] == 0.01 and config["epochs"] == 2 and config["preset"] == "seed" and config["tta"]
+    # Any accuracy above zero reaches 1%: the run stops after its first of two epochs.
+    assert len(history) == summary["epochs"] == 1 and summary["stopped_early"]
+    assert summary["first_epoch_1"] == 1 and 0 < summary["seconds_to_1"] <= summary["fit_seconds"]
+    for milestone in (90, 93, 94):
+        reached = history.index[history.accuracy >= milestone / 100]
+        assert summary[f"first_epoch_{milestone}"] == (reached[0] + 1 if len(reached) else None)
+    assert 0 <= summary["tta_accuracy"] <= 1
+    assert (f"final test accuracy {100 * summary['final_accuracy']:.2f}% ({100 * summary['tta_accuracy']:.2f}% "
+            "with flip TTA) after 1 epochs, stopped at --target-acc 0.01") in printed

@@ -1,0 +1,133 @@
+import json
+import multiprocessing
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import compare
+from conftest import REPO
+
+
+def members(group):
+    return [group.parent / name for name in json.loads((group / "summary.json").read_text())["members"]]
+
+
+def test_sweep_with_runs_trains_every_seed_of_every_point_and_summarises_them(finished_sweep):
+    out, group, printed = finished_sweep
+    runs = members(group)
+    assert [p.name.split("-", 2)[2] for p in runs] == ["lr-lr_max=0.001-seed5", "lr-lr_max=0.001-seed6",
+                                                      "lr-lr_max=0.003-seed5", "lr-lr_max=0.003-seed6"]
+    configs = [json.loads((p / "config.json").read_text()) for p in runs]
+    assert [(c["lr_max"], c["seed"], c["sweep_point"], c["group"]) for c in configs] == [
+        (lr, seed, f"lr_max={lr:g}", group.name) for lr in (1e-3, 3e-3) for seed in (5, 6)]
+    points = json.loads((group / "summary.json").read_text())["points"]
+    assert [(p["point"], p["runs"]) for p in points] == [("lr_max=0.001", 2), ("lr_max=0.003", 2)]
+    for point, seeds in zip(points, (runs[:2], runs[2:])):
+        summaries = [json.loads((p / "summary.json").read_text()) for p in seeds]
+        accuracy = 100 * np.array([s["final_accuracy"] for s in summaries])
+        fit_s = np.array([s["fit_seconds"] for s in summaries])
+        assert point["final % mean"] == pytest.approx(accuracy.mean())
+        assert point["final % std"] == pytest.approx(accuracy.std(ddof=1))
+        assert (point["final % min"], point["final % max"]) == pytest.approx((accuracy.min(), accuracy.max()))
+        assert point["fit s mean"] == pytest.approx(fit_s.mean()) and point["fit s std"] == pytest.approx(fit_s.std(ddof=1))
+        assert (point["fit s min"], point["fit s max"]) == pytest.approx((fit_s.min(), fit_s.max()))
+    assert "mean, std, min, max over seeds" in printed and "final % std" in printed and "fit s max" in printed
+    assert Image.open(group / "compare.png").size[0] > 500
+
+
+def test_every_finished_run_is_a_row_of_the_index(finished_sweep):
+    out, group, _ = finished_sweep
+    index = pd.read_csv(out / "index.csv")
+    assert list(index.run) == [p.name for p in members(group)]
+    for column in ("finished", "git_commit", "lr_max", "seed", "preset", "width", "final_accuracy", "tta_accuracy",
+                   "fit_seconds", "first_epoch_90", "stopped_early"):
+        assert column in index.columns, column
+    assert list(index.lr_max) == [1e-3, 1e-3, 3e-3, 3e-3]
+    summary = json.loads((members(group)[-1] / "summary.json").read_text())
+    assert index.final_accuracy.iloc[-1] == pytest.approx(summary["final_accuracy"])
+
+
+def append_rows(out, first, count):
+    for i in range(first, first + count):
+        compare.append_to_index(out, out / f"run{i}", {"i": i}, {"final_accuracy": 0.5})
+
+
+def test_index_keeps_every_row_adds_new_columns_and_survives_concurrent_runs(tmp_path):
+    compare.append_to_index(tmp_path, tmp_path / "old", {"name": "007", "lr_max": 0.01}, {"final_accuracy": 0.9})
+    compare.append_to_index(tmp_path, tmp_path / "new", {"name": "x", "lr_max": 0.02, "label_smoothing": 0.2},
+                            {"final_accuracy": 0.95})
+    index = pd.read_csv(tmp_path / "index.csv", dtype=str, keep_default_na=False)
+    assert list(index.run) == ["old", "new"] and list(index.name) == ["007", "x"]  # earlier values as written
+    assert list(index.label_smoothing) == ["", "0.2"]
+    workers = [multiprocessing.get_context("fork").Process(target=append_rows, args=(tmp_path, 10 * w, 5))
+               for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    index = pd.read_csv(tmp_path / "index.csv", dtype=str)
+    assert len(index) == 22 and set(index.run[2:]) == {f"run{10 * w + i}" for w in range(4) for i in range(5)}
+
+
+def test_git_commit_is_none_outside_a_git_checkout(tmp_path):
+    assert compare.git_commit(tmp_path) is None
+    commit = compare.git_commit(REPO)
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit)
+
+
+def test_compare_prints_runs_side_by_side_and_writes_the_figure(finished_sweep, tmp_path, capsys):
+    out, group, _ = finished_sweep
+    png = tmp_path / "compare.png"
+    compare.main([str(group), "--png", str(png)])
+    printed = capsys.readouterr().out
+    for run in members(group):
+        assert run.name in printed
+    assert "lr_max" in printed and "final %" in printed and "mean, std, min, max over seeds" in printed
+    assert Image.open(png).size[0] > 500
+    with pytest.raises(SystemExit) as e:  # the figure is never overwritten
+        compare.main([str(group), "--png", str(png)])
+    assert e.value.code == 2 and "exists" in capsys.readouterr().err
+
+    compare.main(["--out", str(out), "--png", str(tmp_path / "all.png")])  # no folders: every run in the index
+    printed = capsys.readouterr().out
+    assert all(run.name in printed for run in members(group))
+
+    without_tta = tmp_path / "without-tta"  # a run trained without --tta compares with the others
+    shutil.copytree(members(group)[0], without_tta)
+    summary = json.loads((without_tta / "summary.json").read_text())
+    del summary["tta_accuracy"]
+    (without_tta / "summary.json").write_text(json.dumps(summary))
+    compare.main([str(group), str(without_tta), "--png", str(tmp_path / "mixed.png")])
+    assert "without-tta" in capsys.readouterr().out
+
+
+def test_compare_figure_draws_accuracy_and_lr_of_every_run(finished_sweep, monkeypatch, tmp_path):
+    out, group, _ = finished_sweep
+    runs = compare.load_runs(members(group))
+    drawn = []
+    monkeypatch.setattr(compare.plt, "close", drawn.append)
+    compare.write_figure(runs, tmp_path / "figure.png")
+    ax_acc, ax_lr = drawn[0].axes
+    assert len(ax_acc.lines) == len(ax_lr.lines) == 4
+    assert ax_acc.get_shared_x_axes().joined(ax_acc, ax_lr)
+    history = pd.read_csv(members(group)[0] / "history.csv")
+    assert list(ax_acc.lines[0].get_ydata()) == pytest.approx(list(100 * history.accuracy))
+
+
+def compare_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        compare.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_compare_refuses_bad_input_with_one_line(tmp_path, capsys):
+    assert "no runs to compare" in compare_error(["--out", str(tmp_path / "runs")], capsys)
+    assert "is not a folder" in compare_error([str(tmp_path / "missing")], capsys)
+    (tmp_path / "notarun").mkdir()
+    assert "is not a finished training run" in compare_error([str(tmp_path / "notarun")], capsys)

@@ -1,0 +1,56 @@
+import base64
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from report import PLOTS
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def a_run(finished_sweep):
+    _, group, _ = finished_sweep
+    return group.parent / json.loads((group / "summary.json").read_text())["members"][0]
+
+
+def test_report_embeds_every_plot_and_the_headline(finished_sweep):
+    run_dir = a_run(finished_sweep)
+    page = (run_dir / "report.html").read_text()
+    sources = dict(re.findall(r"<img alt='([^']+)' src='([^']+)'>", page))
+    assert sorted(sources) == sorted(name for name in PLOTS if (run_dir / name).is_file())
+    assert len(sources) == len(PLOTS) - 1  # given LRs: no lr_find.png (test_train_fastai checks a run with it)
+    for name, src in sources.items():
+        assert base64.b64decode(src.removeprefix("data:image/png;base64,")) == (run_dir / name).read_bytes(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"{100 * summary['final_accuracy']:.2f}%" in page and f"{100 * summary['tta_accuracy']:.2f}%" in page
+    assert run_dir.name in page and "lr_max" in page
+
+
+def test_report_renders_offline_in_headless_chromium(finished_sweep, tmp_path):
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    page = tmp_path / "alone" / "report.html"  # away from the run folder: nothing but the file itself
+    page.parent.mkdir()
+    shutil.copy(a_run(finished_sweep) / "report.html", page)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        browser.get(page.as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth]);")
+    finally:
+        browser.quit()
+    assert len(images) == len(PLOTS) - 1
+    for alt, complete, width in images:
+        assert complete and width > 0, alt
