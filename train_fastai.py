@@ -35,7 +35,7 @@ from fastai.vision.all import (Adam, ClassificationInterpretation, CrossEntropyL
 from safetensors.torch import save_file
 
 from customresnet import CustomResNet, count_parameters
-from data import DataError, cifar10_dataloaders, cifar10_folder
+from data import DataError, PlainTensorInput, cifar10_dataloaders, cifar10_folder
 
 FINDER_START_LR, FINDER_END_LR = 1e-7, 10
 PEAK_FRACTION = 5 / 24  # the recipe peaks at the end of epoch 5 of 24
@@ -78,6 +78,9 @@ def parse_args(argv=None):
                    help="channels of the first layer; 64 is the recipe, smaller is a thin copy for quick runs")
     p.add_argument("--finder-iters", type=int, default=100,
                    help="LR range test iterations (default 100; a training run uses at most its own length)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the first batches of the finder and of the first test pass "
+                        "compile it); fastai's Learner still runs the loop")
     args = p.parse_args(argv)
     if args.peak_epoch is None:
         args.peak_epoch = args.epochs * PEAK_FRACTION
@@ -160,13 +163,22 @@ def save_figure(fig, path):
 def make_learner(dls, args, run_dir, precision):
     model = CustomResNet(num_classes=len(dls.vocab), width=args.width)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=accuracy,
-                    wd=args.wd, path=run_dir)
+                    wd=args.wd, path=run_dir, cbs=PlainTensorInput())
     if dls.device.type == "cuda":
         learn.to_channelslast(use_amp=False)  # the convolutions' fast layout on tensor cores
         if precision == "bf16":
             learn.to_bf16()
         elif precision == "fp16":
             learn.to_fp16()
+    if args.compile:
+        learn.model = torch.compile(learn.model)
+    return learn
+
+
+def uncompiled(learn):
+    """The plain module under a compiled one (the same parameters), so that the saved weights keep
+    their names and the exported learner loads without the compiler."""
+    learn.model = getattr(learn.model, "_orig_mod", learn.model)
     return learn
 
 
@@ -206,9 +218,10 @@ def images_per_second(model, images, train):
 
 
 def print_cpu_estimate(learn, finder_iters, epochs):
-    images = learn.dls.valid.one_batch()[0][:64]
-    train_rate = images_per_second(learn.model, images, train=True)
-    eval_rate = images_per_second(learn.model, images, train=False)
+    images = learn.dls.valid.one_batch()[0][:64].as_subclass(torch.Tensor)  # as PlainTensorInput hands it over
+    model = getattr(learn.model, "_orig_mod", learn.model)  # eager: compiling here would cost more than it tells
+    train_rate = images_per_second(model, images, train=True)
+    eval_rate = images_per_second(model, images, train=False)
     trained = (finder_iters + epochs * len(learn.dls.train)) * learn.dls.train.bs
     evaluated = (epochs + 1) * len(learn.dls.valid.dataset)  # one pass per epoch, one for the plots
     seconds = trained / train_rate + evaluated / eval_rate
@@ -402,6 +415,7 @@ def run(args):
     print(f"training: {args.epochs} epochs, LR {lr_min:.3e} -> {lr_max:.3e} (epoch {args.peak_epoch:g}) "
           f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}")
     fit_seconds = fit(learn, schedule)
+    uncompiled(learn)
 
     history = pd.read_csv(run_dir / "history.csv")
     write_schedule(learn, run_dir, lr_min, lr_max)

@@ -175,3 +175,25 @@ def test_it_learns_real_cifar10(tmp_path):
     run_dir, = run_dirs(out)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_accuracy"] > 0.35, summary
+
+
+def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_folder, monkeypatch):
+    """--compile hands fastai's Learner torch.compile's module; the weights and the exported learner
+    come from the plain module. (The eager backend traces the model as the GPU's inductor does,
+    without minutes of code generation on a CPU.)"""
+    import torch
+    from safetensors.torch import load_file
+    real_compile, compiled = torch.compile, []
+
+    def compile_for_test(model):
+        compiled.append(model)
+        return real_compile(model, backend="eager", fullgraph=True)  # fullgraph: a fastai type would break it
+
+    monkeypatch.setattr(torch, "compile", compile_for_test)
+    out = tmp_path / "runs"
+    cli("--data", tiny_folder, "--out", out, "--bs", 16, "--width", 8, "--epochs", 1, "--compile")
+    run_dir, = run_dirs(out)
+    assert len(compiled) == 1
+    assert all(not name.startswith("_orig_mod") for name in load_file(run_dir / "model.safetensors"))
+    assert json.loads((run_dir / "config.json").read_text())["compile"] is True
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1
