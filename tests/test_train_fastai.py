@@ -109,7 +109,7 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     assert done.stdout.strip().splitlines()[-1] in json.loads((train_dir / "classes.json").read_text())["classes"]
 
     import predict
-    predict.main([str(train_dir), str(image)])
+    predict.main(["--run", str(train_dir), str(image)])
     assert "cat/0000.png" in capsys.readouterr().out
 
 
