@@ -297,9 +297,9 @@ class PlainTensorInput(Callback):
     """Hand the model its batch as a plain torch.Tensor, and the typed batch back afterwards.
 
     The batch transforms and fastai's decoding (show_batch, interpretation) need the TensorImage
-    type, but inside the model that type routes every operation through fastai's Python
-    `__torch_function__`, several times the cost of launching the layer itself at this size,
-    and torch.compile cannot trace it. The cast shares the memory: no copy."""
+    type, but inside the model that type sends every operation through fastai's Python
+    `__torch_function__`, and torch.compile cannot trace it (it fails in recursion). The cast
+    shares the memory: no copy."""
 
     def before_batch(self):
         self.typed_xb = self.xb

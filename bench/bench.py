@@ -435,7 +435,7 @@ def profile_ours(args, device, lrs, path):
         warmup = max(1, args.profile_steps // 4)
         activities = [torch.profiler.ProfilerActivity.CPU] + (
             [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        sort = "device_time_total" if device.type == "cuda" else "cpu_time_total"
         profiler = torch.profiler.profile(activities=activities)
         steps = ProfileSteps(profiler, warmup, args.profile_steps)
         with learn.no_logging():
@@ -469,6 +469,8 @@ def skip_reason(args, name, device, work, data):
             return "airbench is not installed: pip install airbench==0.1.8"
         if device.type != "cuda":
             return AIRBENCH_UNAVAILABLE_ON_CPU
+        with working_directory(work):
+            args.airbench.warmup94()  # one step, as its README does before timing: CUDA and cuDNN set-up
     return None
 
 
