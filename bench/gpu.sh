@@ -7,7 +7,7 @@
 #
 # then through the device tool, each with carry [".carry"] (each call is at most 10 minutes):
 #
-#   bash bench/gpu.sh check        every row for 1 epoch on 5,000 images: installs, unpacks, decodes, proves the rows
+#   bash bench/gpu.sh check        every row for 1 epoch, 1 seed: installs, unpacks, decodes, proves each row
 #   bash bench/gpu.sh [ARGS...]    the bench (ARGS go to bench/bench.py, e.g. --rows ours --profile)
 #   bash bench/gpu.sh reference    one 24-epoch recipe run and the reference checkpoint from it
 #
@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 
 case "${1:-}" in
   check)
-    python3 bench/bench.py --epochs 1 --seeds 1 --baseline-seeds 1 --subset 5000 --profile --out "$OUT/check" ;;
+    python3 bench/bench.py --epochs 1 --seeds 1 --baseline-seeds 1 --profile --out "$OUT/check" ;;
   reference)
     python3 train_fastai.py --epochs 24 --out "$OUT/runs" --name reference
     python3 bench/reference.py "$OUT"/runs/*-reference --models "$OUT/models" ;;
