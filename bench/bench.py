@@ -115,7 +115,7 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_tflops(device, n, repeats=20):
+def matmul_peak_tflops(device, n, repeats=50):
     """Dense bf16 matmul throughput measured here: the ceiling that model FLOP utilisation divides by."""
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     for _ in range(3):
@@ -485,6 +485,9 @@ def run_bench(args, device, results, save):
             results["rows"].append(summarize(name, runs, reason))
             for seed in [] if reason else row_seeds(args, name):
                 runs.append(RUNNERS[name](args, device, seed, work))
+                # Process-wide, and set by whoever ran last (ours: fastai's set_seed; airbench: its import).
+                runs[-1]["cudnn"] = {"benchmark": torch.backends.cudnn.benchmark,
+                                     "deterministic": torch.backends.cudnn.deterministic}
                 print(f"{name}, seed {seed}: {json.dumps(runs[-1])}")
                 if name == "ours" and not args.lrs:
                     args.lrs = (runs[0]["lr_min"], runs[0]["lr_max"])
