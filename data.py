@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.vision.all import (Callback, CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize,
+from fastai.vision.all import (CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize,
                                PILImage, Resize, TensorCategory, TensorImage, TfmdDL, URLs,
                                get_image_files, parent_label, untar_data)
 from PIL import Image
@@ -291,22 +291,6 @@ class DeviceDataLoader(TfmdDL):
             if self.drop_last and len(idxs) < self.bs:
                 break
             yield TensorImage(self.images[idxs]), TensorCategory(self.labels[idxs])
-
-
-class PlainTensorInput(Callback):
-    """Hand the model its batch as a plain torch.Tensor, and the typed batch back afterwards.
-
-    The batch transforms and fastai's decoding (show_batch, interpretation) need the TensorImage
-    type, but inside the model that type sends every operation through fastai's Python
-    `__torch_function__`, and torch.compile cannot trace it (it fails in recursion). The cast
-    shares the memory: no copy."""
-
-    def before_batch(self):
-        self.typed_xb = self.xb
-        self.learn.xb = tuple(x.as_subclass(torch.Tensor) for x in self.xb)
-
-    def after_pred(self):
-        self.learn.xb = self.typed_xb
 
 
 def cifar10_dataloaders(folder, bs=512, aug="gpu", device=None, subset=None, workers=None, seed=None):

@@ -35,7 +35,7 @@ from fastai.vision.all import (Adam, ClassificationInterpretation, CrossEntropyL
 from safetensors.torch import save_file
 
 from customresnet import CustomResNet, count_parameters
-from data import DataError, PlainTensorInput, cifar10_dataloaders, cifar10_folder
+from data import DataError, cifar10_dataloaders, cifar10_folder
 
 FINDER_START_LR, FINDER_END_LR = 1e-7, 10
 PEAK_FRACTION = 5 / 24  # the recipe peaks at the end of epoch 5 of 24
@@ -163,7 +163,7 @@ def save_figure(fig, path):
 def make_learner(dls, args, run_dir, precision):
     model = CustomResNet(num_classes=len(dls.vocab), width=args.width)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), opt_func=Adam, metrics=accuracy,
-                    wd=args.wd, path=run_dir, cbs=PlainTensorInput())
+                    wd=args.wd, path=run_dir)
     if dls.device.type == "cuda":
         learn.to_channelslast(use_amp=False)  # the convolutions' fast layout on tensor cores
         if precision == "bf16":
@@ -218,7 +218,7 @@ def images_per_second(model, images, train):
 
 
 def print_cpu_estimate(learn, finder_iters, epochs):
-    images = learn.dls.valid.one_batch()[0][:64].as_subclass(torch.Tensor)  # as PlainTensorInput hands it over
+    images = learn.dls.valid.one_batch()[0][:64].as_subclass(torch.Tensor)  # as fastai's CastToTensor hands it over
     model = getattr(learn.model, "_orig_mod", learn.model)  # eager: compiling here would cost more than it tells
     train_rate = images_per_second(model, images, train=True)
     eval_rate = images_per_second(model, images, train=False)

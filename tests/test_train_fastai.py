@@ -179,15 +179,15 @@ def test_it_learns_real_cifar10(tmp_path):
 
 def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_folder, monkeypatch):
     """--compile hands fastai's Learner torch.compile's module; the weights and the exported learner
-    come from the plain module. (The eager backend traces the model as the GPU's inductor does,
-    without minutes of code generation on a CPU.)"""
+    come from the plain module. aot_eager traces forward and backward through AOT autograd as the
+    GPU's inductor does, without minutes of code generation on a CPU."""
     import torch
     from safetensors.torch import load_file
     real_compile, compiled = torch.compile, []
 
     def compile_for_test(model):
         compiled.append(model)
-        return real_compile(model, backend="eager", fullgraph=True)  # fullgraph: a fastai type would break it
+        return real_compile(model, backend="aot_eager")
 
     monkeypatch.setattr(torch, "compile", compile_for_test)
     out = tmp_path / "runs"
