@@ -1,10 +1,13 @@
 """Classify images with a trained CustomResNet.
 
-    python predict.py RUN_DIR IMAGE_OR_FOLDER... [--topk K] [--csv out.csv] [--pickle]
+    python predict.py IMAGE_OR_FOLDER... [--run RUN_DIR] [--topk K] [--csv out.csv] [--pickle]
 
-Reads RUN_DIR/model.safetensors and RUN_DIR/classes.json: plain tensors and JSON, which cannot
-run code. `--pickle` loads RUN_DIR/export.pkl with fastai's `load_learner` instead; unpickling
-runs whatever code the file names, so use it only on runs you made yourself.
+Without --run it uses the reference checkpoint models/customresnet-cifar10.safetensors (the
+recipe's 24-epoch weights, fp16) with models/customresnet-cifar10.json, so a fresh clone
+predicts without training. With --run it reads RUN_DIR/model.safetensors and RUN_DIR/classes.json.
+Both are plain tensors and JSON, which cannot run code. `--pickle` loads RUN_DIR/export.pkl with
+fastai's `load_learner` instead; unpickling runs whatever code the file names, so use it only
+on runs you made yourself.
 Any image size or mode is accepted: it is converted to RGB and resized to 32x32.
 """
 import argparse
@@ -21,6 +24,7 @@ from safetensors.torch import load_file
 
 from customresnet import CustomResNet
 
+REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -28,21 +32,33 @@ class PredictError(Exception):
     """A problem with predict's input, worded as one line that says what to do."""
 
 
-def load_model(run_dir):
-    """CustomResNet with the run's weights, its class names and its normalisation."""
-    weights, meta = run_dir / "model.safetensors", run_dir / "classes.json"
-    for path in (weights, meta):
+def weights_files(run_dir):
+    """(weights, class names and normalisation) of a run folder, or of the reference checkpoint."""
+    if run_dir is not None:
+        files = run_dir / "model.safetensors", run_dir / "classes.json"
+        for path in files:
+            if not path.is_file():
+                raise PredictError(f"{path} is missing: give the folder of a finished training run")
+        return files
+    files = REFERENCE.with_suffix(".safetensors"), REFERENCE.with_suffix(".json")
+    for path in files:
         if not path.is_file():
-            raise PredictError(f"{path} is missing: give the folder of a finished training run")
+            raise PredictError(f"the reference checkpoint {path} is not here: give --run RUN_DIR, or write it "
+                               "from a 24-epoch run with `python bench/reference.py RUN_DIR`")
+    return files
+
+
+def load_model(weights, meta):
+    """CustomResNet with the given weights, its class names and its normalisation."""
     try:
         state = load_file(weights)
         info = json.loads(meta.read_text())
         classes, mean, std = info["classes"], info["mean"], info["std"]
         # The width is not stored separately: the prep layer's conv says it.
         model = CustomResNet(num_classes=len(classes), width=state["prep.0.weight"].shape[0])
-        model.load_state_dict(state)
+        model.load_state_dict(state)  # the reference's fp16 tensors are copied into fp32 parameters
     except (SafetensorError, KeyError, RuntimeError, ValueError) as e:
-        raise PredictError(f"{run_dir} does not hold CustomResNet weights that train_fastai.py wrote "
+        raise PredictError(f"{weights} does not hold CustomResNet weights that train_fastai.py wrote "
                            f"({type(e).__name__}): train a run first") from None
     return model.eval(), classes, torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
 
@@ -72,7 +88,7 @@ def read_image(path):
 
 @torch.no_grad()
 def predict_safetensors(run_dir, paths):
-    model, classes, mean, std = load_model(run_dir)
+    model, classes, mean, std = load_model(*weights_files(run_dir))
     images = torch.from_numpy(np.stack([read_image(p) for p in paths])).permute(0, 3, 1, 2)
     probs = [model(((batch.float() / 255 - mean) / std)).softmax(1) for batch in images.split(512)]
     return torch.cat(probs), classes
@@ -108,8 +124,9 @@ def predictions_table(paths, probs, classes, topk):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a run folder written by train_fastai.py")
     p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--run", type=Path, dest="run_dir",
+                   help="a run folder written by train_fastai.py (default: the reference checkpoint in models/)")
     p.add_argument("--topk", type=int, default=1, help="also show the next most likely classes (default 1)")
     p.add_argument("--csv", type=Path, help="also write the predictions to this CSV file")
     p.add_argument("--pickle", action="store_true",
@@ -120,8 +137,10 @@ def main(argv=None):
     try:
         if args.csv and args.csv.exists():
             raise PredictError(f"{args.csv} exists already: give --csv a new file name")
-        if not args.run_dir.is_dir():
-            raise PredictError(f"{args.run_dir} is not a folder: give a run folder written by train_fastai.py")
+        if args.run_dir is not None and not args.run_dir.is_dir():
+            raise PredictError(f"{args.run_dir} is not a folder: give --run a run folder written by train_fastai.py")
+        if args.pickle and args.run_dir is None:
+            raise PredictError("--pickle loads a run folder's export.pkl: give --run RUN_DIR")
         paths = image_paths(args.images)
         predict = predict_pickle if args.pickle else predict_safetensors
         probs, classes = predict(args.run_dir, paths)

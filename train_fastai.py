@@ -108,6 +108,9 @@ def parse_args(argv=None):
                    help="channels of the first layer; 64 is the recipe, smaller is a thin copy for quick runs")
     p.add_argument("--finder-iters", type=int, default=100,
                    help="LR range test iterations (default 100; a training run uses at most its own length)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the first batches of the finder and of the first test pass "
+                        "compile it); fastai's Learner still runs the loop")
     args = p.parse_args(argv)
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
@@ -244,6 +247,15 @@ def make_learner(dls, args, run_dir, precision):
             learn.to_bf16()
         elif precision == "fp16":
             learn.to_fp16()
+    if args.compile:
+        learn.model = torch.compile(learn.model)
+    return learn
+
+
+def uncompiled(learn):
+    """The plain module under a compiled one (the same parameters), so that the saved weights keep
+    their names and the exported learner loads without the compiler."""
+    learn.model = getattr(learn.model, "_orig_mod", learn.model)
     return learn
 
 
@@ -283,9 +295,10 @@ def images_per_second(model, images, train):
 
 
 def print_cpu_estimate(learn, finder_iters, epochs):
-    images = learn.dls.valid.one_batch()[0][:64]
-    train_rate = images_per_second(learn.model, images, train=True)
-    eval_rate = images_per_second(learn.model, images, train=False)
+    images = learn.dls.valid.one_batch()[0][:64].as_subclass(torch.Tensor)  # as fastai's CastToTensor hands it over
+    model = getattr(learn.model, "_orig_mod", learn.model)  # eager: compiling here would cost more than it tells
+    train_rate = images_per_second(model, images, train=True)
+    eval_rate = images_per_second(model, images, train=False)
     trained = (finder_iters + epochs * len(learn.dls.train)) * learn.dls.train.bs
     evaluated = (epochs + 1) * len(learn.dls.valid.dataset)  # one pass per epoch, one for the plots
     seconds = trained / train_rate + evaluated / eval_rate
@@ -543,6 +556,7 @@ def run(args):
     print(f"training: {args.epochs} epochs, LR {lr_min:.3e} -> {lr_max:.3e} (epoch {args.peak_epoch:g}) "
           f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}")
     fit_seconds = fit(learn, schedule, [time_to_accuracy])
+    uncompiled(learn)
 
     history = pd.read_csv(run_dir / "history.csv")
     write_schedule(learn, run_dir, lr_min, lr_max)

@@ -2,6 +2,7 @@
 
 Each class k is a flat colour (pixel value 20 * k + 10 in every channel), so a test can tell from
 a batch's pixels whether its labels are right."""
+import json
 import os
 import pickle
 import tarfile
@@ -9,7 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import save_file
+
+from customresnet import CustomResNet
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = Path(__file__).resolve().parents[1]
@@ -108,3 +113,28 @@ def finished_sweep(tmp_path_factory):
                            "--runs", "2", "--seed", "5", "--tta", "--target-acc", "0.01", "--name", "lr"])
     group, = (tmp / "runs").glob("*-lr-group")
     return tmp / "runs", group, printed.getvalue()
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run folder as train_fastai.py leaves it, for a thin model whose head always says "cat"."""
+    model = CustomResNet(width=8)
+    with torch.no_grad():
+        model.head[2].weight.zero_()
+        model.head[2].bias.copy_(torch.arange(10) == CLASSES.index("cat"))
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(model.state_dict(), run / "model.safetensors")
+    (run / "classes.json").write_text(json.dumps({"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3}))
+    return run
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(class_image(3)).save(folder / "a.png")
+    Image.new("L", (100, 60), 128).save(folder / "gray-and-big.jpg")
+    Image.new("RGBA", (16, 16), (9, 9, 9, 9)).save(folder / "small-rgba.png")
+    (folder / "notes.txt").write_text("not an image, skipped in a folder")
+    return folder

@@ -1,40 +1,11 @@
-import json
 import pickle
 
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 import predict
-from conftest import CLASSES, class_image
-from customresnet import CustomResNet
-
-
-@pytest.fixture
-def run_dir(tmp_path):
-    """A run folder as train_fastai.py leaves it, for a thin model whose head always says "cat"."""
-    model = CustomResNet(width=8)
-    with torch.no_grad():
-        model.head[2].weight.zero_()
-        model.head[2].bias.copy_(torch.arange(10) == CLASSES.index("cat"))
-    run = tmp_path / "run"
-    run.mkdir()
-    save_file(model.state_dict(), run / "model.safetensors")
-    (run / "classes.json").write_text(json.dumps({"classes": CLASSES, "mean": [0.5] * 3, "std": [0.25] * 3}))
-    return run
-
-
-@pytest.fixture
-def images(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    Image.fromarray(class_image(3)).save(folder / "a.png")
-    Image.new("L", (100, 60), 128).save(folder / "gray-and-big.jpg")
-    Image.new("RGBA", (16, 16), (9, 9, 9, 9)).save(folder / "small-rgba.png")
-    (folder / "notes.txt").write_text("not an image, skipped in a folder")
-    return folder
 
 
 def run_predict(capsys, *args):
@@ -43,7 +14,7 @@ def run_predict(capsys, *args):
 
 
 def test_predicts_class_and_probability_for_every_image_of_any_size_or_mode(run_dir, images, capsys):
-    out = run_predict(capsys, run_dir, images)
+    out = run_predict(capsys, "--run", run_dir, images)
     lines = out.strip().splitlines()
     assert len(lines) == 1 + 3
     assert all(" cat " in line and "0.2" in line for line in lines[1:])  # softmax of a one-hot bias: e/(e+9)
@@ -51,7 +22,7 @@ def test_predicts_class_and_probability_for_every_image_of_any_size_or_mode(run_
 
 def test_topk_and_csv(run_dir, images, tmp_path, capsys):
     csv = tmp_path / "out.csv"
-    run_predict(capsys, run_dir, images / "a.png", "--topk", 3, "--csv", csv)
+    run_predict(capsys, "--run", run_dir, images / "a.png", "--topk", 3, "--csv", csv)
     table = pd.read_csv(csv)
     assert list(table.columns) == ["image", "class", "probability", "class_2", "probability_2", "class_3",
                                    "probability_3"]
@@ -62,7 +33,7 @@ def test_csv_never_overwrites(run_dir, images, tmp_path, capsys):
     csv = tmp_path / "mine.csv"
     csv.write_text("precious")
     with pytest.raises(SystemExit):
-        run_predict(capsys, run_dir, images, "--csv", csv)
+        run_predict(capsys, "--run", run_dir, images, "--csv", csv)
     assert csv.read_text() == "precious"
 
 
@@ -72,7 +43,7 @@ def test_pickle_is_only_loaded_when_asked(run_dir, images, capsys):
             return (open, (str(run_dir / "pwned"), "w"))
 
     (run_dir / "export.pkl").write_bytes(pickle.dumps(Payload()))
-    run_predict(capsys, run_dir, images / "a.png")
+    run_predict(capsys, "--run", run_dir, images / "a.png")
     assert not (run_dir / "pwned").exists()
 
 
@@ -93,13 +64,13 @@ def unreadable_image(_, images):
 
 
 CASES = [
-    (bad_model_file, ["{run}", "{images}"], "does not hold CustomResNet weights"),
-    (foreign_weights, ["{run}", "{images}"], "does not hold CustomResNet weights"),
-    (missing_classes, ["{run}", "{images}"], "classes.json is missing"),
-    (unreadable_image, ["{run}", "{images}"], "cannot read image"),
-    (None, ["{run}/nope", "{images}"], "is not a folder"),
-    (None, ["{run}", "{images}/nope.png"], "does not exist"),
-    (None, ["{run}", "{images}", "--topk", "0"], "--topk must be at least 1"),
+    (bad_model_file, ["--run", "{run}", "{images}"], "does not hold CustomResNet weights"),
+    (foreign_weights, ["--run", "{run}", "{images}"], "does not hold CustomResNet weights"),
+    (missing_classes, ["--run", "{run}", "{images}"], "classes.json is missing"),
+    (unreadable_image, ["--run", "{run}", "{images}"], "cannot read image"),
+    (None, ["--run", "{run}/nope", "{images}"], "is not a folder"),
+    (None, ["--run", "{run}", "{images}/nope.png"], "does not exist"),
+    (None, ["--run", "{run}", "{images}", "--topk", "0"], "--topk must be at least 1"),
 ]
 
 

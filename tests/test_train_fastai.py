@@ -112,7 +112,7 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     assert done.stdout.strip().splitlines()[-1] in json.loads((train_dir / "classes.json").read_text())["classes"]
 
     import predict
-    predict.main([str(train_dir), str(image)])
+    predict.main(["--run", str(train_dir), str(image)])
     assert "cat/0000.png" in capsys.readouterr().out
 
 
@@ -259,3 +259,25 @@ def test_a_run_reports_flip_tta_time_to_accuracy_and_an_early_stop(finished_swee
     assert 0 <= summary["tta_accuracy"] <= 1
     assert (f"final test accuracy {100 * summary['final_accuracy']:.2f}% ({100 * summary['tta_accuracy']:.2f}% "
             "with flip TTA) after 1 epochs, stopped at --target-acc 0.01") in printed
+
+
+def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_folder, monkeypatch):
+    """--compile hands fastai's Learner torch.compile's module; the weights and the exported learner
+    come from the plain module. aot_eager traces forward and backward through AOT autograd as the
+    GPU's inductor does, without minutes of code generation on a CPU."""
+    import torch
+    from safetensors.torch import load_file
+    real_compile, compiled = torch.compile, []
+
+    def compile_for_test(model):
+        compiled.append(model)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_for_test)
+    out = tmp_path / "runs"
+    cli("--data", tiny_folder, "--out", out, "--bs", 16, "--width", 8, "--epochs", 1, "--compile")
+    run_dir, = run_dirs(out)
+    assert len(compiled) == 1
+    assert all(not name.startswith("_orig_mod") for name in load_file(run_dir / "model.safetensors"))
+    assert json.loads((run_dir / "config.json").read_text())["compile"] is True
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1

@@ -1,0 +1,66 @@
+"""The bench harness on tiny data on the CPU (--smoke): every row is run or honestly skipped, and the
+results file holds what BENCHMARKS.md reads. Its figures mean nothing and are asserted nowhere."""
+import json
+import sys
+
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import bench  # noqa: E402
+
+RUN_FIELDS = {"seed", "accuracy", "fit_s", "total_s", "images_per_s", "peak_gpu_mib"}
+
+
+def test_smoke_bench_writes_every_row_and_field(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "results"
+    bench.main(["--smoke", "--data", str(tiny_folder), "--out", str(out), "--profile"])
+    results_file, = out.glob("*.json")
+    assert results_file.stem.startswith("cpu-smoke-")
+    results = json.loads(results_file.read_text())
+    log = results_file.with_suffix(".log").read_text()
+    assert "ours, seed 1" in log and "airbench94: skipped" in log
+    assert results["smoke"] is True and results["finished"]
+    for key in ("command", "device", "driver", "versions", "seeds", "bf16_matmul_tflops", "model_flops_per_image"):
+        assert key in results
+    assert results["bf16_matmul_tflops"] > 0 and results["versions"]["torch"]
+    rows = {row["row"]: row for row in results["rows"]}
+    assert list(rows) == list(bench.ROWS)
+
+    ours = rows["ours"]
+    assert ours["status"] == "ok" and [r["seed"] for r in ours["runs"]] == [0, 1]
+    for run in ours["runs"]:
+        assert RUN_FIELDS | {"mfu", "model_tflop", "lr_min", "lr_max"} <= set(run)
+        assert 0 <= run["accuracy"] <= 1 and 0 < run["fit_s"] < run["total_s"] and run["mfu"] > 0  # bf16 peak vs fp32 work on a CPU: no bound
+    assert ours["accuracy_std"] is not None and ours["ratio_to_ours"]["fit_s"] == pytest.approx(1)
+
+    for name in ("seed-style", "fastai-stock"):
+        row = rows[name]
+        assert row["status"] == "ok" and len(row["runs"]) == 1 and RUN_FIELDS <= set(row["runs"][0])
+        assert row["accuracy_std"] is None  # one run has no spread
+        assert row["ratio_to_ours"]["fit_s"] == pytest.approx(row["fit_s_mean"] / ours["fit_s_mean"])
+
+    airbench = rows["airbench94"]
+    assert airbench["status"] == "skipped" and "CUDA" in airbench["reason"] and airbench["runs"] == []
+    assert "accuracy_mean" not in airbench  # a skipped row has no figures, never made-up ones
+
+    profile = (out / f"{results_file.stem}-profile.txt").read_text()
+    assert "training steps of ours" in profile and "aten::" in profile
+
+
+def test_airbench_reads_the_files_we_write(tmp_path, tiny_folder):
+    """airbench's own loader takes our copy: uint8 NHWC images, int64 labels, class names."""
+    airbench = pytest.importorskip("airbench")
+    data = bench.data_tensors(tiny_folder, None)
+    bench.write_airbench_data(data, tmp_path)
+    with bench.working_directory(tmp_path):
+        loader = airbench.CifarLoader("cifar10", train=True, gpu="cpu")
+    assert loader.images.shape == (80, 3, 32, 32) and loader.labels.tolist() == data["train"][1].tolist()
+    assert loader.classes == data["classes"]
+
+
+def test_smoke_needs_an_out_folder(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--smoke"])
+    assert e.value.code == 2 and "never written into bench/results" in capsys.readouterr().err
