@@ -78,6 +78,7 @@ def parse_args(argv=None):
                    help="channels of the first layer; 64 is the recipe, smaller is a thin copy for quick runs")
     p.add_argument("--finder-iters", type=int, default=100,
                    help="LR range test iterations (default 100; a training run uses at most its own length)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
     if args.peak_epoch is None:
         args.peak_epoch = args.epochs * PEAK_FRACTION
@@ -360,6 +361,8 @@ def main(argv=None):
     try:
         run(args)
     except (UsageError, DataError) as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
