@@ -19,6 +19,7 @@ import platform
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -146,15 +147,31 @@ def new_run_dir(out, name):
     raise UsageError(f"too many runs named {stem} in {out}: choose another --name")
 
 
-def write_json(path, obj):
-    """Write through a temporary file so that a crash never leaves half a file."""
+@contextmanager
+def atomic(path):
+    """A temporary name to write `path` under; renamed to `path` once written, so that a crash
+    never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, obj):
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def write_csv(path, table):
+    with atomic(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def save_figure(fig, path):
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -250,7 +267,7 @@ def find_lr(learn, run_dir, num_it):
                   suggest_funcs=None)
     lrs = [float(lr) for lr in learn.recorder.lrs]
     losses = [float(loss) for loss in learn.recorder.losses]
-    pd.DataFrame({"lr": lrs, "loss": losses}).to_csv(run_dir / "lr_find.csv", index=False)
+    write_csv(run_dir / "lr_find.csv", pd.DataFrame({"lr": lrs, "loss": losses}))
     (run_dir / learn.model_dir).rmdir()  # lr_find parks the weights there and leaves it empty
     lr_min, lr_max = lr_bounds(*usable_curve(lrs, losses, num_it))
 
@@ -296,7 +313,7 @@ def write_schedule(learn, run_dir, lr_min, lr_max):
     iters_per_epoch = len(learn.dls.train)
     schedule = pd.DataFrame({"iteration": np.arange(len(hps["lr"])), "lr": hps["lr"], "mom": hps["mom"]})
     schedule.insert(1, "epoch", schedule.iteration / iters_per_epoch)
-    schedule.to_csv(run_dir / "lr_schedule.csv", index=False)
+    write_csv(run_dir / "lr_schedule.csv", schedule)
     fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     ax_lr.plot(schedule.epoch, schedule.lr)
     for lr, label in ((lr_min, "LRMIN"), (lr_max, "LRMAX")):
@@ -333,7 +350,8 @@ def write_interpretation(learn, run_dir):
 
 def write_weights(learn, run_dir, stats):
     state = {name: tensor.detach().float().contiguous().cpu() for name, tensor in learn.model.state_dict().items()}
-    save_file(state, run_dir / "model.safetensors", metadata={"format": "pt", "model": "CustomResNet"})
+    with atomic(run_dir / "model.safetensors") as tmp:
+        save_file(state, tmp, metadata={"format": "pt", "model": "CustomResNet"})
     write_json(run_dir / "classes.json", {"classes": list(learn.dls.vocab), "mean": stats[0], "std": stats[1]})
 
 
@@ -415,7 +433,8 @@ def run(args):
     write_weights(learn, run_dir, stats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fastai warns that a pickle runs code: that is for the loader
-        learn.export("export.pkl")
+        with atomic(run_dir / "export.pkl") as tmp:
+            learn.export(tmp)
     print(f"final test accuracy {100 * summary['final_accuracy']:.2f}% after {args.epochs} epochs, "
           f"fit {fit_seconds:.1f} s; outputs in {run_dir}")
 
