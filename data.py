@@ -20,14 +20,17 @@ import socket
 import sys
 import tarfile
 import tempfile
+import threading
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from fastai.vision.all import (CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize,
                                Resize, TensorCategory, TensorImage, TfmdDL, URLs,
-                               get_files, get_image_files, image_extensions, parent_label, untar_data)
+                               fastai_path, get_files, get_image_files, image_extensions, parent_label,
+                               untar_data)
 from PIL import Image
 
 from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
@@ -37,6 +40,7 @@ CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")
 PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 DOWNLOAD_TIMEOUT_S = 30
+REACH_TIMEOUT_S = 3
 
 
 class DataError(Exception):
@@ -63,7 +67,30 @@ def cifar10_folder(data=None):
     return layout_folder(path)
 
 
+def reachable(url, timeout=REACH_TIMEOUT_S):
+    """Whether `url`'s host takes a connection within `timeout` seconds, the name lookup included
+    (which has no timeout of its own, hence the thread)."""
+    address = urlparse(url)
+    connected = []
+
+    def connect():
+        try:
+            socket.create_connection((address.hostname, address.port or 443), timeout=timeout).close()
+            connected.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(connected)
+
+
 def download():
+    already_here = (fastai_path("data") / Path(urlparse(URLs.CIFAR).path).stem).exists()  # untar_data's folder
+    if not already_here and not reachable(URLs.CIFAR):
+        raise DataError(f"no CIFAR-10 here and {urlparse(URLs.CIFAR).hostname} cannot be reached: pass --data PATH "
+                        "or set CIFAR10_DATA to a local copy (a CIFAR-10 folder or .tgz)")
     # fastai's download has no timeout of its own: without one, a machine with no route out hangs.
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)

@@ -1,4 +1,5 @@
 import os
+import time
 
 import numpy as np
 import pytest
@@ -102,3 +103,13 @@ def test_albumentations_backend_serves_the_same_split(tiny_folder):
     x, _ = dls.train.one_batch()
     assert x.shape == (8, 3, 32, 32)
     check_labels_match_pixels(dls.valid, stats)
+
+
+def test_no_data_and_no_route_to_the_download_fails_within_seconds(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "fastai"))
+    # A host with no route answers nothing: the connection (and a name lookup) just hangs.
+    monkeypatch.setattr(data.socket, "create_connection", lambda *args, **kwargs: time.sleep(60))
+    start = time.perf_counter()
+    with pytest.raises(data.DataError, match="cannot be reached: pass --data PATH or set CIFAR10_DATA"):
+        cifar10_folder()
+    assert time.perf_counter() - start < 10
