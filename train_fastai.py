@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import warnings
@@ -31,8 +32,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import (Adam, ClassificationInterpretation, CrossEntropyLossFlat, CSVLogger, Learner,
-                               accuracy, set_seed)
+from fastai.learner import load_model
+from fastai.vision.all import (Adam, CancelFitException, Callback, ClassificationInterpretation, CrossEntropyLossFlat,
+                               CSVLogger, Learner, Recorder, accuracy, set_seed)
 from safetensors.torch import save_file
 
 from customresnet import CustomResNet, count_parameters
@@ -47,6 +49,16 @@ LR_RULE = ("On fastai's smoothed lr_find loss: LRMAX = the LR of the lowest loss
 
 class UsageError(Exception):
     """A bad flag or setting, worded as one line that says what to do."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during training, after the checkpoint is written: says how to resume."""
+
+
+# What makes two runs the same run: a --resume must not change any of them.
+RUN_SETTINGS = ("epochs", "peak_epoch", "bs", "lr_max", "lr_min", "wd", "seed", "aug", "subset", "width",
+                "precision", "deterministic")
+UNSET = object()
 
 
 def parse_args(argv=None):
@@ -79,13 +91,37 @@ def parse_args(argv=None):
                    help="channels of the first layer; 64 is the recipe, smaller is a thin copy for quick runs")
     p.add_argument("--finder-iters", type=int, default=100,
                    help="LR range test iterations (default 100; a training run uses at most its own length)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels only (slower); a CPU run with a given --seed repeats anyway")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last finished epoch, with its settings")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
+    if args.resume:
+        resume_settings(p, argv, args)
     if args.peak_epoch is None:
         args.peak_epoch = args.epochs * PEAK_FRACTION
     for problem in invalid_settings(args):
         p.error(problem)
     return args
+
+
+def resume_settings(p, argv, args):
+    """Take the run's settings from RUN_DIR/config.json; a flag given again must say the same."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "checkpoint.json").is_file():
+        p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
+    if args.find_lr:
+        p.error("--find-lr and --resume do not go together: a finder run has nothing to resume")
+    saved = json.loads((run_dir / "config.json").read_text())
+    given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
+    for key in RUN_SETTINGS:
+        value = getattr(given, key)
+        if value is not UNSET and value != saved.get(key):
+            p.error(f"{run_dir} was run with --{key.replace('_', '-')} {saved.get(key)}, not {value}: "
+                    "drop the flag to resume it, or start a new run")
+        setattr(args, key, saved.get(key))
+    args.data = args.data or saved["data"]
 
 
 def invalid_settings(args):
@@ -126,6 +162,16 @@ def resolve_precision(precision, device):
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return precision
+
+
+def seed_everything(seed, deterministic):
+    """fastai's set_seed seeds Python, NumPy and torch (CPU and CUDA); the GPU augmentations draw
+    from torch, the albumentations workers are reseeded from torch's per-worker seed. On the GPU,
+    `deterministic` also makes cuDNN and every other kernel choose deterministic algorithms."""
+    set_seed(seed, reproducible=deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to repeat itself
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def new_run_dir(out, name):
@@ -297,21 +343,142 @@ def one_cycle(lr_min, lr_max, peak_epoch, epochs):
     return dict(n_epoch=epochs, lr_max=lr_max, div=div, div_final=div, pct_start=peak_epoch / epochs)
 
 
-def fit(learn, schedule):
+class StopOnDivergence(Callback):
+    """Stops training when the loss is no longer finite or has passed `factor` times the loss of
+    guessing, ln(classes): a sign that the LR is too high. fit() then reports it."""
+    order = Recorder.order + 1
+
+    def __init__(self, factor=4):
+        self.factor, self.problem = factor, None
+
+    def after_batch(self):
+        if not self.training:
+            return
+        loss = float(self.loss.detach())
+        if not np.isfinite(loss) or loss > self.factor * np.log(len(self.dls.vocab)):
+            self.problem = (f"the loss diverged ({loss:.3g}) at epoch {self.epoch + 1}, iteration {self.iter + 1}, "
+                            f"LR {self.opt.hypers[-1]['lr']:.3g}: the LR is likely too high; "
+                            "lower --lr-max and --lr-min, or rerun the LR range test")
+            raise CancelFitException
+
+
+class EpochSnapshot(Callback):
+    """An in-memory copy of the weights and optimizer state as the last finished epoch left them:
+    what an interruption writes as the checkpoint (a copy on the device costs little; a file
+    every epoch would not)."""
+    order = Recorder.order + 1  # after the recorder has logged the epoch
+
+    def __init__(self, resumed):
+        self.resumed, self.state = resumed, None
+
+    def after_epoch(self):
+        if self.epoch < self.resumed.get("epochs_done", 0):
+            return  # an epoch fit_one_cycle skipped when resuming
+        self.state = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                      "opt": copy.deepcopy(self.opt.state_dict())}
+        hps = self.learn.param_scheduler.hps  # the recorder gets them only once fit ends
+        self.progress_so_far = {"epochs_done": self.epoch + 1,
+                         "lrs": [*self.resumed.get("lrs", []), *map(float, hps["lr"])],
+                         "moms": [*self.resumed.get("moms", []), *map(float, hps["mom"])]}
+
+
+class HistoryLogger(CSVLogger):
+    """fastai's CSVLogger; on a resumed run, the epochs fit_one_cycle skips are logged with their
+    rows from before the interruption, so history.csv is whole again."""
+
+    def __init__(self, earlier_rows):
+        super().__init__("history.csv")
+        self.earlier_rows, self.rows = earlier_rows, []
+
+    def _write_line(self, log):
+        if log[0] < len(self.earlier_rows):
+            log = self.earlier_rows[log[0]]
+        self.rows.append([str(v) for v in log])
+        super()._write_line(log)
+
+
+@contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (what a scheduler sends before killing a job) ends training as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fit(learn, schedule, run_dir, resumed):
+    """fit_one_cycle from the start or, resumed, from the checkpoint's epoch on the same schedule."""
+    logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
     start = time.perf_counter()
-    learn.fit_one_cycle(**schedule, cbs=[CSVLogger("history.csv")])
+    try:
+        with sigterm_as_ctrl_c():
+            learn.fit_one_cycle(**schedule, cbs=[logger, snapshot, divergence],
+                                start_epoch=resumed.get("epochs_done", 0))
+    except KeyboardInterrupt:
+        seconds = resumed.get("fit_seconds", 0) + time.perf_counter() - start
+        raise Interrupted(save_checkpoint(run_dir, snapshot, logger.rows, seconds, resumed)) from None
+    if divergence.problem:
+        raise UsageError(divergence.problem)
     if learn.dls.device.type == "cuda":
         torch.cuda.synchronize(learn.dls.device)
-    return time.perf_counter() - start
+    return resumed.get("fit_seconds", 0) + time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# Interruption and resume.
+
+def save_checkpoint(run_dir, snapshot, rows, fit_seconds, resumed):
+    """Write the last finished epoch's weights and optimizer state (fastai's save_model format)
+    and what the resumed run needs to join up; returns the message for the user."""
+    if snapshot.state is not None:
+        with atomic(run_dir / "checkpoint.pth") as tmp:
+            torch.save(snapshot.state, tmp)
+        done = snapshot.progress_so_far["epochs_done"]
+        write_json(run_dir / "checkpoint.json",
+                   {**snapshot.progress_so_far, "history": rows[:done], "fit_seconds": fit_seconds})
+        write_curves(pd.read_csv(run_dir / "history.csv").iloc[:done], run_dir)
+    elif not resumed:
+        return "interrupted before the first epoch finished: nothing to resume; start the run again"
+    done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
+    return (f"interrupted; epochs 1-{done} are saved in {run_dir}. Resume with: "
+            f"python {Path(__file__).name} --resume {run_dir}")
+
+
+def load_checkpoint(learn, run_dir):
+    """Weights and optimizer state into `learn` (weights_only: the file cannot run code), and the
+    progress saved with them."""
+    learn.create_opt()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "Could not load the optimizer state")  # fastai only warns
+            load_model(run_dir / "checkpoint.pth", learn.model, learn.opt, device=learn.dls.device)
+    except Exception as e:
+        raise UsageError(f"{run_dir / 'checkpoint.pth'} cannot be loaded ({type(e).__name__}): "
+                         "start a new run") from None
+    return json.loads((run_dir / "checkpoint.json").read_text())
+
+
+def check_same_run(run_dir, config):
+    """A resumed run must see the data the run started with."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    for key in ("data", "train_images", "test_images", "classes"):
+        if saved.get(key) != config[key]:
+            raise UsageError(f"{run_dir} was run on other data ({key}: {saved.get(key)}, now {config[key]}): "
+                             "resume it with its own --data, or start a new run")
 
 
 # ---------------------------------------------------------------------------------------------
 # Outputs.
 
-def write_schedule(learn, run_dir, lr_min, lr_max):
+def write_schedule(learn, run_dir, lr_min, lr_max, resumed):
     hps = learn.recorder.hps
     iters_per_epoch = len(learn.dls.train)
-    schedule = pd.DataFrame({"iteration": np.arange(len(hps["lr"])), "lr": hps["lr"], "mom": hps["mom"]})
+    lrs, moms = [*resumed.get("lrs", []), *hps["lr"]], [*resumed.get("moms", []), *hps["mom"]]
+    schedule = pd.DataFrame({"iteration": np.arange(len(lrs)), "lr": lrs, "mom": moms})
     schedule.insert(1, "epoch", schedule.iteration / iters_per_epoch)
     write_csv(run_dir / "lr_schedule.csv", schedule)
     fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
@@ -383,23 +550,31 @@ def main(argv=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted before training: nothing to resume", file=sys.stderr)
+        sys.exit(130)
 
 
 def run(args):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    set_seed(args.seed, reproducible=True)
+    seed_everything(args.seed, args.deterministic)
     folder = cifar10_folder(args.data)
     dls, stats = cifar10_dataloaders(folder, bs=args.bs, aug=args.aug, device=device, subset=args.subset,
                                      workers=args.workers, seed=args.seed)
     if len(dls.train) == 0:
         raise UsageError(f"{len(dls.train_ds)} training images make no full batch of --bs {args.bs}: "
                          "lower --bs or raise --subset")
-    run_dir = new_run_dir(args.out, args.name)
+    run_dir = Path(args.resume) if args.resume else new_run_dir(args.out, args.name)
     learn = make_learner(dls, args, run_dir, precision)
     config = {**vars(args), "data": str(folder), "device": str(device), "precision": precision,
               "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
               "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir)}
+    if args.resume:
+        check_same_run(run_dir, config)
     print(f"run folder: {run_dir}\nconfig: {json.dumps(config)}")
     write_json(run_dir / "config.json", config)  # written again once the LRs are known
 
@@ -422,10 +597,11 @@ def run(args):
     schedule = one_cycle(lr_min, lr_max, args.peak_epoch, args.epochs)
     print(f"training: {args.epochs} epochs, LR {lr_min:.3e} -> {lr_max:.3e} (epoch {args.peak_epoch:g}) "
           f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}")
-    fit_seconds = fit(learn, schedule)
+    resumed = load_checkpoint(learn, run_dir) if args.resume else {}
+    fit_seconds = fit(learn, schedule, run_dir, resumed)
 
     history = pd.read_csv(run_dir / "history.csv")
-    write_schedule(learn, run_dir, lr_min, lr_max)
+    write_schedule(learn, run_dir, lr_min, lr_max, resumed)
     write_curves(history, run_dir)
     write_interpretation(learn, run_dir)
     summary = summarize(history, learn, args, fit_seconds, device)
@@ -435,6 +611,8 @@ def run(args):
         warnings.simplefilter("ignore")  # fastai warns that a pickle runs code: that is for the loader
         with atomic(run_dir / "export.pkl") as tmp:
             learn.export(tmp)
+    for name in ("checkpoint.pth", "checkpoint.json"):
+        (run_dir / name).unlink(missing_ok=True)  # the run is whole: model.safetensors supersedes it
     print(f"final test accuracy {100 * summary['final_accuracy']:.2f}% after {args.epochs} epochs, "
           f"fit {fit_seconds:.1f} s; outputs in {run_dir}")
 

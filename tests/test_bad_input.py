@@ -3,6 +3,7 @@
 
 A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` builds the input and
 returns the command line; tool "train" and "predict" run the CLIs, "data" builds the DataLoaders."""
+import json
 import pickle
 import tarfile
 
@@ -158,6 +159,23 @@ def unwritable_out(tmp, folder, run):
     return [*data(folder), "--out", str(tmp / "file" / "runs")]
 
 
+def interrupted_run(tmp, epochs):
+    run = tmp / "interrupted"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"epochs": epochs, "bs": 16, "width": 8}))
+    (run / "checkpoint.json").write_text(json.dumps({"epochs_done": 1}))
+    return run
+
+
+def resume_other_config(tmp, folder, run):
+    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--epochs", "5"]
+
+
+def resume_finished_run(tmp, folder, run):
+    (interrupted_run(tmp, epochs=2) / "checkpoint.json").unlink()
+    return ["--resume", str(tmp / "interrupted")]
+
+
 # predict inputs ----------------------------------------------------------------------------
 
 def predict_args(*given):
@@ -257,6 +275,9 @@ CASES = {
     "bf16 on the CPU": ("train", flags("--precision", "bf16"), REFUSE, "needs a CUDA GPU", None),
     "no full batch": ("train", flags("--subset", "3", "--bs", "16"), REFUSE, "make no full batch", None),
     "unwritable output folder": ("train", unwritable_out, REFUSE, "choose a writable folder", None),
+    "--resume with another configuration": ("train", resume_other_config, REFUSE, "was run with --epochs 2, not 5",
+                                            None),
+    "--resume a run with no checkpoint": ("train", resume_finished_run, REFUSE, "holds no checkpoint.json", None),
     # predict inputs
     "missing run folder": ("predict", no_run_folder, REFUSE, "is not a folder", None),
     "model file that is not safetensors": ("predict", not_safetensors, REFUSE, "does not hold CustomResNet", None),

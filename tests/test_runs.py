@@ -2,11 +2,14 @@
 numbers for the same seed."""
 import json
 import os
+import re
+import signal
 
 import pandas as pd
 import pytest
 
 import train_fastai
+from fastai.callback.core import Callback
 from train_fastai import UsageError, main, new_run_dir
 
 TINY = ["--width", "8", "--bs", "16"]
@@ -47,3 +50,59 @@ def test_config_is_written_before_the_finder_can_stop_the_run(tmp_path, tiny_fol
     assert "no fall in the loss" in capsys.readouterr().err
     run_dir, = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 1
+
+
+class SigtermAt(Callback):
+    """Sends this process SIGTERM at one training iteration, as a job scheduler would."""
+    def __init__(self, epoch, iteration):
+        self.at = (epoch, iteration)
+
+    def before_batch(self):
+        if self.training and (self.epoch, self.iter) == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def history_values(run_dir):
+    return pd.read_csv(run_dir / "history.csv").drop(columns="time")
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_path, tiny_folder, monkeypatch, capsys):
+    out = tmp_path / "runs"
+    whole = train(tiny_folder, out, *GIVEN_LRS, "--epochs", 2, "--name", "whole")
+
+    real_make_learner = train_fastai.make_learner
+    monkeypatch.setattr(train_fastai, "make_learner",
+                        lambda *a: real_make_learner(*a).add_cb(SigtermAt(epoch=1, iteration=2)))
+    with pytest.raises(SystemExit) as e:
+        train(tiny_folder, out, *GIVEN_LRS, "--epochs", 2, "--name", "cut")
+    assert e.value.code == 130
+    cut, = out.glob("*-cut")
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.endswith(f"Resume with: python train_fastai.py --resume {cut}")
+    assert len(pd.read_csv(cut / "history.csv")) == 1  # epoch 1 finished, epoch 2 did not
+    assert (cut / "checkpoint.pth").is_file() and not (cut / "summary.json").exists()
+    monkeypatch.setattr(train_fastai, "make_learner", real_make_learner)
+
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", str(cut), "--epochs", "5"])
+    assert e.value.code == 2 and "was run with --epochs 2, not 5" in capsys.readouterr().err
+
+    main(["--resume", str(cut)])
+    pd.testing.assert_frame_equal(pd.read_csv(cut / "lr_schedule.csv"), pd.read_csv(whole / "lr_schedule.csv"))
+    history = history_values(cut)
+    assert list(history.epoch) == [0, 1]
+    # Epoch 1 was trained before the interruption, with the same seed as the whole run.
+    pd.testing.assert_frame_equal(history.iloc[:1], history_values(whole).iloc[:1])
+    assert (cut / "model.safetensors").is_file() and not (cut / "checkpoint.pth").exists()
+    assert json.loads((cut / "summary.json").read_text())["final_accuracy"] == pytest.approx(history.accuracy.iloc[-1])
+
+
+def test_a_diverging_loss_stops_the_run_naming_the_lr(tmp_path, tiny_folder, capsys):
+    with pytest.raises(SystemExit) as e:
+        train(tiny_folder, tmp_path / "runs", "--lr-min", 10, "--lr-max", 1000, "--epochs", 2, "--name", "hot")
+    assert e.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the loss diverged" in message and "LR is likely too high" in message
+    assert 10 <= float(re.search(r"LR ([0-9.e+-]+):", message).group(1)) <= 1000
+    run_dir, = (tmp_path / "runs").iterdir()
+    assert (run_dir / "config.json").is_file() and (run_dir / "history.csv").is_file()
