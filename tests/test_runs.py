@@ -7,6 +7,7 @@ import signal
 
 import pandas as pd
 import pytest
+import torch
 
 import train_fastai
 from fastai.callback.core import Callback
@@ -106,3 +107,15 @@ def test_a_diverging_loss_stops_the_run_naming_the_lr(tmp_path, tiny_folder, cap
     assert 10 <= float(re.search(r"LR ([0-9.e+-]+):", message).group(1)) <= 1000
     run_dir, = (tmp_path / "runs").iterdir()
     assert (run_dir / "config.json").is_file() and (run_dir / "history.csv").is_file()
+
+
+def test_the_same_seed_gives_the_same_history_on_the_cpu(tmp_path, tiny_folder):
+    out = tmp_path / "runs"
+    first = train(tiny_folder, out, *GIVEN_LRS, "--epochs", 1, "--seed", 3, "--name", "first")
+    try:
+        second = train(tiny_folder, out, *GIVEN_LRS, "--epochs", 1, "--seed", 3, "--deterministic", "--name", "second")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    pd.testing.assert_frame_equal(history_values(first), history_values(second), check_exact=True)
+    assert json.loads((second / "config.json").read_text())["deterministic"] is True
