@@ -12,12 +12,15 @@ The recipe (Myrtle's "How to train your ResNet", as DAWNBench ran it):
 Every run writes a new folder <out>/<timestamp>[-name]/; see the README for each file in it.
 """
 import argparse
+import atexit
 import copy
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -32,9 +35,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+from fastai.distributed import DistributedDL
 from fastai.learner import load_model
 from fastai.vision.all import (Adam, CancelFitException, Callback, ClassificationInterpretation, CrossEntropyLossFlat,
-                               CSVLogger, Learner, Recorder, accuracy, set_seed)
+                               CSVLogger, Learner, Recorder, accuracy, get_model, num_distrib, rank_distrib,
+                               set_seed)
 from safetensors.torch import save_file
 
 from customresnet import CustomResNet, count_parameters
@@ -174,6 +181,49 @@ def seed_everything(seed, deterministic):
     torch.use_deterministic_algorithms(deterministic)
 
 
+# ---------------------------------------------------------------------------------------------
+# Several processes: `accelerate launch` (or torchrun) starts this script once per GPU.
+
+def join_processes(device):
+    """(number of processes, this process's device): 1 and `device` when run alone; under
+    `accelerate launch` this process joins the others' group and takes its own GPU."""
+    if num_distrib() <= 1:
+        return 1, device
+    state = PartialState(cpu=device.type == "cpu")
+    if not state.is_main_process:
+        sys.stdout = open(os.devnull, "w")  # one process tells the user what happens
+    return state.num_processes, state.device
+
+
+def broadcast_on_cpu_for_gloo(self, values, rank):
+    """fastai's DistributedDL sends each epoch's sample order from rank 0 as a CUDA tensor, which
+    NCCL needs; gloo (processes on CPUs) needs a CPU tensor."""
+    on = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    values = torch.tensor(values, dtype=torch.long, device=on)
+    torch.distributed.broadcast(values, rank)
+    return values.cpu().tolist()
+
+
+DistributedDL._broadcast = broadcast_on_cpu_for_gloo
+
+
+def output_folder(args, main_process):
+    """The run folder. The other processes of a data-parallel run write into a throwaway folder,
+    so that all run the same code and only the main process leaves files."""
+    if not main_process:
+        scratch = tempfile.mkdtemp(prefix="cifar10-fast-process-")
+        atexit.register(shutil.rmtree, scratch, True)
+        return Path(scratch)
+    return Path(args.resume) if args.resume else new_run_dir(args.out, args.name)
+
+
+def split_batches(learn, processes):
+    """Each of the processes takes 1/processes of every batch: --bs stays the batch one
+    optimizer step sees (the effective batch), so the recipe's LRs and the LR rule hold as they are."""
+    if processes > 1:
+        learn.dls.loaders = [dl.new(bs=dl.bs // processes) for dl in learn.dls.loaders]
+
+
 def new_run_dir(out, name):
     """A new folder for this run; an existing one is never reused."""
     stem = datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
@@ -200,7 +250,8 @@ def atomic(path):
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         yield tmp
-        os.replace(tmp, path)
+        if tmp.exists():  # fastai's export writes nothing in all but the main process
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -374,7 +425,7 @@ class EpochSnapshot(Callback):
     def after_epoch(self):
         if self.epoch < self.resumed.get("epochs_done", 0):
             return  # an epoch fit_one_cycle skipped when resuming
-        self.state = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+        self.state = {"model": {k: v.detach().clone() for k, v in get_model(self.model).state_dict().items()},
                       "opt": copy.deepcopy(self.opt.state_dict())}
         hps = self.learn.param_scheduler.hps  # the recorder gets them only once fit ends
         self.progress_so_far = {"epochs_done": self.epoch + 1,
@@ -415,7 +466,8 @@ def fit(learn, schedule, run_dir, resumed):
     logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
     start = time.perf_counter()
     try:
-        with sigterm_as_ctrl_c():
+        on_cpu = learn.dls.device.type == "cpu"  # torch's SyncBatchNorm needs GPUs
+        with sigterm_as_ctrl_c(), learn.distrib_ctx(sync_bn=not on_cpu, cpu=on_cpu):
             learn.fit_one_cycle(**schedule, cbs=[logger, snapshot, divergence],
                                 start_epoch=resumed.get("epochs_done", 0))
     except KeyboardInterrupt:
@@ -536,6 +588,7 @@ def summarize(history, learn, args, fit_seconds, device):
         "device": device_name(device),
         "versions": library_versions(),
         "seed": args.seed,
+        "processes": max(num_distrib(), 1), "effective_bs": args.bs,
     }
 
 
@@ -559,7 +612,10 @@ def main(argv=None):
 
 
 def run(args):
-    device = resolve_device(args.device)
+    processes, device = join_processes(resolve_device(args.device))
+    main_process = rank_distrib() == 0
+    if args.bs % processes:
+        raise UsageError(f"--bs {args.bs} does not split evenly over {processes} processes: give a multiple of {processes}")
     precision = resolve_precision(args.precision, device)
     seed_everything(args.seed, args.deterministic)
     folder = cifar10_folder(args.data)
@@ -568,13 +624,14 @@ def run(args):
     if len(dls.train) == 0:
         raise UsageError(f"{len(dls.train_ds)} training images make no full batch of --bs {args.bs}: "
                          "lower --bs or raise --subset")
-    run_dir = Path(args.resume) if args.resume else new_run_dir(args.out, args.name)
+    run_dir = output_folder(args, main_process)
     learn = make_learner(dls, args, run_dir, precision)
     config = {**vars(args), "data": str(folder), "device": str(device), "precision": precision,
               "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
-              "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir)}
+              "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir), "processes": processes,
+              "bs_per_process": args.bs // processes}
     if args.resume:
-        check_same_run(run_dir, config)
+        check_same_run(Path(args.resume), config)
     print(f"run folder: {run_dir}\nconfig: {json.dumps(config)}")
     write_json(run_dir / "config.json", config)  # written again once the LRs are known
 
@@ -585,7 +642,9 @@ def run(args):
         print_cpu_estimate(learn, finder_iters if run_finder else 0, 0 if args.find_lr else args.epochs)
     lr_min, lr_max, lr_source = args.lr_min, args.lr_max, "flags"
     if run_finder:
-        found_min, found_max = find_lr(learn, run_dir, finder_iters)
+        # The main process alone runs the range test, on whole batches; the others take its LRs.
+        found = list(find_lr(learn, run_dir, finder_iters)) if main_process else [None, None]
+        found_min, found_max = broadcast_object_list(found) if processes > 1 else found
         lr_min, lr_max, lr_source = lr_min or found_min, lr_max or found_max, "lr_find.json"
     config.update(lr_min=lr_min, lr_max=lr_max, lr_source=lr_source, finder_iters=finder_iters)
     write_json(run_dir / "config.json", config)
@@ -596,8 +655,11 @@ def run(args):
 
     schedule = one_cycle(lr_min, lr_max, args.peak_epoch, args.epochs)
     print(f"training: {args.epochs} epochs, LR {lr_min:.3e} -> {lr_max:.3e} (epoch {args.peak_epoch:g}) "
-          f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}")
-    resumed = load_checkpoint(learn, run_dir) if args.resume else {}
+          f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}"
+          + (f", data-parallel: {processes} processes x {args.bs // processes} = an effective batch of {args.bs}"
+             if processes > 1 else ""))
+    resumed = load_checkpoint(learn, Path(args.resume)) if args.resume else {}
+    split_batches(learn, processes)
     fit_seconds = fit(learn, schedule, run_dir, resumed)
 
     history = pd.read_csv(run_dir / "history.csv")

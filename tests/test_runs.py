@@ -3,6 +3,8 @@ numbers for the same seed."""
 import json
 import os
 import re
+import subprocess
+import sys
 import signal
 
 import pandas as pd
@@ -11,6 +13,7 @@ import torch
 
 import train_fastai
 from fastai.callback.core import Callback
+from conftest import REPO
 from train_fastai import UsageError, main, new_run_dir
 
 TINY = ["--width", "8", "--bs", "16"]
@@ -119,3 +122,19 @@ def test_the_same_seed_gives_the_same_history_on_the_cpu(tmp_path, tiny_folder):
         torch.use_deterministic_algorithms(False)
     pd.testing.assert_frame_equal(history_values(first), history_values(second), check_exact=True)
     assert json.loads((second / "config.json").read_text())["deterministic"] is True
+
+
+def test_two_processes_train_data_parallel_and_one_writes_the_run(tmp_path, tiny_folder):
+    """What `accelerate launch --num_processes 2` starts, on CPUs (gloo): torch's launcher."""
+    out = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "train_fastai.py"), "--data", str(tiny_folder), "--out", str(out), *TINY,
+                           *GIVEN_LRS, "--epochs", "1"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir, = out.iterdir()  # one run folder, written by the main process
+    assert "data-parallel: 2 processes x 8 = an effective batch of 16" in done.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["effective_bs"] == 16
+    assert len(pd.read_csv(run_dir / "history.csv")) == 1
+    assert len(pd.read_csv(run_dir / "lr_schedule.csv")) == 80 // 16  # steps of the effective batch
+    assert (run_dir / "model.safetensors").is_file()
