@@ -120,7 +120,10 @@ def resume_settings(p, argv, args):
         p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
     if args.find_lr:
         p.error("--find-lr and --resume do not go together: a finder run has nothing to resume")
-    saved = json.loads((run_dir / "config.json").read_text())
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        p.error(f"{run_dir / 'config.json'} cannot be read ({type(e).__name__}): give the folder of an interrupted run")
     given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
     for key in RUN_SETTINGS:
         value = getattr(given, key)
@@ -192,7 +195,7 @@ def join_processes(device):
     state = PartialState(cpu=device.type == "cpu")
     if not state.is_main_process:
         sys.stdout = open(os.devnull, "w")  # one process tells the user what happens
-    return state.num_processes, state.device
+    return state.num_processes, device if device.type == "cpu" else state.device  # accelerate says cpu:0
 
 
 def broadcast_on_cpu_for_gloo(self, values, rank):
@@ -205,6 +208,18 @@ def broadcast_on_cpu_for_gloo(self, values, rank):
 
 
 DistributedDL._broadcast = broadcast_on_cpu_for_gloo
+
+
+@contextmanager
+def as_if_alone():
+    """fastai's lr_find reloads its weights behind a barrier that every process must reach; the
+    range test runs in the main process only, so it runs as if no other process were there."""
+    world_size = os.environ.pop("WORLD_SIZE", None)
+    try:
+        yield
+    finally:
+        if world_size is not None:
+            os.environ["WORLD_SIZE"] = world_size
 
 
 def output_folder(args, main_process):
@@ -643,7 +658,8 @@ def run(args):
     lr_min, lr_max, lr_source = args.lr_min, args.lr_max, "flags"
     if run_finder:
         # The main process alone runs the range test, on whole batches; the others take its LRs.
-        found = list(find_lr(learn, run_dir, finder_iters)) if main_process else [None, None]
+        with as_if_alone():
+            found = list(find_lr(learn, run_dir, finder_iters)) if main_process else [None, None]
         found_min, found_max = broadcast_object_list(found) if processes > 1 else found
         lr_min, lr_max, lr_source = lr_min or found_min, lr_max or found_max, "lr_find.json"
     config.update(lr_min=lr_min, lr_max=lr_max, lr_source=lr_source, finder_iters=finder_iters)

@@ -107,8 +107,11 @@ def test_albumentations_backend_serves_the_same_split(tiny_folder):
 
 def test_no_data_and_no_route_to_the_download_fails_within_seconds(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "fastai"))
-    # A host with no route answers nothing: the connection (and a name lookup) just hangs.
-    monkeypatch.setattr(data.socket, "create_connection", lambda *args, **kwargs: time.sleep(60))
+    def hang(*args, **kwargs):  # a host with no route answers nothing: the connection (or name lookup) hangs
+        time.sleep(20)
+        raise TimeoutError
+
+    monkeypatch.setattr(data.socket, "create_connection", hang)
     start = time.perf_counter()
     with pytest.raises(data.DataError, match="cannot be reached: pass --data PATH or set CIFAR10_DATA"):
         cifar10_folder()

@@ -129,12 +129,13 @@ def test_two_processes_train_data_parallel_and_one_writes_the_run(tmp_path, tiny
     out = tmp_path / "runs"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(REPO / "train_fastai.py"), "--data", str(tiny_folder), "--out", str(out), *TINY,
-                           *GIVEN_LRS, "--epochs", "1"], capture_output=True, text=True, cwd=tmp_path)
+                           "--epochs", "1", "--finder-iters", "10"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir, = out.iterdir()  # one run folder, written by the main process
     assert "data-parallel: 2 processes x 8 = an effective batch of 16" in done.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["effective_bs"] == 16
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
+    assert json.loads((run_dir / "config.json").read_text())["lr_source"] == "lr_find.json"  # the main's finder
     assert len(pd.read_csv(run_dir / "lr_schedule.csv")) == 80 // 16  # steps of the effective batch
     assert (run_dir / "model.safetensors").is_file()
