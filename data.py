@@ -17,24 +17,30 @@ import os
 import pickle
 import shutil
 import socket
+import sys
 import tarfile
 import tempfile
+import threading
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from fastai.vision.all import (CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize,
-                               PILImage, Resize, TensorCategory, TensorImage, TfmdDL, URLs,
-                               get_image_files, parent_label, untar_data)
+                               Resize, TensorCategory, TensorImage, TfmdDL, URLs,
+                               fastai_path, get_files, get_image_files, image_extensions, parent_label,
+                               untar_data)
 from PIL import Image
 
 from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
+from images import IMAGE_SIZE, read_rgb32
 
-IMAGE_SIZE = 32
+CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")
 PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 DOWNLOAD_TIMEOUT_S = 30
+REACH_TIMEOUT_S = 3
 
 
 class DataError(Exception):
@@ -61,7 +67,30 @@ def cifar10_folder(data=None):
     return layout_folder(path)
 
 
+def reachable(url, timeout=REACH_TIMEOUT_S):
+    """Whether `url`'s host takes a connection within `timeout` seconds, the name lookup included
+    (which has no timeout of its own, hence the thread)."""
+    address = urlparse(url)
+    connected = []
+
+    def connect():
+        try:
+            socket.create_connection((address.hostname, address.port or 443), timeout=timeout).close()
+            connected.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(connected)
+
+
 def download():
+    already_here = (fastai_path("data") / Path(urlparse(URLs.CIFAR).path).stem).exists()  # untar_data's folder
+    if not already_here and not reachable(URLs.CIFAR):
+        raise DataError(f"no CIFAR-10 here and {urlparse(URLs.CIFAR).hostname} cannot be reached: pass --data PATH "
+                        "or set CIFAR10_DATA to a local copy (a CIFAR-10 folder or .tgz)")
     # fastai's download has no timeout of its own: without one, a machine with no route out hangs.
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
@@ -130,21 +159,51 @@ def class_names(folder):
 
 def check_layout(folder):
     classes = class_names(folder)
-    if not classes:
-        raise DataError(f"{folder / 'train'} has no class folders: expected train/<class>/<image> files")
+    if len(classes) < 2:
+        raise DataError(f"{folder / 'train'} has {len(classes)} class folders: expected train/<class>/<image> "
+                        f"files for the {CIFAR10_CLASSES} CIFAR-10 classes")
     test_classes = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir())
     if test_classes != classes:
         raise DataError(f"{folder}: train/ and test/ have different class folders "
                         f"({', '.join(classes)} vs {', '.join(test_classes)}): give both the same classes")
+    if len(classes) != CIFAR10_CLASSES:
+        warn(f"{folder / 'train'} has {len(classes)} class folders, not CIFAR-10's {CIFAR10_CLASSES}: "
+             f"training a {len(classes)}-class model")
     for split in SPLITS:
-        if not get_image_files(folder / split):
-            raise DataError(f"{folder / split} has no image files: expected {split}/<class>/<image> files")
+        for name in classes:
+            if not get_image_files(folder / split / name):
+                raise DataError(f"{folder / split / name} has no image files: add images or remove the folder "
+                                "from train/ and test/")
+    others = [p for p in get_files(folder, folders=SPLITS) if p.suffix.lower() not in image_extensions
+              and not p.name.startswith(".")]
+    if others:
+        warn(f"ignoring {len(others)} files in {folder} that are not images (such as {others[0]})")
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and numpy arrays, nothing else: a tampered batch file cannot
+    name a function to run."""
+    allowed = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def load_pickled_arrays(path):
+    with open(path, "rb") as f:
+        return ArraysOnly(f, encoding="bytes").load()
 
 
 def read_python_batch(path):
     try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        batch = load_pickled_arrays(path)
         images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
         return images.transpose(0, 2, 3, 1), list(batch[b"labels"])
     except Exception as e:
@@ -156,8 +215,7 @@ def python_batches_to_folder(batches):
     """Write the official python version out in fastai's layout (PNG is lossless)."""
     meta = batches / "batches.meta"
     if meta.is_file():
-        with open(meta, "rb") as f:
-            classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"label_names"]]
+        classes = [c.decode() for c in load_pickled_arrays(meta)[b"label_names"]]
     else:
         classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -177,15 +235,16 @@ def python_batches_to_folder(batches):
 # ---------------------------------------------------------------------------------------------
 # The DataBlock.
 
-def cifar10_items(folder, subset=None):
-    """Training images, class-interleaved (so the first N hold every class), then test images."""
+def cifar10_items(folder, subset=None, skip=frozenset()):
+    """Training images, class-interleaved (so the first N hold every class), then test images;
+    none of `skip`."""
     train = sorted(get_image_files(folder / "train"))
     rank_in_class, seen = [], {}
     for path in train:
         seen[path.parent.name] = seen.get(path.parent.name, -1) + 1
         rank_in_class.append(seen[path.parent.name])
     train = [train[i] for i in np.argsort(rank_in_class, kind="stable")]
-    return train[:subset] + sorted(get_image_files(folder / "test"))
+    return [p for p in train[:subset] + sorted(get_image_files(folder / "test")) if p not in skip]
 
 
 def in_test_folder(path):
@@ -193,26 +252,42 @@ def in_test_folder(path):
     return path.parent.parent.name == "test"
 
 
-def cifar10_block(classes, subset=None, item_tfms=()):
+def cifar10_block(classes, subset=None, item_tfms=(), skip=frozenset()):
     """ImageBlock and CategoryBlock, split by the train/ and test/ folders, labelled by the parent
     folder. Resize(32) lets the exported learner take images of any size."""
     return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)),
-                     get_items=partial(cifar10_items, subset=subset),
+                     get_items=partial(cifar10_items, subset=subset, skip=skip),
                      splitter=FuncSplitter(in_test_folder),
                      get_y=parent_label,
                      item_tfms=[Resize(IMAGE_SIZE), *item_tfms])
 
 
 def read_image(path):
-    """RGB uint8 HWC; any mode is converted and any size resized to 32x32."""
+    """(RGB uint8 HWC 32x32 pixels, repairs made); any mode is converted and any size resized."""
     try:
-        image = PILImage.create(path)
-        image.load()
+        return read_rgb32(path)
     except Exception as e:
         raise DataError(f"cannot read image {path} ({type(e).__name__}): remove or replace the file") from None
-    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-    return np.asarray(image)
+
+
+def decode(paths):
+    """uint8 (N, 32, 32, 3) pixels of `paths`, zeros where a file cannot be read, and which could.
+    Conversions are counted and reported once, when the pixels are decoded for the cache."""
+    images = np.zeros((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    readable = np.ones(len(paths), dtype=bool)
+    repairs = {}
+    for i, path in enumerate(paths):
+        try:
+            images[i], changes = read_image(path)
+        except DataError:
+            readable[i] = False
+            continue
+        for change in changes:
+            repairs[change.split()[0]] = repairs.get(change.split()[0], []) + [change]
+    for kind, changes in repairs.items():
+        what = "converted to RGB" if kind == "mode" else "resized to 32x32"
+        warn(f"{len(changes)} images {what} (such as {sorted(set(changes))[:3]})")
+    return images, readable
 
 
 def file_stamps(paths):
@@ -220,8 +295,8 @@ def file_stamps(paths):
 
 
 def decoded_images(folder, paths):
-    """uint8 (N, 3, 32, 32) pixels of `paths`, decoded once per folder and cached by file name,
-    size and modification time."""
+    """uint8 (N, 3, 32, 32) pixels of `paths` and which of them could be read, decoded once per
+    folder and cached by file name, size and modification time."""
     cache = cache_root() / "decoded" / f"{source_key(folder)}.npz"
     names = [str(p)[len(str(folder)) + 1:] for p in paths]  # relative_to() is slow at 60k
     stamps = file_stamps(paths)
@@ -229,15 +304,15 @@ def decoded_images(folder, paths):
         with np.load(cache) as cached:
             row = {name: i for i, name in enumerate(cached["names"])}
             rows = [row.get(name, -1) for name in names]
-            if -1 not in rows and np.array_equal(cached["stamps"][rows], stamps):
-                return torch.from_numpy(cached["images"][rows]).permute(0, 3, 1, 2)
+            if -1 not in rows and "readable" in cached and np.array_equal(cached["stamps"][rows], stamps):
+                return torch.from_numpy(cached["images"][rows]).permute(0, 3, 1, 2), cached["readable"][rows]
     print(f"decoding {len(paths)} images from {folder} (cached for later runs)")
-    images = np.stack([read_image(p) for p in paths])
+    images, readable = decode(paths)
     cache.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as f:
-        np.savez(f, names=np.array(names), stamps=stamps, images=images)
+        np.savez(f, names=np.array(names), stamps=stamps, images=images, readable=readable)
     os.replace(f.name, cache)
-    return torch.from_numpy(images).permute(0, 3, 1, 2)
+    return torch.from_numpy(images).permute(0, 3, 1, 2), readable
 
 
 def channel_stats(images):
@@ -293,13 +368,28 @@ class DeviceDataLoader(TfmdDL):
             yield TensorImage(self.images[idxs]), TensorCategory(self.labels[idxs])
 
 
+def skip_unreadable(folder, dsets, readable, classes, subset):
+    """A corrupt training image is left out and counted; the test set must stay whole."""
+    unreadable = [p for p, ok in zip(dsets.items, readable) if not ok]
+    for path in unreadable:
+        if in_test_folder(path):
+            read_image(path)  # raises the DataError that names the file
+    warn(f"skipped {len(unreadable)} unreadable training images (such as {unreadable[0]}): "
+         "remove or replace them to silence this")
+    block = cifar10_block(classes, subset, skip=frozenset(unreadable))
+    return block, block.datasets(folder)
+
+
 def cifar10_dataloaders(folder, bs=512, aug="gpu", device=None, subset=None, workers=None, seed=None):
     """fastai DataLoaders over the folder; returns (dls, stats) with stats = (mean, std)."""
     classes = class_names(folder)
     block = cifar10_block(classes, subset)
     dsets = block.datasets(folder)
+    images, readable = decoded_images(folder, dsets.items)
+    if not readable.all():
+        block, dsets = skip_unreadable(folder, dsets, readable, classes, subset)
+        images = images[torch.from_numpy(readable)]
     train_idx, test_idx = dsets.splits
-    images = decoded_images(folder, dsets.items)
     stats = channel_stats(images[train_idx])
     batch_tfms = [*block.batch_tfms, Normalize.from_stats(*stats)]
     if aug == "gpu":

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from customresnet import CustomResNet
+from images import read_rgb32
 
 REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -38,7 +38,8 @@ def weights_files(run_dir):
         files = run_dir / "model.safetensors", run_dir / "classes.json"
         for path in files:
             if not path.is_file():
-                raise PredictError(f"{path} is missing: give the folder of a finished training run")
+                raise PredictError(f"{path} is missing: give the folder of a finished training run "
+                                   "(export.pkl is read only with --pickle, as it can run code)")
         return files
     files = REFERENCE.with_suffix(".safetensors"), REFERENCE.with_suffix(".json")
     for path in files:
@@ -79,8 +80,7 @@ def image_paths(inputs):
 
 def read_image(path):
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB").resize((32, 32), Image.BILINEAR))
+        return read_rgb32(path)[0]
     except Exception as e:
         raise PredictError(f"cannot read image {path} ({type(e).__name__}): give PNG, JPEG or another "
                            "image format PIL reads") from None
@@ -131,6 +131,7 @@ def main(argv=None):
     p.add_argument("--csv", type=Path, help="also write the predictions to this CSV file")
     p.add_argument("--pickle", action="store_true",
                    help="load export.pkl with fastai (runs code from the file) instead of model.safetensors")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
     if args.topk < 1:
         p.error(f"--topk must be at least 1, not {args.topk}")
@@ -149,6 +150,8 @@ def main(argv=None):
         if args.csv:
             table.to_csv(args.csv, index=False)
     except PredictError as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -15,14 +15,19 @@ Every run writes a new folder <out>/<timestamp>[-name]/ and a row of <out>/index
 See the README for each file.
 """
 import argparse
+import atexit
 import copy
 import itertools
 import json
 import os
 import platform
+import shutil
+import signal
 import sys
+import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -34,8 +39,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import (Adam, CancelFitException, Callback, ClassificationInterpretation,
-                               CrossEntropyLossFlat, CSVLogger, Learner, accuracy, set_seed)
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+from fastai.distributed import DistributedDL
+from fastai.learner import load_model
+from fastai.vision.all import (Adam, CancelFitException, Callback, ClassificationInterpretation, CrossEntropyLossFlat,
+                               CSVLogger, Learner, Recorder, accuracy, get_model, num_distrib, rank_distrib,
+                               set_seed)
 from safetensors.torch import save_file
 
 import compare
@@ -62,6 +72,16 @@ SWEEPABLE = dict(lr_max=float, lr_min=float, wd=float, epochs=int, peak_epoch=fl
 
 class UsageError(Exception):
     """A bad flag or setting, worded as one line that says what to do."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during training, after the checkpoint is written: says how to resume."""
+
+
+# What makes two runs the same run: a --resume must not change any of them.
+RUN_SETTINGS = ("preset", "epochs", "peak_epoch", "bs", "lr_max", "lr_min", "wd", "label_smoothing", "seed", "aug",
+                "subset", "width", "precision", "deterministic")
+UNSET = object()
 
 
 def parse_args(argv=None):
@@ -111,7 +131,14 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (the first batches of the finder and of the first test pass "
                         "compile it); fastai's Learner still runs the loop")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels only (slower); a CPU run with a given --seed repeats anyway")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last finished epoch, with its settings")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
+    if args.resume:
+        resume_settings(p, argv, args)
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -121,10 +148,33 @@ def parse_args(argv=None):
         p.error(str(e))
     if args.find_lr and (args.runs > 1 or args.sweep):
         p.error("--find-lr runs the LR range test once: drop --runs and --sweep")
+    if args.resume and (args.runs > 1 or args.sweep):
+        p.error("--resume continues one run: drop --runs and --sweep")
     for point in points:
         for problem in invalid_settings(member(args, point)):
             p.error(problem)
     return args
+
+
+def resume_settings(p, argv, args):
+    """Take the run's settings from RUN_DIR/config.json; a flag given again must say the same."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "checkpoint.json").is_file():
+        p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
+    if args.find_lr:
+        p.error("--find-lr and --resume do not go together: a finder run has nothing to resume")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        p.error(f"{run_dir / 'config.json'} cannot be read ({type(e).__name__}): give the folder of an interrupted run")
+    given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
+    for key in RUN_SETTINGS:
+        value = getattr(given, key)
+        if value is not UNSET and value != saved.get(key):
+            p.error(f"{run_dir} was run with --{key.replace('_', '-')} {saved.get(key)}, not {value}: "
+                    "drop the flag to resume it, or start a new run")
+        setattr(args, key, saved.get(key, getattr(args, key)))  # a config from before a setting existed
+    args.data = args.data or saved["data"]
 
 
 def sweep_grid(sweeps):
@@ -205,6 +255,71 @@ def resolve_precision(precision, device):
     return precision
 
 
+def seed_everything(seed, deterministic):
+    """fastai's set_seed seeds Python, NumPy and torch (CPU and CUDA); the GPU augmentations draw
+    from torch, the albumentations workers are reseeded from torch's per-worker seed. On the GPU,
+    `deterministic` also makes cuDNN and every other kernel choose deterministic algorithms."""
+    set_seed(seed, reproducible=deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to repeat itself
+    torch.use_deterministic_algorithms(deterministic)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes: `accelerate launch` (or torchrun) starts this script once per GPU.
+
+def join_processes(device):
+    """(number of processes, this process's device): 1 and `device` when run alone; under
+    `accelerate launch` this process joins the others' group and takes its own GPU."""
+    if num_distrib() <= 1:
+        return 1, device
+    state = PartialState(cpu=device.type == "cpu")
+    if not state.is_main_process:
+        sys.stdout = open(os.devnull, "w")  # one process tells the user what happens
+    return state.num_processes, device if device.type == "cpu" else state.device  # accelerate says cpu:0
+
+
+def broadcast_on_cpu_for_gloo(self, values, rank):
+    """fastai's DistributedDL sends each epoch's sample order from rank 0 as a CUDA tensor, which
+    NCCL needs; gloo (processes on CPUs) needs a CPU tensor."""
+    on = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    values = torch.tensor(values, dtype=torch.long, device=on)
+    torch.distributed.broadcast(values, rank)
+    return values.cpu().tolist()
+
+
+DistributedDL._broadcast = broadcast_on_cpu_for_gloo
+
+
+@contextmanager
+def as_if_alone():
+    """fastai's lr_find reloads its weights behind a barrier that every process must reach; the
+    range test runs in the main process only, so it runs as if no other process were there."""
+    world_size = os.environ.pop("WORLD_SIZE", None)
+    try:
+        yield
+    finally:
+        if world_size is not None:
+            os.environ["WORLD_SIZE"] = world_size
+
+
+def output_folder(args, main_process):
+    """The run folder. The other processes of a data-parallel run write into a throwaway folder,
+    so that all run the same code and only the main process leaves files."""
+    if not main_process:
+        scratch = tempfile.mkdtemp(prefix="cifar10-fast-process-")
+        atexit.register(shutil.rmtree, scratch, True)
+        return Path(scratch)
+    return Path(args.resume) if args.resume else new_run_dir(args.out, args.name)
+
+
+def split_batches(learn, processes):
+    """Each of the processes takes 1/processes of every batch: --bs stays the batch one
+    optimizer step sees (the effective batch), so the recipe's LRs and the LR rule hold as they are."""
+    if processes > 1:
+        learn.dls.loaders = [dl.new(bs=dl.bs // processes) for dl in learn.dls.loaders]
+
+
 def new_run_dir(out, name):
     """A new folder for this run; an existing one is never reused."""
     stem = datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
@@ -224,15 +339,32 @@ def new_run_dir(out, name):
     raise UsageError(f"too many runs named {stem} in {out}: choose another --name")
 
 
-def write_json(path, obj):
-    """Write through a temporary file so that a crash never leaves half a file."""
+@contextmanager
+def atomic(path):
+    """A temporary name to write `path` under; renamed to `path` once written, so that a crash
+    never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        if tmp.exists():  # fastai's export writes nothing in all but the main process
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, obj):
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def write_csv(path, table):
+    with atomic(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def save_figure(fig, path):
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -339,7 +471,7 @@ def find_lr(learn, run_dir, num_it):
                   suggest_funcs=None)
     lrs = [float(lr) for lr in learn.recorder.lrs]
     losses = [float(loss) for loss in learn.recorder.losses]
-    pd.DataFrame({"lr": lrs, "loss": losses}).to_csv(run_dir / "lr_find.csv", index=False)
+    write_csv(run_dir / "lr_find.csv", pd.DataFrame({"lr": lrs, "loss": losses}))
     (run_dir / learn.model_dir).rmdir()  # lr_find parks the weights there and leaves it empty
     lr_min, lr_max = lr_bounds(*usable_curve(lrs, losses, num_it))
 
@@ -371,17 +503,20 @@ def one_cycle(lr_min, lr_max, peak_epoch, epochs):
 
 class TimeToAccuracy(Callback):
     """The first epoch, and the seconds since the fit began, at which test accuracy reached each
-    milestone; with a `target`, stops the fit at the end of the epoch that reaches it."""
+    milestone; with a `target`, stops the fit at the end of the epoch that reaches it. A resumed
+    fit counts from `start_epoch`: the epochs before it were trained by the interrupted run."""
     order = CSVLogger.order + 1  # after history.csv has the epoch's line
 
-    def __init__(self, milestones=ACCURACY_MILESTONES, target=None):
+    def __init__(self, milestones=ACCURACY_MILESTONES, target=None, start_epoch=0):
         self.milestones = sorted({*milestones, *([target] if target else [])})
-        self.target = target
+        self.target, self.start_epoch = target, start_epoch
 
     def before_fit(self):
         self.start, self.reached, self.stopped_early = time.perf_counter(), {}, False
 
     def after_epoch(self):
+        if self.epoch < self.start_epoch:
+            return  # skipped by fit_one_cycle on resume
         accuracy = float(dict(zip(self.recorder.metric_names[1:-1], self.recorder.values[-1]))["accuracy"])
         for milestone in self.milestones:
             if accuracy >= milestone and milestone not in self.reached:
@@ -399,12 +534,133 @@ class TimeToAccuracy(Callback):
         return {**results, "target_acc": self.target, "stopped_early": self.stopped_early}
 
 
-def fit(learn, schedule, cbs=()):
+class StopOnDivergence(Callback):
+    """Stops training when the loss is no longer finite or has passed `factor` times the loss of
+    guessing, ln(classes): a sign that the LR is too high. fit() then reports it."""
+    order = Recorder.order + 1
+
+    def __init__(self, factor=4):
+        self.factor, self.problem = factor, None
+
+    def after_batch(self):
+        if not self.training:
+            return
+        loss = float(self.loss.detach())
+        if not np.isfinite(loss) or loss > self.factor * np.log(len(self.dls.vocab)):
+            self.problem = (f"the loss diverged ({loss:.3g}) at epoch {self.epoch + 1}, iteration {self.iter + 1}, "
+                            f"LR {self.opt.hypers[-1]['lr']:.3g}: the LR is likely too high; "
+                            "lower --lr-max and --lr-min, or rerun the LR range test")
+            raise CancelFitException
+
+
+class EpochSnapshot(Callback):
+    """An in-memory copy of the weights and optimizer state as the last finished epoch left them:
+    what an interruption writes as the checkpoint (a copy on the device costs little; a file
+    every epoch would not)."""
+    order = Recorder.order + 1  # after the recorder has logged the epoch
+
+    def __init__(self, resumed):
+        self.resumed, self.state = resumed, None
+
+    def after_epoch(self):
+        if self.epoch < self.resumed.get("epochs_done", 0):
+            return  # an epoch fit_one_cycle skipped when resuming
+        self.state = {"model": {k: v.detach().clone() for k, v in get_model(self.model).state_dict().items()},
+                      "opt": copy.deepcopy(self.opt.state_dict())}
+        hps = self.learn.param_scheduler.hps  # the recorder gets them only once fit ends
+        self.progress_so_far = {"epochs_done": self.epoch + 1,
+                         "lrs": [*self.resumed.get("lrs", []), *map(float, hps["lr"])],
+                         "moms": [*self.resumed.get("moms", []), *map(float, hps["mom"])]}
+
+
+class HistoryLogger(CSVLogger):
+    """fastai's CSVLogger; on a resumed run, the epochs fit_one_cycle skips are logged with their
+    rows from before the interruption, so history.csv is whole again."""
+
+    def __init__(self, earlier_rows):
+        super().__init__("history.csv")
+        self.earlier_rows, self.rows = earlier_rows, []
+
+    def _write_line(self, log):
+        if log[0] < len(self.earlier_rows):
+            log = self.earlier_rows[log[0]]
+        self.rows.append([str(v) for v in log])
+        super()._write_line(log)
+
+
+@contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (what a scheduler sends before killing a job) ends training as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fit(learn, schedule, run_dir, resumed, cbs=()):
+    """fit_one_cycle from the start or, resumed, from the checkpoint's epoch on the same schedule."""
+    logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
     start = time.perf_counter()
-    learn.fit_one_cycle(**schedule, cbs=[CSVLogger("history.csv"), *cbs])
+    try:
+        on_cpu = learn.dls.device.type == "cpu"  # torch's SyncBatchNorm needs GPUs
+        with sigterm_as_ctrl_c(), learn.distrib_ctx(sync_bn=not on_cpu, cpu=on_cpu):
+            learn.fit_one_cycle(**schedule, cbs=[logger, snapshot, divergence, *cbs],
+                                start_epoch=resumed.get("epochs_done", 0))
+    except KeyboardInterrupt:
+        seconds = resumed.get("fit_seconds", 0) + time.perf_counter() - start
+        raise Interrupted(save_checkpoint(run_dir, snapshot, logger.rows, seconds, resumed)) from None
+    if divergence.problem:
+        raise UsageError(divergence.problem)
     if learn.dls.device.type == "cuda":
         torch.cuda.synchronize(learn.dls.device)
-    return time.perf_counter() - start
+    return resumed.get("fit_seconds", 0) + time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# Interruption and resume.
+
+def save_checkpoint(run_dir, snapshot, rows, fit_seconds, resumed):
+    """Write the last finished epoch's weights and optimizer state (fastai's save_model format)
+    and what the resumed run needs to join up; returns the message for the user."""
+    if snapshot.state is not None:
+        with atomic(run_dir / "checkpoint.pth") as tmp:
+            torch.save(snapshot.state, tmp)
+        done = snapshot.progress_so_far["epochs_done"]
+        write_json(run_dir / "checkpoint.json",
+                   {**snapshot.progress_so_far, "history": rows[:done], "fit_seconds": fit_seconds})
+        write_curves(pd.read_csv(run_dir / "history.csv").iloc[:done], run_dir)
+    elif not resumed:
+        return "interrupted before the first epoch finished: nothing to resume; start the run again"
+    done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
+    return (f"interrupted; epochs 1-{done} are saved in {run_dir}. Resume with: "
+            f"python {Path(__file__).name} --resume {run_dir}")
+
+
+def load_checkpoint(learn, run_dir):
+    """Weights and optimizer state into `learn` (weights_only: the file cannot run code), and the
+    progress saved with them."""
+    learn.create_opt()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "Could not load the optimizer state")  # fastai only warns
+            load_model(run_dir / "checkpoint.pth", learn.model, learn.opt, device=learn.dls.device)
+    except Exception as e:
+        raise UsageError(f"{run_dir / 'checkpoint.pth'} cannot be loaded ({type(e).__name__}): "
+                         "start a new run") from None
+    return json.loads((run_dir / "checkpoint.json").read_text())
+
+
+def check_same_run(run_dir, config):
+    """A resumed run must see the data the run started with."""
+    saved = json.loads((run_dir / "config.json").read_text())
+    for key in ("data", "train_images", "test_images", "classes"):
+        if saved.get(key) != config[key]:
+            raise UsageError(f"{run_dir} was run on other data ({key}: {saved.get(key)}, now {config[key]}): "
+                             "resume it with its own --data, or start a new run")
 
 
 class FlipInputs(Callback):
@@ -424,12 +680,13 @@ def flip_tta_accuracy(learn):
 # ---------------------------------------------------------------------------------------------
 # Outputs.
 
-def write_schedule(learn, run_dir, lr_min, lr_max):
+def write_schedule(learn, run_dir, lr_min, lr_max, resumed):
     hps = learn.recorder.hps
     iters_per_epoch = len(learn.dls.train)
-    schedule = pd.DataFrame({"iteration": np.arange(len(hps["lr"])), "lr": hps["lr"], "mom": hps["mom"]})
+    lrs, moms = [*resumed.get("lrs", []), *hps["lr"]], [*resumed.get("moms", []), *hps["mom"]]
+    schedule = pd.DataFrame({"iteration": np.arange(len(lrs)), "lr": lrs, "mom": moms})
     schedule.insert(1, "epoch", schedule.iteration / iters_per_epoch)
-    schedule.to_csv(run_dir / "lr_schedule.csv", index=False)
+    write_csv(run_dir / "lr_schedule.csv", schedule)
     fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     ax_lr.plot(schedule.epoch, schedule.lr)
     for lr, label in ((lr_min, "LRMIN"), (lr_max, "LRMAX")):
@@ -466,7 +723,8 @@ def write_interpretation(learn, run_dir):
 
 def write_weights(learn, run_dir, stats):
     state = {name: tensor.detach().float().contiguous().cpu() for name, tensor in learn.model.state_dict().items()}
-    save_file(state, run_dir / "model.safetensors", metadata={"format": "pt", "model": "CustomResNet"})
+    with atomic(run_dir / "model.safetensors") as tmp:
+        save_file(state, tmp, metadata={"format": "pt", "model": "CustomResNet"})
     write_json(run_dir / "classes.json", {"classes": list(learn.dls.vocab), "mean": stats[0], "std": stats[1]})
 
 
@@ -483,6 +741,7 @@ def summarize(history, learn, args, fit_seconds, device):
         "versions": library_versions(),
         "seed": args.seed,
         "git_commit": compare.git_commit(),
+        "processes": max(num_distrib(), 1), "effective_bs": args.bs,
     }
 
 
@@ -497,8 +756,16 @@ def main(argv=None):
         else:
             run_group(args, points)
     except (UsageError, DataError) as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted before training: nothing to resume", file=sys.stderr)
+        sys.exit(130)
 
 
 def run_group(args, points):
@@ -518,20 +785,26 @@ def run_group(args, points):
 
 
 def run(args):
-    device = resolve_device(args.device)
+    processes, device = join_processes(resolve_device(args.device))
+    main_process = rank_distrib() == 0
+    if args.bs % processes:
+        raise UsageError(f"--bs {args.bs} does not split evenly over {processes} processes: give a multiple of {processes}")
     precision = resolve_precision(args.precision, device)
-    set_seed(args.seed, reproducible=True)
+    seed_everything(args.seed, args.deterministic)
     folder = cifar10_folder(args.data)
     dls, stats = cifar10_dataloaders(folder, bs=args.bs, aug=args.aug, device=device, subset=args.subset,
                                      workers=args.workers, seed=args.seed)
     if len(dls.train) == 0:
         raise UsageError(f"{len(dls.train_ds)} training images make no full batch of --bs {args.bs}: "
                          "lower --bs or raise --subset")
-    run_dir = new_run_dir(args.out, args.name)
+    run_dir = output_folder(args, main_process)
     learn = make_learner(dls, args, run_dir, precision)
     config = {**vars(args), "data": str(folder), "device": str(device), "precision": precision,
               "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
-              "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir)}
+              "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir), "processes": processes,
+              "bs_per_process": args.bs // processes}
+    if args.resume:
+        check_same_run(Path(args.resume), config)
     print(f"run folder: {run_dir}\nconfig: {json.dumps(config)}")
     write_json(run_dir / "config.json", config)  # written again once the LRs are known
 
@@ -542,7 +815,10 @@ def run(args):
         print_cpu_estimate(learn, finder_iters if run_finder else 0, 0 if args.find_lr else args.epochs)
     lr_min, lr_max, lr_source = args.lr_min, args.lr_max, "flags"
     if run_finder:
-        found_min, found_max = find_lr(learn, run_dir, finder_iters)
+        # The main process alone runs the range test, on whole batches; the others take its LRs.
+        with as_if_alone():
+            found = list(find_lr(learn, run_dir, finder_iters)) if main_process else [None, None]
+        found_min, found_max = broadcast_object_list(found) if processes > 1 else found
         lr_min, lr_max, lr_source = lr_min or found_min, lr_max or found_max, "lr_find.json"
     config.update(lr_min=lr_min, lr_max=lr_max, lr_source=lr_source, finder_iters=finder_iters)
     write_json(run_dir / "config.json", config)
@@ -552,14 +828,18 @@ def run(args):
         raise UsageError(f"LRMIN {lr_min:.3g} is not below LRMAX {lr_max:.3g}: give both --lr-min and --lr-max")
 
     schedule = one_cycle(lr_min, lr_max, args.peak_epoch, args.epochs)
-    time_to_accuracy = TimeToAccuracy(target=args.target_acc)
     print(f"training: {args.epochs} epochs, LR {lr_min:.3e} -> {lr_max:.3e} (epoch {args.peak_epoch:g}) "
-          f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}")
-    fit_seconds = fit(learn, schedule, [time_to_accuracy])
+          f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}"
+          + (f", data-parallel: {processes} processes x {args.bs // processes} = an effective batch of {args.bs}"
+             if processes > 1 else ""))
+    resumed = load_checkpoint(learn, Path(args.resume)) if args.resume else {}
+    time_to_accuracy = TimeToAccuracy(target=args.target_acc, start_epoch=resumed.get("epochs_done", 0))
+    split_batches(learn, processes)
+    fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy])
     uncompiled(learn)
 
     history = pd.read_csv(run_dir / "history.csv")
-    write_schedule(learn, run_dir, lr_min, lr_max)
+    write_schedule(learn, run_dir, lr_min, lr_max, resumed)
     write_curves(history, run_dir)
     write_interpretation(learn, run_dir)
     summary = {**summarize(history, learn, args, fit_seconds, device), **time_to_accuracy.results()}
@@ -569,9 +849,13 @@ def run(args):
     write_weights(learn, run_dir, stats)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fastai warns that a pickle runs code: that is for the loader
-        learn.export("export.pkl")
+        with atomic(run_dir / "export.pkl") as tmp:
+            learn.export(tmp)
+    for name in ("checkpoint.pth", "checkpoint.json"):
+        (run_dir / name).unlink(missing_ok=True)  # the run is whole: model.safetensors supersedes it
     write_report(run_dir)
-    compare.append_to_index(args.out, run_dir, config, summary)
+    if main_process:
+        compare.append_to_index(args.out, run_dir, config, summary)
     tta = f" ({100 * summary['tta_accuracy']:.2f}% with flip TTA)" if args.tta else ""
     stopped = f", stopped at --target-acc {args.target_acc}" if summary["stopped_early"] else ""
     print(f"final test accuracy {100 * summary['final_accuracy']:.2f}%{tta} after {summary['epochs']} epochs"

@@ -127,55 +127,12 @@ def test_cli_albumentations_backend_with_given_lrs(tmp_path, tiny_folder):
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
 
 
-BAD_FLAGS = [
-    (["--epochs", "0"], "--epochs must be positive"),
-    (["--bs", "-1"], "--bs must be positive"),
-    (["--epochs", "24", "--peak-epoch", "30"], "--peak-epoch must lie in"),
-    (["--lr-max", "0"], "--lr-max must be positive"),
-    (["--lr-min", "1e-2", "--lr-max", "1e-3"], "must be below --lr-max"),
-    (["--aug", "magic"], "invalid choice"),
-    (["--device", "cuda"], "no CUDA GPU"),
-    (["--device", "toaster"], "is not a device"),
-    (["--precision", "bf16"], "needs a CUDA GPU"),
-    (["--data", "/no/such/cifar"], "does not exist"),
-    (["--subset", "3", "--bs", "16"], "make no full batch"),
-    (["--runs", "0"], "--runs must be positive"),
-    (["--sweep", "momentum=0.9,0.95"], "momentum cannot be swept"),
-    (["--sweep", "lr_max=1e-3,fast"], "must be float numbers"),
-    (["--sweep", "epochs=2,0"], "--epochs must be positive, not 0"),
-    (["--sweep", "wd=0,0.1", "--sweep", "wd=1"], "--sweep wd is given twice"),
-    (["--target-acc", "94"], "--target-acc is a fraction"),
-    (["--label-smoothing", "1"], "--label-smoothing must lie in [0, 1)"),
-    (["--preset", "fastest"], "invalid choice"),
-    (["--find-lr", "--runs", "2"], "--find-lr runs the LR range test once"),
-]
-
-
-@pytest.mark.parametrize("flags,message", BAD_FLAGS, ids=[" ".join(f) for f, _ in BAD_FLAGS])
-def test_bad_flags_exit_with_one_line(tmp_path, tiny_folder, capsys, flags, message):
-    args = ["--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", *flags]
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[-1] and "error" in err[-1]
-    assert not any("Traceback" in line for line in err)
-
-
 def test_bad_input_from_the_shell_prints_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "train_fastai.py"), "--data", str(tmp_path / "missing")],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'} does not exist: point --data "
                                                 "or CIFAR10_DATA at a CIFAR-10 folder or .tgz"]
-
-
-def test_unwritable_out_folder_is_refused(tmp_path, tiny_folder, capsys):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    with pytest.raises(SystemExit):
-        main(["--data", str(tiny_folder), "--out", str(blocker / "runs"), "--width", "8", "--bs", "16"])
-    assert "choose a writable folder" in capsys.readouterr().err
 
 
 def test_it_learns_real_cifar10(tmp_path):

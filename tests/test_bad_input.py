@@ -1,0 +1,340 @@
+"""Every kind of bad input a user can hand us, in one table: what the tool refuses (a one-line
+`error:` naming the problem and the fix, exit 2, no traceback) and what it repairs with a warning.
+
+A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` builds the input and
+returns the command line; tool "train" and "predict" run the CLIs, "data" builds the DataLoaders."""
+import json
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import predict
+from conftest import CLASSES, write_folder, write_python_batches, write_tgz
+from data import DataError, cifar10_dataloaders, cifar10_folder
+from train_fastai import main
+
+MARKER = "pwned"  # what a malicious pickle would create
+
+
+class Payload:
+    """Unpickling this creates the file MARKER next to `where`: code run from a data file."""
+    def __init__(self, where):
+        self.where = where
+
+    def __reduce__(self):
+        return (open, (str(self.where / MARKER), "w"))
+
+
+def data(folder):
+    return ["--data", str(folder)]
+
+
+# Data paths --------------------------------------------------------------------------------
+
+def missing(tmp, folder, run):
+    return data(tmp / "nope")
+
+
+def empty_folder(tmp, folder, run):
+    (tmp / "empty").mkdir()
+    return data(tmp / "empty")
+
+
+def file_not_folder(tmp, folder, run):
+    (tmp / "x.txt").write_text("hello")
+    return data(tmp / "x.txt")
+
+
+def wrong_layout(tmp, folder, run):
+    (folder / "train").rename(folder / "training")
+    return data(folder)
+
+
+def one_class(tmp, folder, run):
+    return data(write_folder(tmp / "one", classes=["cat"]))
+
+
+def more_classes(tmp, folder, run):
+    return data(write_folder(tmp / "eleven", classes=[*CLASSES, "zebra"]))
+
+
+def classes_differ(tmp, folder, run):
+    (folder / "test" / "cat").rename(folder / "test" / "kat")
+    return data(folder)
+
+
+def class_without_images(tmp, folder, run):
+    for image in (folder / "train" / "cat").iterdir():
+        image.unlink()
+    return data(folder)
+
+
+def non_image_files(tmp, folder, run):
+    (folder / "train" / "cat" / "notes.txt").write_text("not an image")
+    return data(folder)
+
+
+def corrupt_train_image(tmp, folder, run):
+    (folder / "train" / "cat" / "0003.png").write_bytes(b"not a png")
+    return data(folder)
+
+
+def truncated_train_image(tmp, folder, run):
+    image = folder / "train" / "dog" / "0001.png"
+    image.write_bytes(image.read_bytes()[:60])
+    return data(folder)
+
+
+def corrupt_test_image(tmp, folder, run):
+    (folder / "test" / "cat" / "0001.png").write_bytes(b"not a png")
+    return data(folder)
+
+
+def replace_image(folder, image):
+    image.save(folder / "train" / "cat" / "0000.png")
+    return data(folder)
+
+
+def grayscale(tmp, folder, run):
+    return replace_image(folder, Image.new("L", (32, 32), 70))
+
+
+def rgba(tmp, folder, run):
+    return replace_image(folder, Image.new("RGBA", (32, 32), (70, 70, 70, 9)))
+
+
+def palette(tmp, folder, run):
+    image = Image.new("P", (32, 32), 0)
+    image.putpalette([70, 70, 70] * 256)
+    return replace_image(folder, image)
+
+
+def sixteen_bit(tmp, folder, run):
+    return replace_image(folder, Image.fromarray(np.full((32, 32), 70 * 256, np.uint16)))
+
+
+def wrong_size(tmp, folder, run):
+    return replace_image(folder, Image.new("RGB", (64, 48), (70, 70, 70)))
+
+
+def truncated_archive(tmp, folder, run):
+    whole = write_tgz(folder, tmp / "whole.tgz", "cifar10").read_bytes()
+    (tmp / "x.tgz").write_bytes(whole[: len(whole) // 2])
+    return data(tmp / "x.tgz")
+
+
+def archive_escaping_its_folder(tmp, folder, run):
+    (tmp / "payload.txt").write_text("outside")
+    with tarfile.open(tmp / "x.tgz", "w:gz") as tar:
+        tar.add(folder, arcname="cifar10")
+        tar.add(tmp / "payload.txt", arcname="../../evil.txt")
+    return data(tmp / "x.tgz")
+
+
+def truncated_python_batch(tmp, folder, run):
+    batches = write_python_batches(tmp / "b")
+    (batches / "test_batch").write_bytes((batches / "test_batch").read_bytes()[:100])
+    return data(batches)
+
+
+def malicious_python_batch(tmp, folder, run):
+    batches = write_python_batches(tmp / "b")
+    (batches / "data_batch_1").write_bytes(pickle.dumps(Payload(tmp)))
+    return data(batches)
+
+
+# CLI values --------------------------------------------------------------------------------
+
+def flags(*given):
+    return lambda tmp, folder, run: [*data(folder), *given]
+
+
+def unwritable_out(tmp, folder, run):
+    (tmp / "file").write_text("not a folder")
+    return [*data(folder), "--out", str(tmp / "file" / "runs")]
+
+
+def interrupted_run(tmp, epochs):
+    run = tmp / "interrupted"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"epochs": epochs, "bs": 16, "width": 8}))
+    (run / "checkpoint.json").write_text(json.dumps({"epochs_done": 1}))
+    return run
+
+
+def resume_other_config(tmp, folder, run):
+    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--epochs", "5"]
+
+
+def resume_with_runs(tmp, folder, run):
+    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--runs", "2"]
+
+
+def resume_finished_run(tmp, folder, run):
+    (interrupted_run(tmp, epochs=2) / "checkpoint.json").unlink()
+    return ["--resume", str(tmp / "interrupted")]
+
+
+# predict inputs ----------------------------------------------------------------------------
+
+def predict_args(*given):
+    return lambda tmp, folder, run: ["--run", str(run), *given]
+
+
+def no_run_folder(tmp, folder, run):
+    return ["--run", str(run / "nope"), str(tmp / "images")]
+
+
+def not_safetensors(tmp, folder, run):
+    (run / "model.safetensors").write_bytes(b"this is not safetensors")
+    return ["--run", str(run), str(tmp / "images")]
+
+
+def pickle_as_model(tmp, folder, run):
+    (run / "model.safetensors").write_bytes(pickle.dumps(Payload(tmp)))
+    return ["--run", str(run), str(tmp / "images")]
+
+
+def foreign_weights(tmp, folder, run):
+    from safetensors.torch import save_file
+    save_file({"fc.weight": torch.zeros(2, 2)}, run / "model.safetensors")
+    return ["--run", str(run), str(tmp / "images")]
+
+
+def only_a_malicious_export(tmp, folder, run):
+    (run / "model.safetensors").unlink()
+    (run / "export.pkl").write_bytes(pickle.dumps(Payload(tmp)))
+    return ["--run", str(run), str(tmp / "images")]
+
+
+def missing_classes(tmp, folder, run):
+    (run / "classes.json").unlink()
+    return ["--run", str(run), str(tmp / "images")]
+
+
+def unreadable_image(tmp, folder, run):
+    (tmp / "images" / "broken.png").write_bytes(b"\x89PNG broken")
+    return ["--run", str(run), str(tmp / "images")]
+
+
+# Repairs: what the data looks like afterwards ----------------------------------------------
+
+def train_images(n):
+    return lambda dls: len(dls.train_ds) == n
+
+
+def cat_0000_pixel(value):
+    def check(dls):
+        i = next(i for i, p in enumerate(dls.train_ds.items) if p.parts[-2:] == ("cat", "0000.png"))
+        pixels = dls.train.images[i]
+        return pixels.shape == (3, 32, 32) and bool((pixels == value).all())
+    return check
+
+
+REFUSE, REPAIR = "refuse", "repair"
+CASES = {
+    # data paths
+    "missing path": ("train", missing, REFUSE, "does not exist", None),
+    "empty folder": ("train", empty_folder, REFUSE, "neither train/ and test/", None),
+    "a file where a folder is expected": ("train", file_not_folder, REFUSE, "not a folder or a .tgz", None),
+    "wrong layout": ("train", wrong_layout, REFUSE, "neither train/ and test/", None),
+    "fewer than 2 classes": ("train", one_class, REFUSE, "has 1 class folders", None),
+    "train and test classes differ": ("train", classes_differ, REFUSE, "different class folders", None),
+    "a class folder with no images": ("train", class_without_images, REFUSE, "has no image files", None),
+    "corrupt test image": ("train", corrupt_test_image, REFUSE, "cannot read image", None),
+    "truncated archive": ("train", truncated_archive, REFUSE, "is damaged", None),
+    "archive escaping its folder": ("train", archive_escaping_its_folder, REFUSE, "is damaged", None),
+    "truncated python batch": ("train", truncated_python_batch, REFUSE, "not a readable CIFAR-10 python batch", None),
+    "malicious python batch": ("train", malicious_python_batch, REFUSE, "not a readable CIFAR-10 python batch", None),
+    "other than 10 classes": ("data", more_classes, REPAIR, "11 class folders", lambda dls: len(dls.vocab) == 11),
+    "non-image files mixed in": ("data", non_image_files, REPAIR, "not images", train_images(80)),
+    "corrupt training image": ("data", corrupt_train_image, REPAIR, "skipped 1 unreadable", train_images(79)),
+    "truncated training image": ("data", truncated_train_image, REPAIR, "skipped 1 unreadable", train_images(79)),
+    "grayscale image": ("data", grayscale, REPAIR, "converted to RGB", cat_0000_pixel(70)),
+    "RGBA image": ("data", rgba, REPAIR, "converted to RGB", cat_0000_pixel(70)),
+    "palette image": ("data", palette, REPAIR, "converted to RGB", cat_0000_pixel(70)),
+    "16-bit image": ("data", sixteen_bit, REPAIR, "converted to RGB", cat_0000_pixel(70)),
+    "wrong-size image": ("data", wrong_size, REPAIR, "resized to 32x32", cat_0000_pixel(70)),
+    # CLI values
+    "zero epochs": ("train", flags("--epochs", "0"), REFUSE, "--epochs must be positive", None),
+    "negative batch size": ("train", flags("--bs", "-1"), REFUSE, "--bs must be positive", None),
+    "peak epoch after the run": ("train", flags("--epochs", "24", "--peak-epoch", "30"), REFUSE,
+                                 "--peak-epoch must lie in", None),
+    "peak epoch zero": ("train", flags("--peak-epoch", "0"), REFUSE, "--peak-epoch must lie in", None),
+    "zero LRMAX": ("train", flags("--lr-max", "0"), REFUSE, "--lr-max must be positive", None),
+    "negative LRMIN": ("train", flags("--lr-min=-1e-3"), REFUSE, "--lr-min must be positive", None),
+    "LRMIN above LRMAX": ("train", flags("--lr-min", "1e-2", "--lr-max", "1e-3"), REFUSE, "must be below --lr-max",
+                          None),
+    "negative weight decay": ("train", flags("--wd", "-1"), REFUSE, "--wd must not be negative", None),
+    "too few finder iterations": ("train", flags("--finder-iters", "5"), REFUSE, "--finder-iters must be at least",
+                                  None),
+    "unknown augmentation": ("train", flags("--aug", "magic"), REFUSE, "invalid choice", None),
+    "CUDA without a GPU": ("train", flags("--device", "cuda"), REFUSE, "no CUDA GPU", None),
+    "not a device": ("train", flags("--device", "toaster"), REFUSE, "is not a device", None),
+    "bf16 on the CPU": ("train", flags("--precision", "bf16"), REFUSE, "needs a CUDA GPU", None),
+    "no full batch": ("train", flags("--subset", "3", "--bs", "16"), REFUSE, "make no full batch", None),
+    "unwritable output folder": ("train", unwritable_out, REFUSE, "choose a writable folder", None),
+    "--resume with another configuration": ("train", resume_other_config, REFUSE, "was run with --epochs 2, not 5",
+                                            None),
+    "--resume a run with no checkpoint": ("train", resume_finished_run, REFUSE, "holds no checkpoint.json", None),
+    "--resume with --runs": ("train", resume_with_runs, REFUSE, "--resume continues one run", None),
+    "zero runs": ("train", flags("--runs", "0"), REFUSE, "--runs must be positive", None),
+    "sweep of a setting that cannot be swept": ("train", flags("--sweep", "momentum=0.9,0.95"), REFUSE,
+                                                "momentum cannot be swept", None),
+    "sweep value that is not a number": ("train", flags("--sweep", "lr_max=1e-3,fast"), REFUSE,
+                                         "must be float numbers", None),
+    "sweep value out of range": ("train", flags("--sweep", "epochs=2,0"), REFUSE, "--epochs must be positive, not 0",
+                                 None),
+    "the same key swept twice": ("train", flags("--sweep", "wd=0,0.1", "--sweep", "wd=1"), REFUSE,
+                                 "--sweep wd is given twice", None),
+    "target accuracy as a percentage": ("train", flags("--target-acc", "94"), REFUSE, "--target-acc is a fraction",
+                                        None),
+    "label smoothing of 1": ("train", flags("--label-smoothing", "1"), REFUSE, "--label-smoothing must lie in [0, 1)",
+                             None),
+    "unknown preset": ("train", flags("--preset", "fastest"), REFUSE, "invalid choice", None),
+    "finder with several runs": ("train", flags("--find-lr", "--runs", "2"), REFUSE,
+                                 "--find-lr runs the LR range test once", None),
+    # predict inputs
+    "missing run folder": ("predict", no_run_folder, REFUSE, "is not a folder", None),
+    "model file that is not safetensors": ("predict", not_safetensors, REFUSE, "does not hold CustomResNet", None),
+    "a pickle named model.safetensors": ("predict", pickle_as_model, REFUSE, "does not hold CustomResNet", None),
+    "weights of another model": ("predict", foreign_weights, REFUSE, "does not hold CustomResNet", None),
+    "only a (malicious) export.pkl": ("predict", only_a_malicious_export, REFUSE, "only with --pickle", None),
+    "missing classes.json": ("predict", missing_classes, REFUSE, "classes.json is missing", None),
+    "image it cannot open": ("predict", unreadable_image, REFUSE, "cannot read image", None),
+    "missing image": ("predict", predict_args("nope.png"), REFUSE, "does not exist", None),
+    "topk zero": ("predict", predict_args("x.png", "--topk", "0"), REFUSE, "--topk must be at least 1", None),
+}
+
+
+@pytest.mark.parametrize("tool,make,outcome,text,check", CASES.values(), ids=CASES.keys())
+def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, outcome, text, check):
+    argv = make(tmp_path, tiny_folder, run_dir)
+    if tool == "data":
+        dls, _ = cifar10_dataloaders(cifar10_folder(argv[1]), bs=8, device="cpu")
+    else:
+        cli = main if tool == "train" else predict.main
+        extra = ["--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16"] if tool == "train" else []
+        with pytest.raises(SystemExit) as e:
+            cli([*extra, *argv])
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    if outcome == REFUSE:
+        last = err.strip().splitlines()[-1]
+        assert "error: " in last and text in last, err  # argparse's errors start with the program's name
+        assert "Traceback" not in err
+    else:
+        assert any(line.startswith("warning: ") and text in line for line in err.splitlines()), err
+        assert check(dls)
+    assert not any(tmp_path.rglob(MARKER)) and not any(tmp_path.rglob("evil.txt"))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        main(["--data", str(tmp_path / "nope"), "--debug"])
+    with pytest.raises(predict.PredictError, match="is not a folder"):
+        predict.main(["--run", str(tmp_path / "nope"), str(tmp_path), "--debug"])
