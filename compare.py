@@ -10,7 +10,6 @@ test accuracy per epoch and the LR schedule of every run on shared axes.
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime
@@ -21,6 +20,8 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt
 import pandas as pd
 from filelock import FileLock
+
+from files import atomic
 
 # What a comparison shows of each run's config.json and summary.json.
 SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "label_smoothing", "tta",
@@ -60,9 +61,8 @@ def append_to_index(out, run_dir, config, summary):
     with FileLock(index.with_name(".index.csv.lock")):
         if index.exists():  # read as text, so that every earlier value is written back unchanged
             row = pd.concat([pd.read_csv(index, dtype=str, keep_default_na=False), row], ignore_index=True)
-        tmp = index.with_name(".index.csv.tmp")
-        row.to_csv(tmp, index=False)
-        os.replace(tmp, index)
+        with atomic(index) as tmp:
+            row.to_csv(tmp, index=False)
 
 
 def run_dirs(given, out):
@@ -164,7 +164,8 @@ def write_figure(runs, path):
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="one-cycle LR schedule")
     ax_acc.legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -172,7 +173,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run or group folders (default: every run in the index)")
     p.add_argument("--out", default="runs", help="the folder holding index.csv (default runs)")
-    p.add_argument("--png", default="compare.png", help="the figure to write; never overwritten (default compare.png)")
+    p.add_argument("--png", type=Path, default=Path("compare.png"),
+                   help="the figure to write; never overwritten (default compare.png)")
     args = p.parse_args(argv)
     try:
         runs = load_runs(run_dirs(args.runs, Path(args.out)))

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from customresnet import CustomResNet
+from files import atomic
 from images import read_rgb32
 
 REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
@@ -148,7 +149,8 @@ def main(argv=None):
         table = predictions_table(paths, probs, classes, args.topk)
         print(table.to_string(index=False))
         if args.csv:
-            table.to_csv(args.csv, index=False)
+            with atomic(args.csv) as tmp:
+                table.to_csv(tmp, index=False)
     except PredictError as e:
         if args.debug:
             raise

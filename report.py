@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from files import atomic
+
 PLOTS = {"lr_find.png": "LR range test", "lr_schedule.png": "LR and momentum schedule",
          "curves.png": "loss and test accuracy per epoch", "confusion_matrix.png": "confusion matrix (test set)",
          "misclassified.png": "the test images with the highest loss"}
@@ -49,6 +51,7 @@ def render(run_dir):
 
 def write_report(run_dir):
     run_dir = Path(run_dir)
-    (run_dir / "report.html").write_text(render(run_dir))
+    with atomic(run_dir / "report.html") as tmp:
+        tmp.write_text(render(run_dir))
     return run_dir / "report.html"
 

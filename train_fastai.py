@@ -51,6 +51,7 @@ from safetensors.torch import save_file
 import compare
 from customresnet import CustomResNet, count_parameters
 from data import DataError, cifar10_dataloaders, cifar10_folder
+from files import atomic
 from report import write_report
 
 FINDER_START_LR, FINDER_END_LR = 1e-7, 10
@@ -260,6 +261,7 @@ def seed_everything(seed, deterministic):
     from torch, the albumentations workers are reseeded from torch's per-worker seed. On the GPU,
     `deterministic` also makes cuDNN and every other kernel choose deterministic algorithms."""
     set_seed(seed, reproducible=deterministic)
+    torch.backends.cudnn.benchmark = not deterministic  # autotuned convolutions, unless they must repeat
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to repeat itself
     torch.use_deterministic_algorithms(deterministic)
@@ -337,19 +339,6 @@ def new_run_dir(out, name):
         except OSError as e:
             raise UsageError(f"cannot create {run_dir} ({e.strerror}): choose a writable --out") from None
     raise UsageError(f"too many runs named {stem} in {out}: choose another --name")
-
-
-@contextmanager
-def atomic(path):
-    """A temporary name to write `path` under; renamed to `path` once written, so that a crash
-    never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        if tmp.exists():  # fastai's export writes nothing in all but the main process
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json(path, obj):
@@ -536,18 +525,27 @@ class TimeToAccuracy(Callback):
 
 class StopOnDivergence(Callback):
     """Stops training when the loss is no longer finite or has passed `factor` times the loss of
-    guessing, ln(classes): a sign that the LR is too high. fit() then reports it."""
+    guessing, ln(classes): a sign that the LR is too high. fit() then reports it. The worst loss is
+    kept on the device and read every `check_every` batches: reading it every batch would make the
+    CPU wait for the GPU at each step."""
     order = Recorder.order + 1
 
-    def __init__(self, factor=4):
-        self.factor, self.problem = factor, None
+    def __init__(self, factor=4, check_every=10):
+        self.factor, self.check_every, self.problem = factor, check_every, None
+
+    def before_epoch(self):
+        self.worst = None
 
     def after_batch(self):
         if not self.training:
             return
-        loss = float(self.loss.detach())
-        if not np.isfinite(loss) or loss > self.factor * np.log(len(self.dls.vocab)):
-            self.problem = (f"the loss diverged ({loss:.3g}) at epoch {self.epoch + 1}, iteration {self.iter + 1}, "
+        loss = self.loss.detach()
+        self.worst = loss if self.worst is None else torch.maximum(self.worst, loss)  # NaN wins, as it should
+        if (self.iter + 1) % self.check_every and self.iter + 1 < self.n_iter:
+            return
+        worst, self.worst = float(self.worst), None
+        if not np.isfinite(worst) or worst > self.factor * np.log(len(self.dls.vocab)):
+            self.problem = (f"the loss diverged ({worst:.3g}) by epoch {self.epoch + 1}, iteration {self.iter + 1}, "
                             f"LR {self.opt.hypers[-1]['lr']:.3g}: the LR is likely too high; "
                             "lower --lr-max and --lr-min, or rerun the LR range test")
             raise CancelFitException

@@ -157,7 +157,8 @@ def data_tensors(folder, subset):
     ours decodes (data.py's cache), in ours' image order."""
     classes = class_names(folder)
     items = cifar10_items(folder, subset)
-    images = decoded_images(folder, items)
+    images, readable = decoded_images(folder, items)  # unreadable training images are skipped, as ours does
+    items, images = [p for p, ok in zip(items, readable) if ok], images[torch.from_numpy(readable)]
     labels = torch.tensor([classes.index(p.parent.name) for p in items])
     test = torch.tensor([in_test_folder(p) for p in items])
     return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test]), "classes": classes}
@@ -292,8 +293,8 @@ def run_fastai_stock(args, device, seed, work):
         learn = Learner(dls, CustomResNet(len(dls.vocab), args.width), loss_func=CrossEntropyLossFlat(),
                         opt_func=Adam, metrics=accuracy, wd=RECIPE.wd,
                         path=Path(tempfile.mkdtemp(dir=work, prefix="fastai-stock-")))
-        result["fit_s"] = train_fastai.fit(learn, train_fastai.one_cycle(*args.lrs, args.epochs * train_fastai.PEAK_FRACTION,
-                                                                        args.epochs))
+        schedule = train_fastai.one_cycle(*args.lrs, args.epochs * train_fastai.PEAK_FRACTION, args.epochs)
+        result["fit_s"] = train_fastai.fit(learn, schedule, learn.path, resumed={})
         result["total_s"] = time.perf_counter() - start
     result.update(accuracy=float(learn.recorder.values[-1][2]),
                   images_per_s=args.epochs * len(dls.train) * args.bs / result["fit_s"])

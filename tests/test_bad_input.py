@@ -161,7 +161,7 @@ def unwritable_out(tmp, folder, run):
 def interrupted_run(tmp, epochs):
     run = tmp / "interrupted"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"epochs": epochs, "bs": 16, "width": 8}))
+    (run / "config.json").write_text(json.dumps({"epochs": epochs, "bs": 16, "width": 8, "data": str(tmp)}))
     (run / "checkpoint.json").write_text(json.dumps({"epochs_done": 1}))
     return run
 

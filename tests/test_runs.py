@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import files
 import train_fastai
 from fastai.callback.core import Callback
 from conftest import REPO
@@ -29,7 +30,7 @@ def train(folder, out, *flags):
 def test_every_output_file_reaches_its_name_by_a_rename(tmp_path, tiny_folder, monkeypatch):
     renamed = []
     real_replace = os.replace
-    monkeypatch.setattr(train_fastai.os, "replace", lambda src, dst: renamed.append(dst.name) or real_replace(src, dst))
+    monkeypatch.setattr(files.os, "replace", lambda src, dst: renamed.append(dst.name) or real_replace(src, dst))
     run_dir = train(tiny_folder, tmp_path / "runs", *GIVEN_LRS, "--epochs", 1, "--name", "a")
     written = {p.name for p in run_dir.iterdir()}
     # history.csv is fastai's CSVLogger's: a line is flushed and synced as each epoch ends.
@@ -131,7 +132,7 @@ def test_two_processes_train_data_parallel_and_one_writes_the_run(tmp_path, tiny
                            str(REPO / "train_fastai.py"), "--data", str(tiny_folder), "--out", str(out), *TINY,
                            "--epochs", "1", "--finder-iters", "10"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    run_dir, = out.iterdir()  # one run folder, written by the main process
+    run_dir, = (p for p in out.iterdir() if p.is_dir())  # one run folder, written by the main process
     assert "data-parallel: 2 processes x 8 = an effective batch of 16" in done.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["effective_bs"] == 16

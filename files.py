@@ -1,0 +1,16 @@
+"""Files written so that a crash never leaves half of one: under a temporary name in the same
+folder, then renamed into place (a rename within a folder is atomic on POSIX file systems)."""
+import os
+from contextlib import contextmanager
+
+
+@contextmanager
+def atomic(path):
+    """A temporary name to write `path` under; renamed to `path` once written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        if tmp.exists():  # fastai's export writes nothing in all but the main process
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
