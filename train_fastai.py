@@ -769,6 +769,9 @@ def main(argv=None):
 def run_group(args, points):
     """--runs seeds of every sweep point, each in its own run folder; the group folder lists them
     and holds their summary (mean, std, min, max per point) and compare.png."""
+    if num_distrib() > 1:
+        raise UsageError("--runs and --sweep run one process at a time: launch each run with accelerate, "
+                         "or drop accelerate launch for the group")
     group_dir = new_run_dir(args.out, f"{args.name}-group" if args.name else "group")
     print(f"group folder: {group_dir}: {len(points)} configuration(s) x {args.runs} seed(s)")
     members = [run(member(args, point, seed, group_dir.name))[0]

@@ -140,3 +140,13 @@ def test_two_processes_train_data_parallel_and_one_writes_the_run(tmp_path, tiny
     assert json.loads((run_dir / "config.json").read_text())["lr_source"] == "lr_find.json"  # the main's finder
     assert len(pd.read_csv(run_dir / "lr_schedule.csv")) == 80 // 16  # steps of the effective batch
     assert (run_dir / "model.safetensors").is_file()
+
+
+def test_a_group_of_runs_is_refused_under_several_processes(tmp_path, tiny_folder, monkeypatch, capsys):
+    """Every process would write the group folder; the user is told to launch the runs one by one."""
+    monkeypatch.setattr(train_fastai, "num_distrib", lambda: 2)
+    with pytest.raises(SystemExit) as e:
+        train(tiny_folder, tmp_path / "runs", *GIVEN_LRS, "--epochs", 1, "--runs", 2, "--name", "group")
+    assert e.value.code == 2
+    assert "--runs and --sweep run one process at a time" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
