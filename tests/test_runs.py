@@ -2,6 +2,7 @@
 numbers for the same seed."""
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -150,3 +151,20 @@ def test_a_group_of_runs_is_refused_under_several_processes(tmp_path, tiny_folde
     assert e.value.code == 2
     assert "--runs and --sweep run one process at a time" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    """checkpoint.pth is read with torch.load(weights_only=True): a pickle that names a function
+    is refused before it runs."""
+    from fastai.test_utils import synth_learner
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "checkpoint.pth").write_bytes(pickle.dumps(Payload(), protocol=2))  # torch.save's protocol
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"epochs_done": 1}))
+    with pytest.raises(UsageError, match="checkpoint.pth cannot be loaded"):
+        train_fastai.load_checkpoint(synth_learner(), tmp_path)
+    assert not marker.exists()
