@@ -119,7 +119,12 @@ def build_once(target, build):
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
     try:
         build(tmp)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not target.exists():
+                raise
+            # Another process (two runs started together) built the same entry first: use theirs.
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
