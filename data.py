@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from fastai.vision.all import (CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize,
                                Resize, TensorCategory, TensorImage, TfmdDL, URLs,
-                               fastai_path, get_files, get_image_files, image_extensions, parent_label,
+                               fastai_path, get_image_files, image_extensions, parent_label,
                                untar_data)
 from PIL import Image
 
@@ -174,13 +174,16 @@ def check_layout(folder):
     if len(classes) != CIFAR10_CLASSES:
         warn(f"{folder / 'train'} has {len(classes)} class folders, not CIFAR-10's {CIFAR10_CLASSES}: "
              f"training a {len(classes)}-class model")
+    others = []  # one walk of the 60,000 files: this runs at every start
     for split in SPLITS:
         for name in classes:
-            if not get_image_files(folder / split / name):
+            files = [os.path.join(root, file) for root, _, names in os.walk(folder / split / name)
+                     for file in names if not file.startswith(".")]
+            is_image = [os.path.splitext(file)[1].lower() in image_extensions for file in files]
+            if not any(is_image):
                 raise DataError(f"{folder / split / name} has no image files: add images or remove the folder "
                                 "from train/ and test/")
-    others = [p for p in get_files(folder, folders=SPLITS) if p.suffix.lower() not in image_extensions
-              and not p.name.startswith(".")]
+            others += [file for file, image in zip(files, is_image) if not image]
     if others:
         warn(f"ignoring {len(others)} files in {folder} that are not images (such as {others[0]})")
 
@@ -288,7 +291,7 @@ def decode(paths):
             readable[i] = False
             continue
         for change in changes:
-            repairs[change.split()[0]] = repairs.get(change.split()[0], []) + [change]
+            repairs.setdefault(change.split()[0], []).append(change)
     for kind, changes in repairs.items():
         what = "converted to RGB" if kind == "mode" else "resized to 32x32"
         warn(f"{len(changes)} images {what} (such as {sorted(set(changes))[:3]})")
