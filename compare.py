@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from filelock import FileLock
 
-from files import atomic
+from files import atomic, save_figure
 
 # What a comparison shows of each run's config.json and summary.json.
 SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "label_smoothing", "tta",
@@ -164,9 +164,7 @@ def write_figure(runs, path):
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="one-cycle LR schedule")
     ax_acc.legend(fontsize=8)
-    with atomic(path) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -14,3 +14,11 @@ def atomic(path):
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig, path):
+    """A matplotlib figure as an image file (the format from the suffix), then closed."""
+    import matplotlib.pyplot as plt  # here, so that predict.py, which only needs atomic(), never loads it
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight")
+    plt.close(fig)

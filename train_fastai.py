@@ -51,7 +51,7 @@ from safetensors.torch import save_file
 import compare
 from customresnet import CustomResNet, count_parameters
 from data import DataError, cifar10_dataloaders, cifar10_folder
-from files import atomic
+from files import atomic, save_figure
 from report import write_report
 
 FINDER_START_LR, FINDER_END_LR = 1e-7, 10
@@ -349,12 +349,6 @@ def write_json(path, obj):
 def write_csv(path, table):
     with atomic(path) as tmp:
         table.to_csv(tmp, index=False)
-
-
-def save_figure(fig, path):
-    with atomic(path) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def make_learner(dls, args, run_dir, precision):
