@@ -168,3 +168,14 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
     with pytest.raises(UsageError, match="checkpoint.pth cannot be loaded"):
         train_fastai.load_checkpoint(synth_learner(), tmp_path)
     assert not marker.exists()
+
+
+def test_cudnn_autotunes_unless_the_run_must_repeat_bitwise():
+    try:
+        train_fastai.seed_everything(0, deterministic=False)
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+        train_fastai.seed_everything(0, deterministic=True)
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = torch.backends.cudnn.benchmark = False
