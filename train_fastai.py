@@ -845,7 +845,7 @@ def run(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fastai warns that a pickle runs code: that is for the loader
         with atomic(run_dir / "export.pkl") as tmp:
-            learn.export(tmp)
+            learn.export(tmp.absolute())  # export joins learn.path (the run folder) to a relative name
     for name in ("checkpoint.pth", "checkpoint.json"):
         (run_dir / name).unlink(missing_ok=True)  # the run is whole: model.safetensors supersedes it
     write_report(run_dir)

@@ -116,6 +116,16 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     assert "cat/0000.png" in capsys.readouterr().out
 
 
+def test_default_relative_out_from_a_fresh_folder_leaves_every_output(tmp_path, tiny_folder, monkeypatch):
+    """As a user types it: relative --data, the default --out runs, in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    cli("--data", tiny_folder.relative_to(tmp_path), "--bs", 16, "--width", 8, "--epochs", 1)
+    run_dir, = run_dirs(tmp_path / "runs")
+    for name in RUN_FILES:
+        assert (run_dir / name).stat().st_size > 0, name
+    assert pd.read_csv(tmp_path / "runs" / "index.csv").run.tolist() == [run_dir.name]
+
+
 def test_cli_albumentations_backend_with_given_lrs(tmp_path, tiny_folder):
     out = tmp_path / "runs"
     cli("--data", tiny_folder, "--out", out, "--bs", 16, "--width", 8, "--epochs", 1, "--aug", "albumentations",
