@@ -10,7 +10,6 @@ test accuracy per epoch and the LR schedule of every run on shared axes.
 """
 import argparse
 import json
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -34,16 +33,6 @@ RUN_FILES = ["config.json", "summary.json", "history.csv", "lr_schedule.csv"]
 
 class CompareError(Exception):
     """Bad input to a comparison, worded as one line that says what to do."""
-
-
-def git_commit(folder=Path(__file__).parent):
-    """The commit checked out in `folder` ("-dirty" with uncommitted changes), or None outside a git checkout."""
-    try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=folder,
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def headline(summary):

@@ -37,9 +37,14 @@ import torch.nn.functional as F  # noqa: E402
 from fastai.vision.all import CancelFitException, Callback, CrossEntropyLossFlat, Adam, Learner, accuracy, set_seed  # noqa: E402,E501
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+import checkpoint  # noqa: E402
+import settings  # noqa: E402
 import train_fastai  # noqa: E402
 from augment import albumentations_pipeline  # noqa: E402
 from customresnet import CustomResNet  # noqa: E402
+from files import unused_names, write_json  # noqa: E402
+from hardware import device_name, library_versions, resolve_precision  # noqa: E402
+from lr_schedule import one_cycle  # noqa: E402
 from data import (channel_stats, cifar10_dataloaders, cifar10_folder, cifar10_items, class_names,  # noqa: E402
                   decoded_images, in_test_folder)
 
@@ -49,7 +54,7 @@ FULL = dict(epochs=24, bs=512, width=64, seeds=5, baseline_seeds=2, subset=None,
             matmul_size=8192, profile_steps=20)
 SMOKE = dict(epochs=2, bs=16, width=8, seeds=2, baseline_seeds=1, subset=None, workers=0,
              matmul_size=256, profile_steps=3)
-RECIPE = train_fastai.parse_args([])  # train_fastai.py's defaults, e.g. the weight decay
+WEIGHT_DECAY = settings.RECIPE["wd"]  # the recipe's, as train_fastai.py runs it
 AIRBENCH_UNAVAILABLE_ON_CPU = ("airbench 0.1.8 trains on CUDA only (make_net94 calls .cuda(), train() times "
                                "with torch.cuda.Event)")
 
@@ -259,9 +264,9 @@ def run_seed_style(args, device, seed, work):
         test_dl = torch.utils.data.DataLoader(AugmentedImages(*data["test"], mean, std), **loader)
         model = CustomResNet(len(data["classes"]), args.width).to(device)
         lr_min, lr_max = args.lrs
-        opt = decoupled_adam(model, lr_max, RECIPE.wd)
+        opt = decoupled_adam(model, lr_max, WEIGHT_DECAY)
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr_max, total_steps=args.epochs * len(train_dl), pct_start=train_fastai.PEAK_FRACTION,
+            opt, max_lr=lr_max, total_steps=args.epochs * len(train_dl), pct_start=settings.PEAK_FRACTION,
             div_factor=lr_max / lr_min, final_div_factor=1.0, base_momentum=0.85, max_momentum=0.95)
         fit_start = time.perf_counter()
         for _ in range(args.epochs):
@@ -291,10 +296,10 @@ def run_fastai_stock(args, device, seed, work):
         dls, _ = cifar10_dataloaders(args.folder, bs=args.bs, aug="albumentations", device=device,
                                      subset=args.subset, workers=args.workers, seed=seed)
         learn = Learner(dls, CustomResNet(len(dls.vocab), args.width), loss_func=CrossEntropyLossFlat(),
-                        opt_func=Adam, metrics=accuracy, wd=RECIPE.wd,
+                        opt_func=Adam, metrics=accuracy, wd=WEIGHT_DECAY,
                         path=Path(tempfile.mkdtemp(dir=work, prefix="fastai-stock-")))
-        schedule = train_fastai.one_cycle(*args.lrs, args.epochs * train_fastai.PEAK_FRACTION, args.epochs)
-        result["fit_s"] = train_fastai.fit(learn, schedule, learn.path, resumed={})
+        schedule = one_cycle(*args.lrs, args.epochs * settings.PEAK_FRACTION, args.epochs)
+        result["fit_s"] = checkpoint.fit(learn, schedule, learn.path, resumed={})
         result["total_s"] = time.perf_counter() - start
     result.update(accuracy=float(learn.recorder.values[-1][2]),
                   images_per_s=args.epochs * len(dls.train) * args.bs / result["fit_s"])
@@ -379,9 +384,9 @@ def add_ratios(rows):
 
 
 def results_stem(out, device_label):
+    """bench/results/<device>-<date>, or the first of -2, -3, ... that names no .json or .log yet."""
     stem = f"{re.sub(r'[^a-z0-9]+', '-', device_label.lower()).strip('-')}-{datetime.now(timezone.utc):%Y-%m-%d}"
-    for attempt in range(1, 1000):
-        candidate = stem if attempt == 1 else f"{stem}-{attempt}"
+    for candidate in unused_names(stem):
         if not (out / f"{candidate}.json").exists() and not (out / f"{candidate}.log").exists():
             return out / candidate
     raise SystemExit(f"error: too many results files named {stem} in {out}: move some away")
@@ -429,10 +434,10 @@ class ProfileSteps(Callback):
 
 def profile_ours(args, device, lrs, path):
     """Profile ours' training steps: the top kernels and operators by device time (CPU time on a CPU)."""
-    targs = train_fastai.parse_args(train_fastai_argv(args, device, 0, path.parent, lrs))
+    targs = settings.parse_args(train_fastai_argv(args, device, 0, path.parent, lrs))
     dls, _ = cifar10_dataloaders(args.folder, bs=args.bs, device=device, subset=args.subset, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        learn = train_fastai.make_learner(dls, targs, Path(tmp), train_fastai.resolve_precision("auto", device))
+        learn = train_fastai.make_learner(dls, targs, Path(tmp), resolve_precision("auto", device))
         warmup = max(1, args.profile_steps // 4)
         activities = [torch.profiler.ProfilerActivity.CPU] + (
             [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -440,7 +445,7 @@ def profile_ours(args, device, lrs, path):
         profiler = torch.profiler.profile(activities=activities)
         steps = ProfileSteps(profiler, warmup, args.profile_steps)
         with learn.no_logging():
-            learn.fit_one_cycle(**train_fastai.one_cycle(*lrs, 1, 1), cbs=steps)
+            learn.fit_one_cycle(**one_cycle(*lrs, 1, 1), cbs=steps)
     table = profiler.key_averages().table(sort_by=sort, row_limit=40)
     path.write_text(f"torch.profiler over {args.profile_steps} training steps of ours (after {warmup} warm-up "
                     f"steps), bs {args.bs}, width {args.width}, compile {args.compile}: {steps.ms_per_step:.2f} ms "
@@ -507,7 +512,7 @@ def main(argv=None):
     device = bench_device(args.smoke)
     args.folder = cifar10_folder(args.data)
     args.lrs = (args.lr_min, args.lr_max) if args.lr_min and args.lr_max else None
-    label = train_fastai.device_name(device) if device.type == "cuda" else "cpu-smoke"
+    label = device_name(device) if device.type == "cuda" else "cpu-smoke"
     args.out.mkdir(parents=True, exist_ok=True)
     args.stem = results_stem(args.out, label)
     args.peak_tflops = matmul_peak_tflops(device, args.matmul_size)
@@ -515,8 +520,8 @@ def main(argv=None):
     results = {
         "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["bench/bench.py", *argv]),
         "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": train_fastai.device_name(device), "driver": driver_version(), "host": platform.node(),
-        "versions": train_fastai.library_versions(), "data": str(args.folder),
+        "device": device_name(device), "driver": driver_version(), "host": platform.node(),
+        "versions": library_versions(), "data": str(args.folder),
         "settings": {k: args.__dict__[k] for k in ("rows", "epochs", "bs", "width", "subset", "workers", "seeds",
                                                    "baseline_seeds", "compile")},
         "seeds": {name: row_seeds(args, name) for name in args.rows},
@@ -526,7 +531,7 @@ def main(argv=None):
     }
 
     def save():
-        train_fastai.write_json(args.stem.with_suffix(".json"), results)
+        write_json(args.stem.with_suffix(".json"), results)
 
     with open(args.stem.with_suffix(".log"), "w") as log, \
             redirect_stdout(Tee(sys.stdout, log)), redirect_stderr(Tee(sys.stderr, log)):

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from predict import REFERENCE  # noqa: E402
-from train_fastai import write_json  # noqa: E402
+from files import write_json  # noqa: E402
 
 RECIPE = {"epochs": 24, "width": 64, "subset": None}
 

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -19,6 +20,8 @@ from customresnet import CustomResNet
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TGZ = REPO.parent / "shared" / "data" / "cifar10-jpeg.tgz"
+TINY = ["--width", "8", "--bs", "16"]  # a thin model in batches of 16: a run of the tiny data sets in seconds
+GIVEN_LRS = ["--lr-min", "1e-4", "--lr-max", "1e-3"]
 
 
 def class_value(k):
@@ -138,3 +141,15 @@ def images(tmp_path):
     Image.new("RGBA", (16, 16), (9, 9, 9, 9)).save(folder / "small-rgba.png")
     (folder / "notes.txt").write_text("not an image, skipped in a folder")
     return folder
+
+
+def train(folder, out, *flags):
+    """Run train_fastai.py's main on `folder` with TINY settings; returns the run folder named by --name."""
+    import train_fastai
+    train_fastai.main([*TINY, "--data", str(folder), "--out", str(out), *map(str, flags)])
+    run_dir, = (p for p in out.iterdir() if p.is_dir() and p.name.endswith("-" + flags[flags.index("--name") + 1]))
+    return run_dir
+
+
+def history_values(run_dir):
+    return pd.read_csv(run_dir / "history.csv").drop(columns="time")

@@ -73,12 +73,6 @@ def test_index_keeps_every_row_adds_new_columns_and_survives_concurrent_runs(tmp
     assert len(index) == 22 and set(index.run[2:]) == {f"run{10 * w + i}" for w in range(4) for i in range(5)}
 
 
-def test_git_commit_is_none_outside_a_git_checkout(tmp_path):
-    assert compare.git_commit(tmp_path) is None
-    commit = compare.git_commit(REPO)
-    assert commit is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", commit)
-
-
 def test_compare_prints_runs_side_by_side_and_writes_the_figure(finished_sweep, tmp_path, capsys):
     out, group, _ = finished_sweep
     png = tmp_path / "compare.png"

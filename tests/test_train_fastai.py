@@ -2,16 +2,14 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
-from fastai.test_utils import synth_learner
-from fastai.vision.all import CrossEntropyLossFlat, DataLoaders, Learner
 from PIL import Image
 
-from conftest import REPO, real_subset
-from train_fastai import PRESETS, TimeToAccuracy, UsageError, flip_tta_accuracy, lr_bounds, main, one_cycle, parse_args
+import lr_schedule
+from conftest import REPO, TINY, real_subset
+from settings import UsageError
+from train_fastai import main
 
 RUN_FILES = ["config.json", "lr_find.csv", "lr_find.png", "lr_find.json", "history.csv", "lr_schedule.csv",
              "lr_schedule.png", "curves.png", "confusion_matrix.png", "misclassified.png", "summary.json",
@@ -20,45 +18,6 @@ RUN_FILES = ["config.json", "lr_find.csv", "lr_find.png", "lr_find.json", "histo
 
 def run_dirs(out):
     return sorted(p for p in out.iterdir() if p.is_dir())
-
-
-def test_one_cycle_goes_lrmin_to_lrmax_at_the_peak_and_back_never_lower():
-    lr_min, lr_max, epochs, peak_epoch = 1e-4, 1e-2, 24, 5
-    per_epoch = 20
-    learn = synth_learner(n_trn=per_epoch)
-    with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(**one_cycle(lr_min, lr_max, peak_epoch, epochs))
-    lrs = np.array(learn.recorder.hps["lr"])
-    peak = per_epoch * peak_epoch  # the first step after epoch 5: 5/24 of the run
-    assert len(lrs) == per_epoch * epochs
-    assert lrs[0] == pytest.approx(lr_min, rel=1e-6)
-    assert lrs[peak] == pytest.approx(lr_max, rel=1e-6) and lrs.argmax() == peak
-    assert lrs[-1] == pytest.approx(lr_min, rel=0.01)
-    assert lrs.min() >= lr_min * (1 - 1e-9)
-    assert (np.diff(lrs[: peak + 1]) > 0).all() and (np.diff(lrs[peak:]) <= 0).all()
-
-
-def test_lr_rule_on_a_range_test_curve():
-    lrs = np.logspace(-7, 1, 81)  # ten points a decade
-    # Flat until 1e-5, falling to its lowest point at 1e-2, then diverging.
-    losses = np.interp(np.log10(lrs), [-7, -5, -2, 1], [2.3, 2.3, 1.3, 9.0])
-    lr_min, lr_max = lr_bounds(lrs, losses)
-    assert lr_max == pytest.approx(1e-3)
-    assert lr_min == pytest.approx(lrs[np.argmax(losses <= 2.2)])  # 10% of the fall of 1.0
-    assert 1e-5 < lr_min < 1e-4
-
-
-def test_lr_rule_keeps_lrmin_a_decade_below_lrmax():
-    lrs = np.logspace(-7, 1, 81)
-    losses = np.interp(np.log10(lrs), [-7, -2.5, -2, 1], [2.3, 2.3, 1.3, 9.0])  # a short, late fall
-    lr_min, lr_max = lr_bounds(lrs, losses)
-    assert lr_min == pytest.approx(lr_max / 10)
-
-
-def test_lr_rule_refuses_a_curve_that_never_falls():
-    lrs = np.logspace(-7, 1, 81)
-    with pytest.raises(UsageError, match="no fall in the loss"):
-        lr_bounds(lrs, np.linspace(2.3, 5, 81))
 
 
 def cli(*args):
@@ -156,60 +115,6 @@ def test_it_learns_real_cifar10(tmp_path):
     assert summary["final_accuracy"] > 0.35, summary
 
 
-def test_time_to_accuracy_records_each_milestone_once_and_stops_at_the_target():
-    per_epoch = [0.5, 0.91, 0.92, 0.935, 0.95, 0.96]
-
-    def accuracy(pred, targ):  # the accuracy this test scripts for each epoch
-        return torch.tensor(per_epoch[learn.epoch])
-
-    for target, epochs_run in ((None, 6), (0.93, 4)):
-        learn = synth_learner(n_trn=8, metrics=accuracy)
-        timer = TimeToAccuracy(target=target)
-        with learn.no_bar(), learn.no_logging():
-            learn.fit(6, lr=1e-3, cbs=[timer])
-        results = timer.results()
-        assert len(learn.recorder.values) == epochs_run
-        assert results["stopped_early"] == (target is not None)
-        assert results["first_epoch_90"] == 2 and results["first_epoch_93"] == 4
-        assert results["first_epoch_94"] == (5 if target is None else None)
-        assert 0 < results["seconds_to_90"] <= results["seconds_to_93"]
-
-
-class HalvesModel(torch.nn.Module):
-    """Logits (mean of the left half, 2 x mean of the right half): not mirror-symmetric."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(()))  # fastai reads the device off a parameter
-
-    def forward(self, x):
-        return self.scale * torch.stack([x[..., :2].mean((1, 2, 3)), 2 * x[..., 2:].mean((1, 2, 3))], 1)
-
-
-def test_flip_tta_averages_each_image_with_its_mirror():
-    # Left half bright, label 1: the image alone says 0 (softmax 0.73 / 0.27), its mirror says 1
-    # (0.12 / 0.88), and their average says 1.
-    image = torch.zeros(3, 4, 4)
-    image[..., :2] = 1
-    items = [(image, torch.tensor(1))] * 4
-    dls = DataLoaders.from_dsets(items, items, bs=2, device="cpu")
-    learn = Learner(dls, HalvesModel(), loss_func=CrossEntropyLossFlat())
-    probs, _ = learn.get_preds(dl=dls.valid)
-    assert (probs.argmax(1) == 0).all()
-    assert flip_tta_accuracy(learn) == 1.0
-
-
-def test_presets_fill_the_flags_left_unset_and_given_flags_win():
-    seed = parse_args([])
-    assert seed.preset == "seed" and (seed.epochs, seed.bs, seed.wd, seed.label_smoothing, seed.tta) == (24, 512, 0.01,
-                                                                                                       0.0, False)
-    fast = parse_args(["--preset", "fast"])
-    assert {name: getattr(fast, name) for name in PRESETS["fast"]} == PRESETS["fast"]
-    assert fast.epochs < 24 and fast.label_smoothing > 0 and fast.tta
-    given = parse_args(["--preset", "fast", "--epochs", "12", "--no-tta", "--label-smoothing", "0"])
-    assert (given.epochs, given.tta, given.label_smoothing, given.bs) == (12, False, 0.0, PRESETS["fast"]["bs"])
-
-
 def test_a_run_reports_flip_tta_time_to_accuracy_and_an_early_stop(finished_sweep):
     _, group, printed = finished_sweep
     run_dir = group.parent / json.loads((group / "summary.json").read_text())["members"][0]
@@ -248,3 +153,16 @@ def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_fo
     assert all(not name.startswith("_orig_mod") for name in load_file(run_dir / "model.safetensors"))
     assert json.loads((run_dir / "config.json").read_text())["compile"] is True
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
+
+
+def test_config_is_written_before_the_finder_can_stop_the_run(tmp_path, tiny_folder, monkeypatch, capsys):
+    def no_fall(*_):
+        raise UsageError("the LR range test found no fall in the loss")
+
+    monkeypatch.setattr(lr_schedule, "lr_bounds", no_fall)
+    with pytest.raises(SystemExit):
+        main([*TINY, "--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--epochs", "1",
+              "--finder-iters", "10"])
+    assert "no fall in the loss" in capsys.readouterr().err
+    run_dir, = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 1

@@ -1,0 +1,120 @@
+"""The fastai callbacks of a run: time to accuracy, the divergence stop, the epoch snapshot an
+interruption saves, the history log, and the flip of test-time augmentation."""
+import copy
+import time
+
+import numpy as np
+import torch
+from fastai.vision.all import CancelFitException, Callback, CSVLogger, Recorder, accuracy, get_model
+
+ACCURACY_MILESTONES = (0.90, 0.93, 0.94)
+
+
+class TimeToAccuracy(Callback):
+    """The first epoch, and the seconds since the fit began, at which test accuracy reached each
+    milestone; with a `target`, stops the fit at the end of the epoch that reaches it. A resumed
+    fit counts from `start_epoch`: the epochs before it were trained by the interrupted run."""
+    order = Recorder.order + 1  # the Recorder's after_epoch has the epoch's accuracy and logs its line
+
+    def __init__(self, milestones=ACCURACY_MILESTONES, target=None, start_epoch=0):
+        self.milestones = sorted({*milestones, *([target] if target else [])})
+        self.target, self.start_epoch = target, start_epoch
+
+    def before_fit(self):
+        self.start, self.reached, self.stopped_early = time.perf_counter(), {}, False
+
+    def after_epoch(self):
+        if self.epoch < self.start_epoch:
+            return  # skipped by fit_one_cycle on resume
+        accuracy = float(dict(zip(self.recorder.metric_names[1:-1], self.recorder.values[-1]))["accuracy"])
+        for milestone in self.milestones:
+            if accuracy >= milestone and milestone not in self.reached:
+                self.reached[milestone] = (self.epoch + 1, round(time.perf_counter() - self.start, 3))
+        if self.target and accuracy >= self.target and self.epoch + 1 < self.n_epoch:
+            self.stopped_early = True
+            raise CancelFitException
+
+    def results(self):
+        results = {}
+        for milestone in self.milestones:
+            epoch, seconds = self.reached.get(milestone, (None, None))
+            results[f"first_epoch_{100 * milestone:g}"] = epoch
+            results[f"seconds_to_{100 * milestone:g}"] = seconds
+        return {**results, "target_acc": self.target, "stopped_early": self.stopped_early}
+
+
+class StopOnDivergence(Callback):
+    """Stops training when the loss is no longer finite or has passed `factor` times the loss of
+    guessing, ln(classes): a sign that the LR is too high. The caller then reports `problem`. The
+    worst loss is kept on the device and read every `check_every` batches: reading it every batch
+    would make the CPU wait for the GPU at each step."""
+    order = Recorder.order + 1
+
+    def __init__(self, factor=4, check_every=10):
+        self.factor, self.check_every, self.problem = factor, check_every, None
+
+    def before_epoch(self):
+        self.worst = None
+
+    def after_batch(self):
+        if not self.training:
+            return
+        loss = self.loss.detach()
+        self.worst = loss if self.worst is None else torch.maximum(self.worst, loss)  # NaN wins, as it should
+        if (self.iter + 1) % self.check_every and self.iter + 1 < self.n_iter:
+            return
+        worst, self.worst = float(self.worst), None
+        if not np.isfinite(worst) or worst > self.factor * np.log(len(self.dls.vocab)):
+            self.problem = (f"the loss diverged ({worst:.3g}) by epoch {self.epoch + 1}, iteration {self.iter + 1}, "
+                            f"LR {self.opt.hypers[-1]['lr']:.3g}: the LR is likely too high; "
+                            "lower --lr-max and --lr-min, or rerun the LR range test")
+            raise CancelFitException
+
+
+class EpochSnapshot(Callback):
+    """An in-memory copy of the weights and optimizer state as the last finished epoch left them:
+    what an interruption writes as the checkpoint (a copy on the device costs little; a file
+    every epoch would not)."""
+    order = Recorder.order + 1  # after the recorder has logged the epoch
+
+    def __init__(self, resumed):
+        self.resumed, self.state = resumed, None
+
+    def after_epoch(self):
+        if self.epoch < self.resumed.get("epochs_done", 0):
+            return  # an epoch fit_one_cycle skipped when resuming
+        self.state = {"model": {k: v.detach().clone() for k, v in get_model(self.model).state_dict().items()},
+                      "opt": copy.deepcopy(self.opt.state_dict())}
+        hps = self.learn.param_scheduler.hps  # the recorder gets them only once fit ends
+        self.progress_so_far = {"epochs_done": self.epoch + 1,
+                                "lrs": [*self.resumed.get("lrs", []), *map(float, hps["lr"])],
+                                "moms": [*self.resumed.get("moms", []), *map(float, hps["mom"])]}
+
+
+class HistoryLogger(CSVLogger):
+    """fastai's CSVLogger; on a resumed run, the epochs fit_one_cycle skips are logged with their
+    rows from before the interruption, so history.csv is whole again."""
+
+    def __init__(self, earlier_rows):
+        super().__init__("history.csv")
+        self.earlier_rows, self.rows = earlier_rows, []
+
+    def _write_line(self, log):
+        if log[0] < len(self.earlier_rows):
+            log = self.earlier_rows[log[0]]
+        self.rows.append([str(v) for v in log])
+        super()._write_line(log)
+
+
+class FlipInputs(Callback):
+    """Mirror every input batch left-right where it lies (on the GPU path, on the device)."""
+
+    def before_batch(self):
+        self.learn.xb = tuple(x.flip(-1) for x in self.xb)
+
+
+def flip_tta_accuracy(learn):
+    """Test accuracy of the final model when it averages its probabilities for each image and its mirror."""
+    probs, targets = learn.get_preds(dl=learn.dls.valid)
+    mirrored, _ = learn.get_preds(dl=learn.dls.valid, cbs=[FlipInputs()])
+    return float(accuracy((probs + mirrored) / 2, targets))

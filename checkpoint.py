@@ -1,0 +1,94 @@
+"""Interruption and resume: Ctrl-C or SIGTERM during the fit writes the last finished epoch as a
+checkpoint, and `--resume` continues from it on the same one-cycle schedule."""
+import json
+import signal
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import torch
+from fastai.learner import load_model
+
+from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence
+from files import atomic, write_json
+from outputs import write_curves
+from settings import UsageError
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during training, after the checkpoint is written: says how to resume."""
+
+
+@contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (what a scheduler sends before killing a job) ends training as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fit(learn, schedule, run_dir, resumed, cbs=()):
+    """fit_one_cycle from the start or, resumed, from the checkpoint's epoch on the same schedule;
+    returns the fit's seconds, those before an interruption included."""
+    logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
+    start = time.perf_counter()
+    try:
+        on_cpu = learn.dls.device.type == "cpu"  # torch's SyncBatchNorm needs GPUs
+        with sigterm_as_ctrl_c(), learn.distrib_ctx(sync_bn=not on_cpu, cpu=on_cpu):
+            learn.fit_one_cycle(**schedule, cbs=[logger, snapshot, divergence, *cbs],
+                                start_epoch=resumed.get("epochs_done", 0))
+    except KeyboardInterrupt:
+        seconds = resumed.get("fit_seconds", 0) + time.perf_counter() - start
+        raise Interrupted(save_checkpoint(run_dir, snapshot, logger.rows, seconds, resumed)) from None
+    if divergence.problem:
+        raise UsageError(divergence.problem)
+    if learn.dls.device.type == "cuda":
+        torch.cuda.synchronize(learn.dls.device)
+    return resumed.get("fit_seconds", 0) + time.perf_counter() - start
+
+
+def save_checkpoint(run_dir, snapshot, rows, fit_seconds, resumed):
+    """Write the last finished epoch's weights and optimizer state (fastai's save_model format)
+    and what the resumed run needs to join up; returns the message for the user."""
+    if snapshot.state is not None:
+        with atomic(run_dir / "checkpoint.pth") as tmp:
+            torch.save(snapshot.state, tmp)
+        done = snapshot.progress_so_far["epochs_done"]
+        write_json(run_dir / "checkpoint.json",
+                   {**snapshot.progress_so_far, "history": rows[:done], "fit_seconds": fit_seconds})
+        write_curves(pd.read_csv(run_dir / "history.csv").iloc[:done], run_dir)
+    elif not resumed:
+        return "interrupted before the first epoch finished: nothing to resume; start the run again"
+    done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
+    return (f"interrupted; epochs 1-{done} are saved in {run_dir}. Resume with: "
+            f"python train_fastai.py --resume {run_dir}")
+
+
+def load_checkpoint(learn, run_dir):
+    """Weights and optimizer state into `learn` (weights_only: the file cannot run code), and the
+    progress saved with them."""
+    learn.create_opt()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "Could not load the optimizer state")  # fastai only warns
+            load_model(run_dir / "checkpoint.pth", learn.model, learn.opt, device=learn.dls.device)
+    except Exception as e:
+        raise UsageError(f"{run_dir / 'checkpoint.pth'} cannot be loaded ({type(e).__name__}): "
+                         "start a new run") from None
+    return json.loads((run_dir / "checkpoint.json").read_text())
+
+
+def check_same_run(run_dir, config):
+    """A resumed run must see the data the run started with."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    for key in ("data", "train_images", "test_images", "classes"):
+        if saved.get(key) != config[key]:
+            raise UsageError(f"{run_dir} was run on other data ({key}: {saved.get(key)}, now {config[key]}): "
+                             "resume it with its own --data, or start a new run")

@@ -1,0 +1,90 @@
+"""The machine a run runs on: its device and precision, seeding, what to call it in the outputs,
+and, on a CPU, how long the run will take."""
+import copy
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+from fastai.vision.all import set_seed
+
+from settings import UsageError
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+    return device
+
+
+def resolve_precision(precision, device):
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise UsageError(f"--precision {precision} needs a CUDA GPU (fastai's mixed precision); use fp32 on {device}")
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def seed_everything(seed, deterministic):
+    """fastai's set_seed seeds Python, NumPy and torch (CPU and CUDA); the GPU augmentations draw
+    from torch, the albumentations workers are reseeded from torch's per-worker seed. On the GPU,
+    `deterministic` also makes cuDNN and every other kernel choose deterministic algorithms."""
+    set_seed(seed, reproducible=deterministic)
+    torch.backends.cudnn.benchmark = not deterministic  # autotuned convolutions, unless they must repeat
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to repeat itself
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def library_versions():
+    import albumentations
+    import fastai
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "fastai": fastai.__version__, "albumentations": albumentations.__version__, "numpy": np.__version__,
+            "cuda": torch.version.cuda}
+
+
+def images_per_second(model, images, train):
+    """Throughput of a copy of `model` on one batch, so the real model is left untouched."""
+    model = copy.deepcopy(model).train(train)
+    labels = torch.zeros(len(images), dtype=torch.long, device=images.device)
+
+    def step():
+        with torch.set_grad_enabled(train):
+            out = model(images)
+            if train:
+                torch.nn.functional.cross_entropy(out, labels).backward()
+
+    step()  # the first call pays one-off set-up costs
+    start = time.perf_counter()
+    step()
+    return len(images) / (time.perf_counter() - start)
+
+
+def print_cpu_estimate(learn, model, finder_iters, epochs):
+    """How long the run will take on this CPU, from one timed batch of the plain `model`."""
+    images = learn.dls.valid.one_batch()[0][:64].as_subclass(torch.Tensor)  # as fastai's CastToTensor hands it over
+    train_rate = images_per_second(model, images, train=True)
+    eval_rate = images_per_second(model, images, train=False)
+    trained = (finder_iters + epochs * len(learn.dls.train)) * learn.dls.train.bs
+    evaluated = (epochs + 1) * len(learn.dls.valid.dataset)  # one pass per epoch, one for the plots
+    seconds = trained / train_rate + evaluated / eval_rate
+    duration = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
+    print(f"CPU only: this run will take about {duration} ({train_rate:.0f} training images/s, "
+          f"{eval_rate:.0f} test images/s here); a GPU takes seconds")

@@ -1,0 +1,122 @@
+"""What a run writes: its folder, the schedule, curves and interpretation figures, the weights,
+the exported learner and the summary."""
+import subprocess
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from fastai.vision.all import ClassificationInterpretation, num_distrib
+from safetensors.torch import save_file
+
+from customresnet import count_parameters
+from files import atomic, save_figure, unused_names, write_csv, write_json
+from hardware import device_name, library_versions
+from settings import UsageError
+
+
+def new_run_dir(out, name):
+    """A new folder for this run; an existing one is never reused."""
+    stem = datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{name}" if name else "")
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out} ({e.strerror}): choose a writable folder") from None
+    for candidate in unused_names(stem):
+        run_dir = Path(out) / candidate
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UsageError(f"cannot create {run_dir} ({e.strerror}): choose a writable --out") from None
+    raise UsageError(f"too many runs named {stem} in {out}: choose another --name")
+
+
+def write_schedule(learn, run_dir, lr_min, lr_max, resumed):
+    hps = learn.recorder.hps
+    iters_per_epoch = len(learn.dls.train)
+    lrs, moms = [*resumed.get("lrs", []), *hps["lr"]], [*resumed.get("moms", []), *hps["mom"]]
+    schedule = pd.DataFrame({"iteration": np.arange(len(lrs)), "lr": lrs, "mom": moms})
+    schedule.insert(1, "epoch", schedule.iteration / iters_per_epoch)
+    write_csv(run_dir / "lr_schedule.csv", schedule)
+    fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    ax_lr.plot(schedule.epoch, schedule.lr)
+    for lr, label in ((lr_min, "LRMIN"), (lr_max, "LRMAX")):
+        ax_lr.axhline(lr, ls=":", c="gray")
+        ax_lr.annotate(f"{label} {lr:.2e}", (0, lr), textcoords="offset points", xytext=(2, 3), fontsize=8)
+    ax_lr.set(ylabel="learning rate", title="one-cycle schedule, per iteration")
+    ax_mom.plot(schedule.epoch, schedule.mom)
+    ax_mom.set(xlabel="epoch", ylabel="momentum (Adam beta1)")
+    save_figure(fig, run_dir / "lr_schedule.png")
+
+
+def write_curves(history, run_dir):
+    epochs = history.epoch + 1
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, history.train_loss, label="train (smoothed)")
+    ax_loss.plot(epochs, history.valid_loss, label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, 100 * history.accuracy, marker="o")
+    ax_acc.axhline(90, ls=":", c="gray")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)",
+               title=f"final {100 * history.accuracy.iloc[-1]:.2f}%")
+    save_figure(fig, run_dir / "curves.png")
+
+
+def write_interpretation(learn, run_dir):
+    interp = ClassificationInterpretation.from_learner(learn)
+    interp.plot_confusion_matrix(figsize=(7, 7), title="confusion matrix (test set)")
+    save_figure(plt.gcf(), run_dir / "confusion_matrix.png")
+    with plt.rc_context({"axes.titlesize": 9}):
+        interp.plot_top_losses(10, nrows=2, figsize=(15, 7))
+        save_figure(plt.gcf(), run_dir / "misclassified.png")
+
+
+def write_weights(learn, run_dir, stats):
+    """model.safetensors and classes.json: what predict.py loads without unpickling anything.
+    Floating-point tensors are stored as fp32 whatever the training precision; BatchNorm's
+    integer batch counts keep their type."""
+    state = {name: (tensor.float() if tensor.is_floating_point() else tensor).detach().contiguous().cpu()
+             for name, tensor in learn.model.state_dict().items()}
+    with atomic(run_dir / "model.safetensors") as tmp:
+        save_file(state, tmp, metadata={"format": "pt", "model": "CustomResNet"})
+    write_json(run_dir / "classes.json", {"classes": list(learn.dls.vocab), "mean": stats[0], "std": stats[1]})
+
+
+def write_export(learn, run_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fastai warns that a pickle runs code: that is for the loader
+        with atomic(run_dir / "export.pkl") as tmp:
+            learn.export(tmp.absolute())  # export joins learn.path (the run folder) to a relative name
+
+
+def git_commit(folder=Path(__file__).parent):
+    """The commit checked out in `folder` ("-dirty" with uncommitted changes), or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=folder,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def summarize(history, learn, args, fit_seconds, device):
+    images_trained = len(history) * len(learn.dls.train) * learn.dls.train.bs
+    return {
+        "final_accuracy": float(history.accuracy.iloc[-1]),  # the headline: never the best epoch
+        "best_accuracy": float(history.accuracy.max()),
+        "epochs": len(history),  # fewer than asked when --target-acc stopped the run
+        "parameters": count_parameters(learn.model),
+        "fit_seconds": round(fit_seconds, 3),
+        "train_images_per_s": round(images_trained / fit_seconds, 1),
+        "device": device_name(device),
+        "versions": library_versions(),
+        "seed": args.seed,
+        "git_commit": git_commit(),
+        "processes": max(num_distrib(), 1), "effective_bs": args.bs,
+    }

@@ -1,0 +1,184 @@
+"""The settings of a run: the recipe's values, the flags that change them, presets, sweeps and
+the settings a resumed run takes back from its folder.
+
+Nothing here imports torch or fastai (seconds to load), so that `--help` and a bad flag answer
+at once.
+"""
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+# The recipe (Myrtle's DAWNBench ResNet): the values a flag left unset takes. "seed" is the spec.
+# "fast" departs from it for the shortest time to 94%, with the tricks of Myrtle's "How to train
+# your ResNet" that keep the network and optimiser: fewer epochs, label smoothing 0.2, flip TTA.
+RECIPE = dict(epochs=24, bs=512, wd=0.01, label_smoothing=0.0, tta=False)
+PRESETS = {"seed": RECIPE, "fast": {**RECIPE, "epochs": 10, "label_smoothing": 0.2, "tta": True}}
+PEAK_FRACTION = 5 / 24  # LRMAX at the end of epoch 5 of 24, and at the same fraction of any run
+SWEEPABLE = dict(lr_max=float, lr_min=float, wd=float, epochs=int, peak_epoch=float, bs=int, width=int,
+                 label_smoothing=float, subset=int, target_acc=float)
+# What makes two runs the same run: a --resume must not change any of them.
+RUN_SETTINGS = ("preset", "epochs", "peak_epoch", "bs", "lr_max", "lr_min", "wd", "label_smoothing", "seed", "aug",
+                "subset", "width", "precision", "deterministic")
+UNSET = object()
+
+
+class UsageError(Exception):
+    """A bad flag or setting, worded as one line that says what to do."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets one line instead of the 12-line usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parse_args(argv=None, description=None):
+    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--find-lr", action="store_true",
+                   help="run only the LR range test and write lr_find.csv/.png/.json")
+    p.add_argument("--data", help="CIFAR-10 folder or .tgz (fastai layout or the python version); "
+                                  "default: $CIFAR10_DATA, else fastai's download")
+    p.add_argument("--preset", choices=list(PRESETS), default="seed",
+                   help="seed: the spec's recipe (default); fast: a departure for the shortest time to 94%% "
+                        "(see the README); flags given explicitly override the preset")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the preset's, 24 for seed)")
+    p.add_argument("--peak-epoch", type=float,
+                   help="the LR reaches LRMAX at the end of this epoch (default 5 of 24: 5/24 of the run)")
+    p.add_argument("--bs", type=int, help="batch size (default: the preset's, 512)")
+    p.add_argument("--lr-max", type=float, help="peak LR; default: found by the LR range test")
+    p.add_argument("--lr-min", type=float, help="start and end LR; default: found by the LR range test")
+    p.add_argument("--wd", type=float, help="decoupled weight decay of Adam, not on BatchNorm or biases "
+                                            "(default: the preset's, 0.01)")
+    p.add_argument("--label-smoothing", type=float,
+                   help="label smoothing of the cross-entropy (default: the preset's, 0 for seed, 0.2 for fast)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="also evaluate the final model with flip averaging (the image and its mirror) "
+                        "(default: the preset's, off for seed, on for fast)")
+    p.add_argument("--target-acc", type=float,
+                   help="stop at the end of the epoch whose test accuracy reaches this fraction, e.g. 0.94")
+    p.add_argument("--runs", type=int, default=1,
+                   help="train this many seeds (--seed, --seed+1, ...) of each configuration (default 1)")
+    p.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
+                   help=f"train every combination of these values (repeatable); KEY is one of {', '.join(SWEEPABLE)}")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random generator (default 0)")
+    p.add_argument("--out", default="runs", help="parent folder of run folders (default runs)")
+    p.add_argument("--name", help="suffix for the run folder's name")
+    p.add_argument("--aug", choices=["gpu", "albumentations"], default="gpu",
+                   help="gpu: batch transforms on the data's device (default); "
+                        "albumentations: per image on CPU DataLoader workers")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 mixed precision on a GPU that has it, fp16 on older GPUs, fp32 on CPU")
+    p.add_argument("--subset", type=int, help="train on the first N training images (class-balanced), "
+                                              "for quick runs; the test set stays whole")
+    p.add_argument("--workers", type=int, help="DataLoader workers for --aug albumentations (default: all cores)")
+    p.add_argument("--width", type=int, default=64,
+                   help="channels of the first layer; 64 is the recipe, smaller is a thin copy for quick runs")
+    p.add_argument("--finder-iters", type=int, default=100,
+                   help="LR range test iterations (default 100; a training run uses at most its own length)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the first batches of the finder and of the first test pass "
+                        "compile it); fastai's Learner still runs the loop")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels only (slower); a CPU run with a given --seed repeats anyway")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last finished epoch, with its settings")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
+    args = p.parse_args(argv)
+    if args.resume:
+        resume_settings(p, argv, args)
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    try:
+        args.points = sweep_grid(args.sweep)
+    except UsageError as e:
+        p.error(str(e))
+    if args.find_lr and (args.runs > 1 or args.sweep):
+        p.error("--find-lr runs the LR range test once: drop --runs and --sweep")
+    if args.resume and (args.runs > 1 or args.sweep):
+        p.error("--resume continues one run: drop --runs and --sweep")
+    for point in args.points:
+        for problem in invalid_settings(member(args, point)):
+            p.error(problem)
+    return args
+
+
+def resume_settings(p, argv, args):
+    """Take the run's settings from RUN_DIR/config.json; a flag given again must say the same."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "checkpoint.json").is_file():
+        p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
+    if args.find_lr:
+        p.error("--find-lr and --resume do not go together: a finder run has nothing to resume")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        p.error(f"{run_dir / 'config.json'} cannot be read ({type(e).__name__}): give the folder of an interrupted run")
+    given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
+    for key in RUN_SETTINGS:
+        value = getattr(given, key)
+        if value is not UNSET and value != saved.get(key):
+            p.error(f"{run_dir} was run with --{key.replace('_', '-')} {saved.get(key)}, not {value}: "
+                    "drop the flag to resume it, or start a new run")
+        setattr(args, key, saved.get(key, getattr(args, key)))  # a config from before a setting existed
+    args.data = args.data or saved["data"]
+
+
+def sweep_grid(sweeps):
+    """Every combination of the --sweep KEY=V1,V2,... values, as [{key: value}]; [{}] without a sweep."""
+    axes = {}
+    for sweep in sweeps or []:
+        key, _, values = sweep.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in SWEEPABLE:
+            raise UsageError(f"--sweep {sweep}: {key or '(no key)'} cannot be swept; use KEY=V1,V2,... with KEY one "
+                             f"of {', '.join(SWEEPABLE)}")
+        if key in axes:
+            raise UsageError(f"--sweep {key} is given twice: give all its values in one --sweep {key}=V1,V2,...")
+        try:
+            axes[key] = [SWEEPABLE[key](value) for value in values.split(",")]
+        except ValueError:
+            raise UsageError(f"--sweep {sweep}: the values of {key} must be {SWEEPABLE[key].__name__} numbers, "
+                             "separated by commas") from None
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def member(args, point, seed=None, group=None):
+    """The settings of one run: `args` with a sweep point's values and a seed."""
+    settings = argparse.Namespace(**{**vars(args), **point})
+    del settings.points  # the whole grid is the group's, not one run's setting
+    settings.seed = args.seed if seed is None else seed
+    if settings.peak_epoch is None:
+        settings.peak_epoch = settings.epochs * PEAK_FRACTION
+    settings.sweep_point = ",".join(f"{key}={value:g}" for key, value in point.items()) or None
+    settings.group = group
+    if group:
+        settings.name = "-".join(filter(None, [args.name, settings.sweep_point, f"seed{settings.seed}"]))
+    return settings
+
+
+def invalid_settings(args):
+    positive = dict(epochs=args.epochs, bs=args.bs, width=args.width, subset=args.subset,
+                    lr_max=args.lr_max, lr_min=args.lr_min)
+    for name, value in positive.items():
+        if value is not None and not value > 0:
+            yield f"--{name.replace('_', '-')} must be positive, not {value}"
+    if not 0 < args.peak_epoch <= args.epochs:
+        yield f"--peak-epoch must lie in (0, --epochs={args.epochs}], not {args.peak_epoch}"
+    if args.lr_min and args.lr_max and args.lr_min >= args.lr_max:
+        yield f"--lr-min ({args.lr_min}) must be below --lr-max ({args.lr_max})"
+    if args.wd < 0:
+        yield f"--wd must not be negative, not {args.wd}"
+    if not 0 <= args.label_smoothing < 1:
+        yield f"--label-smoothing must lie in [0, 1), not {args.label_smoothing}"
+    if args.target_acc is not None and not 0 < args.target_acc <= 1:
+        yield f"--target-acc is a fraction in (0, 1], e.g. 0.94, not {args.target_acc}"
+    if args.runs < 1:
+        yield f"--runs must be positive, not {args.runs}"
+    if args.workers is not None and args.workers < 0:
+        yield f"--workers must not be negative, not {args.workers}"
+    if args.finder_iters < 10:
+        yield f"--finder-iters must be at least 10, not {args.finder_iters}"

@@ -1,0 +1,63 @@
+import re
+
+import pytest
+import torch
+from fastai.test_utils import synth_learner
+from fastai.vision.all import CrossEntropyLossFlat, DataLoaders, Learner
+
+from callbacks import TimeToAccuracy, flip_tta_accuracy
+from conftest import GIVEN_LRS, train
+
+
+def test_time_to_accuracy_records_each_milestone_once_and_stops_at_the_target():
+    per_epoch = [0.5, 0.91, 0.92, 0.935, 0.95, 0.96]
+
+    def accuracy(pred, targ):  # the accuracy this test scripts for each epoch
+        return torch.tensor(per_epoch[learn.epoch])
+
+    for target, epochs_run in ((None, 6), (0.93, 4)):
+        learn = synth_learner(n_trn=8, metrics=accuracy)
+        timer = TimeToAccuracy(target=target)
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(6, lr=1e-3, cbs=[timer])
+        results = timer.results()
+        assert len(learn.recorder.values) == epochs_run
+        assert results["stopped_early"] == (target is not None)
+        assert results["first_epoch_90"] == 2 and results["first_epoch_93"] == 4
+        assert results["first_epoch_94"] == (5 if target is None else None)
+        assert 0 < results["seconds_to_90"] <= results["seconds_to_93"]
+
+
+class HalvesModel(torch.nn.Module):
+    """Logits (mean of the left half, 2 x mean of the right half): not mirror-symmetric."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))  # fastai reads the device off a parameter
+
+    def forward(self, x):
+        return self.scale * torch.stack([x[..., :2].mean((1, 2, 3)), 2 * x[..., 2:].mean((1, 2, 3))], 1)
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    # Left half bright, label 1: the image alone says 0 (softmax 0.73 / 0.27), its mirror says 1
+    # (0.12 / 0.88), and their average says 1.
+    image = torch.zeros(3, 4, 4)
+    image[..., :2] = 1
+    items = [(image, torch.tensor(1))] * 4
+    dls = DataLoaders.from_dsets(items, items, bs=2, device="cpu")
+    learn = Learner(dls, HalvesModel(), loss_func=CrossEntropyLossFlat())
+    probs, _ = learn.get_preds(dl=dls.valid)
+    assert (probs.argmax(1) == 0).all()
+    assert flip_tta_accuracy(learn) == 1.0
+
+
+def test_a_diverging_loss_stops_the_run_naming_the_lr(tmp_path, tiny_folder, capsys):
+    with pytest.raises(SystemExit) as e:
+        train(tiny_folder, tmp_path / "runs", "--lr-min", 10, "--lr-max", 1000, "--epochs", 2, "--name", "hot")
+    assert e.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the loss diverged" in message and "LR is likely too high" in message
+    assert 10 <= float(re.search(r"LR ([0-9.e+-]+):", message).group(1)) <= 1000
+    run_dir, = (tmp_path / "runs").iterdir()
+    assert (run_dir / "config.json").is_file() and (run_dir / "history.csv").is_file()

@@ -1,0 +1,73 @@
+"""Interruption and resume."""
+import json
+import os
+import pickle
+import signal
+
+import pandas as pd
+import pytest
+from fastai.callback.core import Callback
+
+import train_fastai
+from checkpoint import load_checkpoint
+from conftest import GIVEN_LRS, history_values, train
+from settings import UsageError
+from train_fastai import main
+
+
+class SigtermAt(Callback):
+    """Sends this process SIGTERM at one training iteration, as a job scheduler would."""
+    def __init__(self, epoch, iteration):
+        self.at = (epoch, iteration)
+
+    def before_batch(self):
+        if self.training and (self.epoch, self.iter) == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_path, tiny_folder, monkeypatch, capsys):
+    out = tmp_path / "runs"
+    whole = train(tiny_folder, out, *GIVEN_LRS, "--epochs", 2, "--name", "whole")
+
+    real_make_learner = train_fastai.make_learner
+    monkeypatch.setattr(train_fastai, "make_learner",
+                        lambda *a: real_make_learner(*a).add_cb(SigtermAt(epoch=1, iteration=2)))
+    with pytest.raises(SystemExit) as e:
+        train(tiny_folder, out, *GIVEN_LRS, "--epochs", 2, "--name", "cut")
+    assert e.value.code == 130
+    cut, = out.glob("*-cut")
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.endswith(f"Resume with: python train_fastai.py --resume {cut}")
+    assert len(pd.read_csv(cut / "history.csv")) == 1  # epoch 1 finished, epoch 2 did not
+    assert (cut / "checkpoint.pth").is_file() and not (cut / "summary.json").exists()
+    monkeypatch.setattr(train_fastai, "make_learner", real_make_learner)
+
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", str(cut), "--epochs", "5"])
+    assert e.value.code == 2 and "was run with --epochs 2, not 5" in capsys.readouterr().err
+
+    main(["--resume", str(cut)])
+    pd.testing.assert_frame_equal(pd.read_csv(cut / "lr_schedule.csv"), pd.read_csv(whole / "lr_schedule.csv"))
+    history = history_values(cut)
+    assert list(history.epoch) == [0, 1]
+    # Epoch 1 was trained before the interruption, with the same seed as the whole run.
+    pd.testing.assert_frame_equal(history.iloc[:1], history_values(whole).iloc[:1])
+    assert (cut / "model.safetensors").is_file() and not (cut / "checkpoint.pth").exists()
+    assert json.loads((cut / "summary.json").read_text())["final_accuracy"] == pytest.approx(history.accuracy.iloc[-1])
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    """checkpoint.pth is read with torch.load(weights_only=True): a pickle that names a function
+    is refused before it runs."""
+    from fastai.test_utils import synth_learner
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "checkpoint.pth").write_bytes(pickle.dumps(Payload(), protocol=2))  # torch.save's protocol
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"epochs_done": 1}))
+    with pytest.raises(UsageError, match="checkpoint.pth cannot be loaded"):
+        load_checkpoint(synth_learner(), tmp_path)
+    assert not marker.exists()

@@ -1,0 +1,42 @@
+"""The settings of a run: presets, and flags checked before torch and fastai load."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from settings import PRESETS, parse_args
+
+
+def test_presets_fill_the_flags_left_unset_and_given_flags_win():
+    seed = parse_args([])
+    assert seed.preset == "seed" and (seed.epochs, seed.bs, seed.wd, seed.label_smoothing, seed.tta) == (24, 512, 0.01,
+                                                                                                       0.0, False)
+    fast = parse_args(["--preset", "fast"])
+    assert {name: getattr(fast, name) for name in PRESETS["fast"]} == PRESETS["fast"]
+    assert fast.epochs < 24 and fast.label_smoothing > 0 and fast.tta
+    given = parse_args(["--preset", "fast", "--epochs", "12", "--no-tta", "--label-smoothing", "0"])
+    assert (given.epochs, given.tta, given.label_smoothing, given.bs) == (12, False, 0.0, PRESETS["fast"]["bs"])
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, str(REPO / "train_fastai.py"), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("flags", [["--epochs", "ten"], ["--bogus"], ["--lr-max", "-1"], ["--sweep", "colour=red"]])
+def test_a_bad_flag_is_one_line_from_the_shell_before_torch_loads(flags):
+    done = run_script(*flags)
+    assert done.returncode == 2
+    line, = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and line.endswith("(see --help)")
+
+
+def test_help_and_flag_errors_never_import_torch_or_fastai():
+    """What makes them answer in well under a second (torch and fastai take seconds to import)."""
+    probe = ("import sys, settings\n"
+             "try:\n    settings.parse_args(['--bogus'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'fastai', 'numpy', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert done.stdout.strip() == "[]", done.stderr
+    assert "--find-lr" in run_script("--help").stdout
