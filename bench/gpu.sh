@@ -2,8 +2,8 @@
 # The bench on the lent GPU machine: Python 3.12 and torch there, no fastai, no albumentations,
 # no network. BENCHMARKS.md has the whole procedure; in short, on the development machine:
 #
-#   mkdir -p .carry && cp -r /work/shared/device/wheels-py312 /work/shared/device/wheels-py312-albumentations \
-#       /work/shared/device/wheels-peers /work/shared/data/cifar10-jpeg.tgz .carry/
+#   mkdir -p .carry && cp -r ../shared/device/wheels-py312 ../shared/device/wheels-py312-albumentations \
+#       ../shared/device/wheels-peers ../shared/data/cifar10-jpeg.tgz .carry/
 #
 # then through the device tool, each with carry [".carry"] (each call is at most 10 minutes):
 #
@@ -16,14 +16,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?run this through the device tool, which sets OUT}"
 
-SITE=/tmp/cifar10-fast-site  # kept between calls while the machine stays warm
+# The installed wheels and the decoded data go under the home folder, which the next call finds
+# while the machine stays warm (.carry/ is replaced at every call); the data under data.py's
+# default cache, ~/.cache/cifar10-fast.
+SITE="$HOME/.cache/cifar10-fast-site-py312"
 if [ ! -f "$SITE/.installed" ]; then
   python3 -m pip install -q --no-index --no-deps --target "$SITE" \
     .carry/wheels-py312/*.whl .carry/wheels-py312-albumentations/*.whl .carry/wheels-peers/*.whl
   touch "$SITE/.installed"
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export CIFAR10_DATA="$PWD/.carry/cifar10-jpeg.tgz" CIFAR10_CACHE=/tmp/cifar10-fast-cache
+export CIFAR10_DATA="$PWD/.carry/cifar10-jpeg.tgz"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 
 case "${1:-}" in

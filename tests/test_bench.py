@@ -8,7 +8,9 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
+import airbench94  # noqa: E402
 import bench  # noqa: E402
+from tensors import data_tensors  # noqa: E402
 
 RUN_FIELDS = {"seed", "accuracy", "fit_s", "total_s", "images_per_s", "peak_gpu_mib"}
 
@@ -52,9 +54,9 @@ def test_smoke_bench_writes_every_row_and_field(tmp_path, tiny_folder, capsys):
 def test_airbench_reads_the_files_we_write(tmp_path, tiny_folder):
     """airbench's own loader takes our copy: uint8 NHWC images, int64 labels, class names."""
     airbench = pytest.importorskip("airbench")
-    data = bench.data_tensors(tiny_folder, None)
-    bench.write_airbench_data(data, tmp_path)
-    with bench.working_directory(tmp_path):
+    data = data_tensors(tiny_folder, None)
+    airbench94.write_data(data, tmp_path)
+    with airbench94.working_directory(tmp_path):
         loader = airbench.CifarLoader("cifar10", train=True, gpu="cpu")
     assert loader.images.shape == (80, 3, 32, 32) and loader.labels.tolist() == data["train"][1].tolist()
     assert loader.classes == data["classes"]

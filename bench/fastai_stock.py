@@ -1,0 +1,33 @@
+"""fastai-stock: fastai's own per-item path, none of ours' GPU work. The DataBlock of data.py
+reading the image files, albumentations per item on CPU DataLoader workers, fp32, fastai's Adam
+and fit_one_cycle with ours' LRs."""
+import tempfile
+import time
+from pathlib import Path
+
+from fastai.vision.all import Adam, CrossEntropyLossFlat, Learner, accuracy, set_seed
+
+import checkpoint
+import settings
+from customresnet import CustomResNet
+from data import cifar10_dataloaders
+from lr_schedule import one_cycle
+from measure import peak_memory
+
+
+def run(args, device, seed, work):
+    result = {"seed": seed}
+    with peak_memory(device, result):
+        start = time.perf_counter()
+        set_seed(seed)
+        dls, _ = cifar10_dataloaders(args.folder, bs=args.bs, aug="albumentations", device=device,
+                                     subset=args.subset, workers=args.workers, seed=seed)
+        learn = Learner(dls, CustomResNet(len(dls.vocab), args.width), loss_func=CrossEntropyLossFlat(),
+                        opt_func=Adam, metrics=accuracy, wd=settings.RECIPE["wd"],
+                        path=Path(tempfile.mkdtemp(dir=work, prefix="fastai-stock-")))
+        schedule = one_cycle(*args.lrs, args.epochs * settings.PEAK_FRACTION, args.epochs)
+        result["fit_s"] = checkpoint.fit(learn, schedule, learn.path, resumed={})
+        result["total_s"] = time.perf_counter() - start
+    result.update(accuracy=float(learn.recorder.values[-1][2]),
+                  images_per_s=args.epochs * len(dls.train) * args.bs / result["fit_s"])
+    return result
