@@ -52,11 +52,12 @@ from PIL import Image  # noqa: E402
 import settings  # noqa: E402
 import train_fastai  # noqa: E402
 from augment import gpu_augmentations  # noqa: E402
-from bench import Tee, results_stem, synchronize  # noqa: E402
+from bench import Tee, results_stem  # noqa: E402
 from customresnet import CustomResNet  # noqa: E402
 from data import channel_stats  # noqa: E402
 from files import write_json  # noqa: E402
 from hardware import library_versions, seed_everything  # noqa: E402
+from measure import synchronize  # noqa: E402
 from outputs import git_commit  # noqa: E402
 
 # The measurement. A thin model (width 8) in batches of 16 on one thread keeps the model's compute
