@@ -407,6 +407,16 @@ def epoch_order_generator(seed, device):
     return torch.Generator(device=device).manual_seed(own_seed)
 
 
+def valid_batch_size(n_images, bs):
+    """The test set's batch size: the largest divisor of its size not above 2 * bs (1,000 for
+    CIFAR-10's 10,000 test images and bs 512), so that every test batch has one shape and no
+    ragged last batch sets off another cuDNN autotune or torch.compile recompile. A test set
+    whose size has no divisor from bs to 2 * bs (a prime, say) is served in batches of bs, the
+    last one ragged, rather than in batches much smaller than training's."""
+    divisor = max(d for d in range(1, min(n_images, 2 * bs) + 1) if n_images % d == 0)
+    return divisor if divisor >= bs else bs
+
+
 def skip_unreadable(folder, dsets, readable, classes, subset):
     """A corrupt training image is left out and counted; the test set must stay whole."""
     unreadable = [p for p, ok in zip(dsets.items, readable) if not ok]
@@ -431,15 +441,16 @@ def cifar10_dataloaders(folder, bs=512, aug="gpu", device=None, subset=None, wor
     train_idx, test_idx = dsets.splits
     stats = channel_stats(images[train_idx])
     batch_tfms = [*block.batch_tfms, Normalize.from_stats(*stats)]
+    val_bs = valid_batch_size(len(test_idx), bs)
     if aug == "gpu":
         labels = torch.tensor([classes.index(p.parent.name) for p in dsets.items])
         splits_kwargs = [dict(images=images[idx], labels=labels[idx]) for idx in (train_idx, test_idx)]
-        dls = dsets.dataloaders(bs=bs, device=device, seed=seed, dl_type=DeviceDataLoader,
+        dls = dsets.dataloaders(bs=bs, val_bs=val_bs, device=device, seed=seed, dl_type=DeviceDataLoader,
                                 dl_kwargs=splits_kwargs, after_item=block.item_tfms,
                                 after_batch=[*batch_tfms, *gpu_augmentations()])
     elif aug == "albumentations":
         augmentations = AlbumentationsTransform(albumentations_pipeline(stats[0], seed))
-        dls = dsets.dataloaders(bs=bs, device=device, num_workers=workers,
+        dls = dsets.dataloaders(bs=bs, val_bs=val_bs, device=device, num_workers=workers,
                                 after_item=[*block.item_tfms, augmentations], after_batch=batch_tfms)
     else:
         raise ValueError(f"unknown augmentation backend {aug!r}")

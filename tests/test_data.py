@@ -11,7 +11,8 @@ from PIL import Image
 
 import data
 from conftest import CLASSES, class_value, write_folder, write_python_batches, write_tgz
-from data import DeviceDataLoader, channel_stats, cifar10_dataloaders, cifar10_folder, cifar10_items
+from data import (DeviceDataLoader, channel_stats, cifar10_dataloaders, cifar10_folder, cifar10_items,
+                  valid_batch_size)
 
 
 def check_labels_match_pixels(dl, stats):
@@ -196,6 +197,17 @@ def test_the_per_item_path_serves_files_without_device_images(tiny_folder):
     test_dl = dls.test_dl(files, with_labels=True)
     assert test_dl.images is None
     check_labels_match_pixels(test_dl, stats)
+
+
+@pytest.mark.parametrize("n_images,bs,valid_bs", [(10_000, 512, 1000), (10_000, 50, 100), (20, 8, 10), (9_973, 512, 512)],
+                         ids=["cifar10", "small bs", "tiny", "prime: bs"])
+def test_the_test_batch_is_the_largest_divisor_of_the_test_set_up_to_twice_bs(n_images, bs, valid_bs):
+    assert valid_batch_size(n_images, bs) == valid_bs
+
+
+def test_the_loaders_serve_test_batches_that_divide_the_test_set(tiny_folder):
+    _, dls, _ = load(tiny_folder)  # 20 test images, bs 8
+    assert [len(y) for _, y in dls.valid] == [10, 10]
 
 
 def test_the_seed_sets_the_training_order(tiny_folder):
