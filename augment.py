@@ -10,6 +10,8 @@ Both are training-only (`split_idx = 0`): fastai never applies them to the valid
 The GPU transforms run after `Normalize`, so Cutout fills with 0, which is the data set mean;
 the per-image path works on uint8 pixels before normalisation and fills with the mean pixel.
 """
+from functools import cache
+
 import albumentations as A
 import cv2
 import numpy as np
@@ -19,6 +21,20 @@ from fastai.vision.all import PILImage, TensorImage, Transform
 
 PAD = 4
 CUTOUT_SIZE = 8
+
+
+@cache
+def arange(n, device):
+    """`torch.arange(n)` on `device`, made once: every batch of a shape indexes with the same ranges."""
+    return torch.arange(n, device=device)
+
+
+def plain(x):
+    """`x` as a plain tensor. fastai's TensorImage runs its `__torch_function__` (Python, on the
+    host) around every operation; the transforms compute on the plain tensor, and fastai's
+    Transform casts what `encodes` returns back to the input's type (`retain_type`), so decodes
+    and show_batch still see a TensorImage."""
+    return x.as_subclass(torch.Tensor)
 
 
 class PadCrop(Transform):
@@ -31,14 +47,14 @@ class PadCrop(Transform):
         self.pad, self.mode = pad, mode
 
     def encodes(self, x: TensorImage):
+        x = plain(x)
         n, c, h, w = x.shape
         padded = F.pad(x, (self.pad,) * 4, mode=self.mode)
-        top = torch.randint(0, 2 * self.pad + 1, (n, 1), device=x.device)
-        left = torch.randint(0, 2 * self.pad + 1, (n, 1), device=x.device)
-        rows = (top + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (left + torch.arange(w, device=x.device))[:, None, None, :]
-        batch = torch.arange(n, device=x.device)[:, None, None, None]
-        channel = torch.arange(c, device=x.device)[None, :, None, None]
+        top, left = torch.randint(0, 2 * self.pad + 1, (2, n, 1), device=x.device)
+        rows = (top + arange(h, x.device))[:, None, :, None]
+        cols = (left + arange(w, x.device))[:, None, None, :]
+        batch = arange(n, x.device)[:, None, None, None]
+        channel = arange(c, x.device)[None, :, None, None]
         # One gather for the whole batch instead of a slice per image.
         return padded[batch, channel, rows, cols]
 
@@ -52,6 +68,7 @@ class FlipLR(Transform):
         self.p = p
 
     def encodes(self, x: TensorImage):
+        x = plain(x)
         flip = torch.rand(x.shape[0], device=x.device) < self.p
         return torch.where(flip[:, None, None, None], x.flip(3), x)
 
@@ -67,11 +84,11 @@ class Cutout(Transform):
         self.size, self.fill, self.p = size, fill, p
 
     def encodes(self, x: TensorImage):
+        x = plain(x)
         n, _, h, w = x.shape
         top = torch.randint(0, h - self.size + 1, (n, 1), device=x.device)
         left = torch.randint(0, w - self.size + 1, (n, 1), device=x.device)
-        rows = torch.arange(h, device=x.device)
-        cols = torch.arange(w, device=x.device)
+        rows, cols = arange(h, x.device), arange(w, x.device)
         in_rows = (rows >= top) & (rows < top + self.size)
         in_cols = (cols >= left) & (cols < left + self.size)
         square = in_rows[:, :, None] & in_cols[:, None, :]

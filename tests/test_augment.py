@@ -3,6 +3,7 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from fastai.torch_core import TensorBase
 from fastai.vision.all import PILImage, Pipeline, TensorImage
 
 from augment import (CUTOUT_SIZE, PAD, AlbumentationsTransform, Cutout, FlipLR, PadCrop, albumentations_pipeline,
@@ -104,6 +105,26 @@ def test_augmentations_leave_validation_images_untouched():
     alb = AlbumentationsTransform(albumentations_pipeline(MEAN))
     image = random_images(1)[0]
     assert np.array_equal(np.asarray(alb(PILImage.create(image), split_idx=1)), image)
+
+
+def test_gpu_transforms_compute_on_plain_tensors_and_hand_on_a_tensor_image(monkeypatch):
+    """fastai's TensorImage runs Python around every operation on it; the transforms work on the
+    plain tensor, and fastai's pipeline still hands on a TensorImage (decodes, show_batch)."""
+    typed_ops = []
+    monkeypatch.setattr(TensorBase, "__torch_function__", classmethod(lambda *args, **kwargs: typed_ops.append(args)))
+    out = Pipeline(gpu_augmentations(), split_idx=0)(TensorImage(torch.randn(N, 3, 32, 32)))
+    assert typed_ops == [] and type(out) is TensorImage
+
+
+def test_gpu_transforms_make_their_index_ranges_once_per_shape(monkeypatch):
+    pipeline = Pipeline(gpu_augmentations(), split_idx=0)
+    batch = TensorImage(torch.randn(N, 3, 32, 32))
+    pipeline(batch)
+    made = []
+    arange = torch.arange
+    monkeypatch.setattr(torch, "arange", lambda *args, **kwargs: made.append(args) or arange(*args, **kwargs))
+    pipeline(batch)
+    assert made == []
 
 
 def test_training_pipeline_runs_in_the_recipe_order():

@@ -1,0 +1,121 @@
+"""fused_adamw against fastai's Adam as the Learner runs it (opt_func=Adam, wd=0.01)."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+from fastai.learner import load_model, save_model
+from fastai.vision.all import Adam, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, norm_bias_params
+
+from customresnet import CustomResNet
+from optimizer import fused_adamw
+
+STEPS, BS, WD = 20, 8, 0.01
+
+
+@pytest.fixture(scope="module")
+def dls():
+    """STEPS training batches and one test batch of random images, served in a fixed order."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn((STEPS + 1) * BS, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 10, ((STEPS + 1) * BS,), generator=generator)
+    items = list(zip(images, labels))
+    return DataLoaders(DataLoader(items[:-BS], bs=BS), DataLoader(items[-BS:], bs=BS), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def thin_resnet():
+    torch.manual_seed(0)
+    return CustomResNet(width=8)
+
+
+def learner(dls, model, opt_func):
+    return Learner(dls, copy.deepcopy(model), loss_func=CrossEntropyLossFlat(), opt_func=opt_func, wd=WD)
+
+
+def relative_difference(a, b):
+    return ((a - b).norm() / a.norm()).item()
+
+
+def test_one_cycle_trains_the_same_weights_as_fastai_adam(dls, thin_resnet):
+    """fit_one_cycle changes the LR and beta1 at every step; both optimizers must follow."""
+    learners = [learner(dls, thin_resnet, opt_func) for opt_func in (Adam, fused_adamw)]
+    for learn in learners:
+        learn.fit_one_cycle(1, lr_max=4e-3)
+    fastai_adam, fused = learners
+    assert len(fused.recorder.hps["lr"]) == STEPS
+    for hp in ("lr", "mom"):
+        assert fused.recorder.hps[hp] == pytest.approx(fastai_adam.recorder.hps[hp])
+    assert max(fused.recorder.hps["mom"]) > 0.94 and min(fused.recorder.hps["mom"]) < 0.86
+    for (name, a), b in zip(fastai_adam.model.state_dict().items(), fused.model.state_dict().values()):
+        if a.is_floating_point():
+            assert relative_difference(a, b) < 1e-5, name
+
+
+def test_hypers_read_as_fastai_names_them(dls, thin_resnet):
+    learn = learner(dls, thin_resnet, fused_adamw)
+    learn.fit_one_cycle(1, lr_max=4e-3)
+    no_decay, decay = learn.opt.hypers
+    assert decay["lr"] == no_decay["lr"] == learn.recorder.hps["lr"][-1]
+    assert decay["mom"] == learn.recorder.hps["mom"][-1]
+    assert (decay["sqr_mom"], decay["eps"], decay["wd"], no_decay["wd"]) == (0.99, 1e-5, WD, 0.0)
+
+
+def decayed_tensors(learn, lr=0.1):
+    """Names of the parameters that one step with zero gradients changes: with no gradient Adam
+    moves nothing, so what changes is weight decay (of parameters made nonzero first)."""
+    for p in learn.model.parameters():
+        nn.init.uniform_(p, 1, 2)
+        p.grad = torch.zeros_like(p)
+    learn.create_opt()
+    learn.opt.set_hypers(wd=WD, lr=lr)  # what Learner.fit does
+    before = {name: p.detach().clone() for name, p in learn.model.named_parameters()}
+    learn.opt.step()
+    decayed = set()
+    for name, p in learn.model.named_parameters():
+        if torch.equal(p, before[name] * (1 - lr * WD)):
+            decayed.add(name)
+        else:
+            assert torch.equal(p, before[name]), name
+    return decayed
+
+
+def test_weight_decay_falls_on_conv_and_linear_weights_only(dls, thin_resnet):
+    weights = {f"{name}.weight" for name, m in thin_resnet.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert decayed_tensors(learner(dls, thin_resnet, fused_adamw)) == weights
+    assert decayed_tensors(learner(dls, thin_resnet, Adam)) == weights
+    names = {p: name for name, p in thin_resnet.named_parameters()}
+    assert {names[p] for p in norm_bias_params(thin_resnet)} == set(names.values()) - weights
+
+
+def test_optimizer_state_survives_fastai_save_model_and_load_model(dls, thin_resnet, tmp_path):
+    """What a checkpoint does: a deep copy of the state, written by save_model, read by load_model."""
+    learn = learner(dls, thin_resnet, fused_adamw)
+    learn.fit_one_cycle(1, lr_max=4e-3)
+    saved = copy.deepcopy(learn.opt.state_dict())
+    save_model(tmp_path / "checkpoint.pth", learn.model, learn.opt)
+    resumed = learner(dls, CustomResNet(width=8), fused_adamw)
+    resumed.create_opt()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "Could not load the optimizer state")  # fastai only warns
+        load_model(tmp_path / "checkpoint.pth", resumed.model, resumed.opt)
+    loaded = resumed.opt.state_dict()
+    assert loaded["param_groups"] == saved["param_groups"]
+    for i, state in saved["state"].items():
+        for key, value in state.items():
+            assert torch.equal(loaded["state"][i][key], value), key
+    for learn_ in (learn, resumed):
+        learn_.fit(1, lr=1e-3)
+    for a, b in zip(learn.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_lr_find_runs_and_restores_the_weights(dls, thin_resnet):
+    learn = learner(dls, thin_resnet, fused_adamw)
+    learn.lr_find(start_lr=1e-5, end_lr=1e-1, num_it=10, show_plot=False)
+    lrs = learn.recorder.lrs
+    assert len(lrs) == 10 and lrs[0] == pytest.approx(1e-5)
+    assert [b / a for a, b in zip(lrs, lrs[1:])] == pytest.approx([10 ** 0.4] * 9)  # 4 decades in 10 steps
+    for a, b in zip(learn.model.parameters(), thin_resnet.parameters()):
+        assert torch.equal(a, b)
