@@ -49,7 +49,7 @@ def parse_args(argv=None, description=None):
     p.add_argument("--bs", type=int, help="batch size (default: the preset's, 512)")
     p.add_argument("--lr-max", type=float, help="peak LR; default: found by the LR range test")
     p.add_argument("--lr-min", type=float, help="start and end LR; default: found by the LR range test")
-    p.add_argument("--wd", type=float, help="decoupled weight decay of Adam, not on BatchNorm or biases "
+    p.add_argument("--wd", type=float, help="decoupled weight decay of Adam (AdamW), not on BatchNorm or biases "
                                             "(default: the preset's, 0.01)")
     p.add_argument("--label-smoothing", type=float,
                    help="label smoothing of the cross-entropy (default: the preset's, 0 for seed, 0.2 for fast)")

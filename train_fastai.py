@@ -32,7 +32,7 @@ import matplotlib
 import pandas as pd
 import torch
 from accelerate.utils import broadcast_object_list
-from fastai.vision.all import Adam, CrossEntropyLossFlat, Learner, accuracy, num_distrib, rank_distrib
+from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy, num_distrib, rank_distrib
 
 import compare
 from callbacks import TimeToAccuracy, flip_tta_accuracy
@@ -44,6 +44,7 @@ from files import write_json
 from hardware import (device_name, print_cpu_estimate, resolve_device, resolve_precision,
                       seed_everything)
 from lr_schedule import find_lr, one_cycle
+from optimizer import fused_adamw
 from outputs import (new_run_dir, summarize, write_curves, write_export, write_interpretation,
                      write_schedule, write_weights)
 from report import write_report
@@ -72,11 +73,11 @@ def main(argv=None):
 
 
 def make_learner(dls, args, run_dir, precision):
-    """The recipe's Learner: CustomResNet, cross-entropy, Adam with decoupled weight decay (fastai's
-    default leaves BatchNorm and biases undecayed); on a GPU, channels-last and mixed precision."""
+    """The recipe's Learner: CustomResNet, cross-entropy, Adam with decoupled weight decay (none on
+    BatchNorm and biases) as torch's fused AdamW; on a GPU, channels-last and mixed precision."""
     model = CustomResNet(num_classes=len(dls.vocab), width=args.width)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=args.label_smoothing),
-                    opt_func=Adam, wd=args.wd, metrics=accuracy, path=run_dir)
+                    opt_func=fused_adamw, wd=args.wd, metrics=accuracy, path=run_dir)
     if dls.device.type == "cuda":
         learn.to_channelslast(use_amp=False)  # the convolutions' fast layout on tensor cores
         if precision == "bf16":
