@@ -27,7 +27,7 @@ def one_line(error):
         what = error.filename or "a file"
         return (f"{what}: {error.strerror or error}: fix the path or its permissions, or free disk space; what the "
                 f"run finished stays on disk ({DEBUG_HINT})")
-    if isinstance(error, UnicodeError):
+    if isinstance(error, (UnicodeEncodeError, UnicodeDecodeError)):  # the two that name the text
         return f"{error.object[:80]!r}: {error.reason}: use UTF-8 names and files ({DEBUG_HINT})"
     return None
 

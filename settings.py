@@ -79,7 +79,8 @@ def parse_args(argv=None, description=None):
     p.add_argument("--width", type=int, default=64,
                    help="channels of the first layer; 64 is the recipe, smaller is a thin copy for quick runs")
     p.add_argument("--finder-iters", type=int, default=100,
-                   help="LR range test iterations (default 100; a training run uses at most its own length)")
+                   help="LR range test iterations (default 100, however short the run: it cycles the training "
+                        "set as needed)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (the first batches of the finder and of the first test pass "
                         "compile it); fastai's Learner still runs the loop")
@@ -119,10 +120,7 @@ def resume_settings(p, argv, args):
     if not (run_dir / "checkpoint.json").is_file():
         p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
     saved = read_run_file(p, run_dir / "config.json")
-    done = read_run_file(p, run_dir / "checkpoint.json").get("epochs_done")
-    if type(done) is not int or not 1 <= done <= saved.get("epochs", 0):  # JSON's true would pass as an int
-        p.error(f"{run_dir / 'checkpoint.json'} says {done!r} epochs are done, not a whole number from 1 to the "
-                f"run's {saved.get('epochs')}: the checkpoint is damaged; start a new run")
+    check_epochs_done(p, run_dir / "checkpoint.json", saved.get("epochs"))
     given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
     for key in RUN_SETTINGS:
         value = getattr(given, key)
@@ -136,6 +134,15 @@ def resume_settings(p, argv, args):
     args.out, args.data_given = saved.get("out", args.out), saved.get("data_given")
     if not (args.data or os.environ.get("CIFAR10_DATA")):
         args.data = saved.get("data")  # the folder it resolved to; the run compares the data by content
+
+
+def check_epochs_done(p, checkpoint, epochs):
+    """The checkpoint must name a finished epoch of the run: anything else would resume into a
+    NaN summary."""
+    done = read_run_file(p, checkpoint).get("epochs_done")
+    if type(done) is not int or not 1 <= done <= (epochs or 0):  # JSON's true would pass as an int
+        p.error(f"{checkpoint} says {done!r} epochs are done, not a whole number from 1 to the run's {epochs}: "
+                "the checkpoint is damaged; start a new run")
 
 
 def read_run_file(p, path):

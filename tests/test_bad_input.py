@@ -17,6 +17,7 @@ from PIL import Image
 import predict
 from conftest import CLASSES, GIVEN_LRS, write_folder, write_python_batches, write_tgz
 from data import DataError, cifar10_dataloaders, cifar10_folder
+from failures import one_line
 from train_fastai import main
 
 MARKER = "pwned"  # what a malicious pickle would create
@@ -441,3 +442,9 @@ def test_a_file_system_failure_midway_is_one_line_and_keeps_what_the_run_finishe
 def test_a_programming_error_keeps_its_traceback(tmp_path, tiny_folder, monkeypatch):
     with pytest.raises(KeyError):
         train_until(monkeypatch, "write_export", KeyError("a bug of ours"), tmp_path, tiny_folder)
+
+
+def test_text_in_another_encoding_is_one_line_naming_it():
+    error = UnicodeDecodeError("utf-8", b"\xffcat.png", 0, 1, "invalid start byte")
+    assert one_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
+                               "for the traceback)")
