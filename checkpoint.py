@@ -1,6 +1,8 @@
 """Interruption and resume: Ctrl-C or SIGTERM during the fit writes the last finished epoch as a
 checkpoint, and `--resume` continues from it on the same one-cycle schedule."""
+import hashlib
 import json
+import os
 import signal
 import time
 import warnings
@@ -85,10 +87,33 @@ def load_checkpoint(learn, run_dir):
     return json.loads((run_dir / "checkpoint.json").read_text())
 
 
-def check_same_run(run_dir, config):
-    """A resumed run must see the data the run started with."""
+def data_fingerprint(folder):
+    """What identifies the data wherever it lies (another CIFAR10_CACHE unpacks it elsewhere): the
+    number of files under train/ and test/, and a hash of their relative names and sizes."""
+    start = len(str(folder)) + 1
+    listing = sorted(f"{path[start:]}\t{size}\n" for split in ("train", "test")
+                     for path, size in file_sizes(os.path.join(folder, split)))
+    return {"data_files": len(listing), "data_sha256": hashlib.sha256("".join(listing).encode()).hexdigest()}
+
+
+def file_sizes(folder):
+    """(path, size) of every file below `folder`, through os.scandir: 0.2 s for CIFAR-10's 60,000
+    files, where pathlib's walk and relative_to take seconds."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                yield from file_sizes(entry.path)
+            else:
+                yield entry.path, entry.stat().st_size
+
+
+def resumed_config(run_dir, config):
+    """The config of a run resumed on the data it started with (compared by content, not by the
+    folder it was unpacked into), keeping where its LRs came from."""
     saved = json.loads((Path(run_dir) / "config.json").read_text())
-    for key in ("data", "train_images", "test_images", "classes"):
+    for key in ("data_files", "data_sha256", "train_images", "test_images", "classes"):
         if saved.get(key) != config[key]:
-            raise UsageError(f"{run_dir} was run on other data ({key}: {saved.get(key)}, now {config[key]}): "
-                             "resume it with its own --data, or start a new run")
+            raise UsageError(f"{run_dir} was run on other data ({key}: {saved.get(key)}, now {config[key]}): resume it "
+                             f"with the data it was run on ({saved.get('data_given') or 'the download'}), or start a "
+                             "new run")
+    return {**config, **{key: saved[key] for key in ("lr_source", "finder_iters") if key in saved}}

@@ -60,8 +60,10 @@ def library_versions():
             "cuda": torch.version.cuda}
 
 
-def images_per_second(model, images, train):
-    """Throughput of a copy of `model` on one batch, so the real model is left untouched."""
+def images_per_second(model, images, train, timed_steps=3, enough_seconds=1.0):
+    """Throughput of a copy of `model` (the real one is left untouched) on the batch `images`: one
+    step to pay the one-off set-up costs, then `timed_steps` steps, fewer if they take longer
+    than `enough_seconds` (a full-width batch on a CPU takes tens of seconds), at least one."""
     model = copy.deepcopy(model).train(train)
     labels = torch.zeros(len(images), dtype=torch.long, device=images.device)
 
@@ -71,20 +73,25 @@ def images_per_second(model, images, train):
             if train:
                 torch.nn.functional.cross_entropy(out, labels).backward()
 
-    step()  # the first call pays one-off set-up costs
-    start = time.perf_counter()
     step()
-    return len(images) / (time.perf_counter() - start)
+    steps, start = 0, time.perf_counter()
+    while steps < timed_steps and (steps == 0 or time.perf_counter() - start < enough_seconds):
+        step()
+        steps += 1
+    return steps * len(images) / (time.perf_counter() - start)
 
 
-def print_cpu_estimate(learn, model, finder_iters, epochs):
-    """How long the run will take on this CPU, from one timed batch of the plain `model`."""
-    images = learn.dls.valid.one_batch()[0][:64].as_subclass(torch.Tensor)  # as fastai's CastToTensor hands it over
+def print_cpu_estimate(learn, model, finder_iters, epochs, final_passes):
+    """How long the run will take on this CPU, timed on a batch of the run's size through the plain
+    `model`: the range test's `finder_iters` (training only: it never evaluates), the `epochs`
+    still to run (a training and a test pass each) and the `final_passes` over the test set
+    after the fit."""
+    images = learn.dls.valid.one_batch()[0].as_subclass(torch.Tensor)  # as fastai's CastToTensor hands it over
     train_rate = images_per_second(model, images, train=True)
     eval_rate = images_per_second(model, images, train=False)
     trained = (finder_iters + epochs * len(learn.dls.train)) * learn.dls.train.bs
-    evaluated = (epochs + 1) * len(learn.dls.valid.dataset)  # one pass per epoch, one for the plots
+    evaluated = (epochs + final_passes) * len(learn.dls.valid.dataset)
     seconds = trained / train_rate + evaluated / eval_rate
     duration = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
-    print(f"CPU only: this run will take about {duration} ({train_rate:.0f} training images/s, "
-          f"{eval_rate:.0f} test images/s here); a GPU takes seconds")
+    print(f"CPU only: this run will take about {duration} ({trained} training images at {train_rate:.0f}/s and "
+          f"{evaluated} test images at {eval_rate:.0f}/s here); a GPU takes seconds")

@@ -68,12 +68,15 @@ def write_curves(history, run_dir):
     save_figure(fig, run_dir / "curves.png")
 
 
-def write_interpretation(learn, run_dir):
+def write_interpretation(learn, run_dir, shown=10):
+    """The confusion matrix, and the `shown` test images with the highest loss (all of them in a
+    smaller test set)."""
     interp = ClassificationInterpretation.from_learner(learn)
     interp.plot_confusion_matrix(figsize=(7, 7), title="confusion matrix (test set)")
     save_figure(plt.gcf(), run_dir / "confusion_matrix.png")
+    shown = min(shown, len(interp.losses))
     with plt.rc_context({"axes.titlesize": 9}):
-        interp.plot_top_losses(10, nrows=2, figsize=(15, 7))
+        interp.plot_top_losses(shown, nrows=min(2, shown), figsize=(15, 7))
         save_figure(plt.gcf(), run_dir / "misclassified.png")
 
 

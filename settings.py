@@ -7,6 +7,8 @@ at once.
 import argparse
 import itertools
 import json
+import math
+import os
 from pathlib import Path
 
 # The recipe (Myrtle's DAWNBench ResNet): the values a flag left unset takes. "seed" is the spec.
@@ -77,7 +79,8 @@ def parse_args(argv=None, description=None):
     p.add_argument("--width", type=int, default=64,
                    help="channels of the first layer; 64 is the recipe, smaller is a thin copy for quick runs")
     p.add_argument("--finder-iters", type=int, default=100,
-                   help="LR range test iterations (default 100; a training run uses at most its own length)")
+                   help="LR range test iterations (default 100, however short the run: it cycles the training "
+                        "set as needed)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (the first batches of the finder and of the first test pass "
                         "compile it); fastai's Learner still runs the loop")
@@ -87,8 +90,17 @@ def parse_args(argv=None, description=None):
                    help="continue the interrupted run in RUN_DIR from its last finished epoch, with its settings")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
+    # Before --resume reads its folder: these modes make no single run to resume.
+    if args.find_lr and (args.runs > 1 or args.sweep):
+        p.error("--find-lr runs the LR range test once: drop --runs and --sweep")
+    if args.resume and (args.runs > 1 or args.sweep):
+        p.error("--resume continues one run: drop --runs and --sweep")
+    if args.resume and args.find_lr:
+        p.error("--find-lr and --resume do not go together: a finder run has nothing to resume")
     if args.resume:
         resume_settings(p, argv, args)
+    else:
+        args.data_given = args.data or os.environ.get("CIFAR10_DATA")  # as typed, beside the folder it resolves to
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -96,10 +108,6 @@ def parse_args(argv=None, description=None):
         args.points = sweep_grid(args.sweep)
     except UsageError as e:
         p.error(str(e))
-    if args.find_lr and (args.runs > 1 or args.sweep):
-        p.error("--find-lr runs the LR range test once: drop --runs and --sweep")
-    if args.resume and (args.runs > 1 or args.sweep):
-        p.error("--resume continues one run: drop --runs and --sweep")
     for point in args.points:
         for problem in invalid_settings(member(args, point)):
             p.error(problem)
@@ -111,20 +119,46 @@ def resume_settings(p, argv, args):
     run_dir = Path(args.resume)
     if not (run_dir / "checkpoint.json").is_file():
         p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
-    if args.find_lr:
-        p.error("--find-lr and --resume do not go together: a finder run has nothing to resume")
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        p.error(f"{run_dir / 'config.json'} cannot be read ({type(e).__name__}): give the folder of an interrupted run")
+    saved = read_run_file(p, run_dir / "config.json")
+    check_epochs_done(p, run_dir / "checkpoint.json", saved.get("epochs"))
     given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
     for key in RUN_SETTINGS:
         value = getattr(given, key)
         if value is not UNSET and value != saved.get(key):
-            p.error(f"{run_dir} was run with --{key.replace('_', '-')} {saved.get(key)}, not {value}: "
+            p.error(f"{run_dir} was run with {option(key)} {saved.get(key)}, not {value}: "
                     "drop the flag to resume it, or start a new run")
         setattr(args, key, saved.get(key, getattr(args, key)))  # a config from before a setting existed
-    args.data = args.data or saved["data"]
+    # The run folder's parent is its --out by construction, wherever --out was given from.
+    if given.out is not UNSET and Path(given.out).resolve() != run_dir.parent.resolve():
+        p.error(f"{run_dir} belongs to --out {run_dir.parent}, not {given.out}: drop --out to resume it")
+    args.out, args.data_given = saved.get("out", args.out), saved.get("data_given")
+    if not (args.data or os.environ.get("CIFAR10_DATA")):
+        args.data = saved.get("data")  # the folder it resolved to; the run compares the data by content
+
+
+def check_epochs_done(p, checkpoint, epochs):
+    """The checkpoint must name a finished epoch of the run: anything else would resume into a
+    NaN summary."""
+    done = read_run_file(p, checkpoint).get("epochs_done")
+    if type(done) is not int or not 1 <= done <= (epochs or 0):  # JSON's true would pass as an int
+        p.error(f"{checkpoint} says {done!r} epochs are done, not a whole number from 1 to the run's {epochs}: "
+                "the checkpoint is damaged; start a new run")
+
+
+def read_run_file(p, path):
+    """A run folder's JSON object, or one line saying it cannot be read."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8 text, or not JSON
+        p.error(f"{path} cannot be read ({type(e).__name__}): give the folder of an interrupted run")
+    if not isinstance(content, dict):
+        p.error(f"{path} holds no settings: give the folder of an interrupted run")
+    return content
+
+
+def option(name):
+    """The flag of a setting: lr_max -> --lr-max."""
+    return f"--{name.replace('_', '-')}"
 
 
 def sweep_grid(sweeps):
@@ -161,11 +195,16 @@ def member(args, point, seed=None, group=None):
 
 
 def invalid_settings(args):
+    not_finite = [f"{option(name)} must be a finite number, not {value}" for name, value in vars(args).items()
+                  if isinstance(value, float) and not math.isfinite(value)]
+    if not_finite:
+        yield from not_finite
+        return  # every check below compares with these values
     positive = dict(epochs=args.epochs, bs=args.bs, width=args.width, subset=args.subset,
                     lr_max=args.lr_max, lr_min=args.lr_min)
     for name, value in positive.items():
         if value is not None and not value > 0:
-            yield f"--{name.replace('_', '-')} must be positive, not {value}"
+            yield f"{option(name)} must be positive, not {value}"
     if not 0 < args.peak_epoch <= args.epochs:
         yield f"--peak-epoch must lie in (0, --epochs={args.epochs}], not {args.peak_epoch}"
     if args.lr_min and args.lr_max and args.lr_min >= args.lr_max:
@@ -180,5 +219,7 @@ def invalid_settings(args):
         yield f"--runs must be positive, not {args.runs}"
     if args.workers is not None and args.workers < 0:
         yield f"--workers must not be negative, not {args.workers}"
+    if args.name and (Path(args.name).name != args.name or args.name == ".."):
+        yield f"--name {args.name} is not a plain folder name: drop the path separators and '..' (--out is the folder)"
     if args.finder_iters < 10:
         yield f"--finder-iters must be at least 10, not {args.finder_iters}"

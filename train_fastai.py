@@ -36,10 +36,11 @@ from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy, num_distr
 
 import compare
 from callbacks import TimeToAccuracy, flip_tta_accuracy
-from checkpoint import Interrupted, check_same_run, fit, load_checkpoint
+from checkpoint import Interrupted, data_fingerprint, fit, load_checkpoint, resumed_config
 from customresnet import CustomResNet
-from data import DataError, cifar10_dataloaders, cifar10_folder
+from data import cifar10_dataloaders, cifar10_folder
 from distributed import as_if_alone, join_processes, scratch_folder, split_batches
+from failures import one_line, reports_out_of_memory
 from files import write_json
 from hardware import (device_name, print_cpu_estimate, resolve_device, resolve_precision,
                       seed_everything)
@@ -59,17 +60,18 @@ def main(argv=None):
             run(member(args, args.points[0]))
         else:
             run_group(args)
-    except (UsageError, DataError) as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     except Interrupted as e:
         print(e, file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted before training: nothing to resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        problem = one_line(e)  # None for a programming error, which keeps its traceback
+        if problem is None or args.debug:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
 
 def make_learner(dls, args, run_dir, precision):
@@ -95,6 +97,7 @@ def plain_model(learn):
     return getattr(learn.model, "_orig_mod", learn.model)
 
 
+@reports_out_of_memory
 def run(args):
     # Settings: the device, the processes, the precision, the seed.
     processes, device = join_processes(resolve_device(args.device))
@@ -118,30 +121,36 @@ def run(args):
     else:
         run_dir = Path(args.resume) if args.resume else new_run_dir(args.out, args.name)
     learn = make_learner(dls, args, run_dir, precision)
-    config = {**vars(args), "data": str(folder), "device": str(device), "precision": precision,
+    # Every setting, resolved; finder_iters joins them if the range test runs.
+    config = {**{key: value for key, value in vars(args).items() if key != "finder_iters"}, "lr_source": "flags",
+              "data": str(folder), **data_fingerprint(folder), "device": str(device), "precision": precision,
               "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
               "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir), "processes": processes,
               "bs_per_process": args.bs // processes}
+    resumed = {}
     if args.resume:
-        check_same_run(args.resume, config)
+        config = resumed_config(run_dir, config)
+        resumed = load_checkpoint(learn, run_dir)
     print(f"run folder: {run_dir}\nconfig: {json.dumps(config)}")
     write_json(run_dir / "config.json", config)  # written again once the LRs are known
 
-    # The LR range test, about 100 iterations, but never longer than the training run it serves.
+    # The LR range test, unless both LRs are given (a resumed run has them from its config), for
+    # --finder-iters iterations however short the run: lr_find cycles the training set as needed.
     run_finder = args.find_lr or args.lr_min is None or args.lr_max is None
-    finder_iters = args.finder_iters if args.find_lr else min(args.finder_iters, args.epochs * len(dls.train))
     if device.type == "cpu":
-        print_cpu_estimate(learn, plain_model(learn), finder_iters if run_finder else 0,
-                           0 if args.find_lr else args.epochs)
-    lr_min, lr_max, lr_source = args.lr_min, args.lr_max, "flags"
+        epochs_to_run = 0 if args.find_lr else args.epochs - resumed.get("epochs_done", 0)
+        passes_after_fit = 0 if args.find_lr else 1 + 2 * args.tta  # the interpretation's, flip TTA's two
+        print_cpu_estimate(learn, plain_model(learn), args.finder_iters if run_finder else 0, epochs_to_run,
+                           passes_after_fit)
+    lr_min, lr_max = args.lr_min, args.lr_max
     if run_finder:
         # The main process alone runs the range test, on whole batches; the others take its LRs.
         with as_if_alone():
-            found = list(find_lr(learn, run_dir, finder_iters)) if main_process else [None, None]
+            found = list(find_lr(learn, run_dir, args.finder_iters)) if main_process else [None, None]
         found_min, found_max = broadcast_object_list(found) if processes > 1 else found
-        lr_min, lr_max, lr_source = lr_min or found_min, lr_max or found_max, "lr_find.json"
-    config.update(lr_min=lr_min, lr_max=lr_max, lr_source=lr_source, finder_iters=finder_iters)
-    write_json(run_dir / "config.json", config)
+        lr_min, lr_max = lr_min or found_min, lr_max or found_max
+        config.update(lr_min=lr_min, lr_max=lr_max, lr_source="lr_find.json", finder_iters=args.finder_iters)
+        write_json(run_dir / "config.json", config)
     if args.find_lr:
         return
     if lr_min >= lr_max:
@@ -153,7 +162,6 @@ def run(args):
           f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}"
           + (f", data-parallel: {processes} processes x {args.bs // processes} = an effective batch of {args.bs}"
              if processes > 1 else ""))
-    resumed = load_checkpoint(learn, Path(args.resume)) if args.resume else {}
     time_to_accuracy = TimeToAccuracy(target=args.target_acc, start_epoch=resumed.get("epochs_done", 0))
     split_batches(learn, processes)
     fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy])
@@ -173,8 +181,8 @@ def run(args):
     for name in ("checkpoint.pth", "checkpoint.json"):
         (run_dir / name).unlink(missing_ok=True)  # the run is whole: model.safetensors supersedes it
     write_report(run_dir)
-    if main_process:
-        compare.append_to_index(args.out, run_dir, config, summary)
+    if main_process:  # the run folder's parent is its --out, also for a run resumed from another folder
+        compare.append_to_index(run_dir.parent, run_dir, config, summary)
     tta = f" ({100 * summary['tta_accuracy']:.2f}% with flip TTA)" if args.tta else ""
     stopped = f", stopped at --target-acc {args.target_acc}" if summary["stopped_early"] else ""
     print(f"final test accuracy {100 * summary['final_accuracy']:.2f}%{tta} after {summary['epochs']} epochs"

@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_TGZ = REPO.parent / "shared" / "data" / "cifar10-jpeg.tgz"
 TINY = ["--width", "8", "--bs", "16"]  # a thin model in batches of 16: a run of the tiny data sets in seconds
 GIVEN_LRS = ["--lr-min", "1e-4", "--lr-max", "1e-3"]
+# What a finished training run writes, the range test's files when it ran.
+TRAINING_FILES = ["config.json", "history.csv", "lr_schedule.csv", "lr_schedule.png", "curves.png",
+                  "confusion_matrix.png", "misclassified.png", "summary.json", "export.pkl", "model.safetensors",
+                  "classes.json", "report.html"]
+FINDER_FILES = ["lr_find.csv", "lr_find.png", "lr_find.json"]
+RUN_FILES = TRAINING_FILES + FINDER_FILES
 
 
 def class_value(k):

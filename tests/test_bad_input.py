@@ -3,7 +3,9 @@
 
 A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` builds the input and
 returns the command line; tool "train" and "predict" run the CLIs, "data" builds the DataLoaders."""
+import errno
 import json
+import os
 import pickle
 import tarfile
 
@@ -13,8 +15,9 @@ import torch
 from PIL import Image
 
 import predict
-from conftest import CLASSES, write_folder, write_python_batches, write_tgz
+from conftest import CLASSES, GIVEN_LRS, write_folder, write_python_batches, write_tgz
 from data import DataError, cifar10_dataloaders, cifar10_folder
+from failures import one_line
 from train_fastai import main
 
 MARKER = "pwned"  # what a malicious pickle would create
@@ -179,6 +182,35 @@ def resume_finished_run(tmp, folder, run):
     return ["--resume", str(tmp / "interrupted")]
 
 
+# Issue 9, train side: resume, memory, values that are not numbers, names, files midway -------
+
+def resume_with_sweep(tmp, folder, run):
+    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--sweep", "lr_max=1e-3,2e-3"]
+
+
+def checkpoint_saying(epochs_done):
+    def make(tmp, folder, run):
+        run_dir = interrupted_run(tmp, epochs=2)
+        (run_dir / "checkpoint.json").write_text(json.dumps({"epochs_done": epochs_done}))
+        return ["--resume", str(run_dir)]
+    return make
+
+
+def unreadable_checkpoint(tmp, folder, run):
+    run_dir = interrupted_run(tmp, epochs=2)
+    (run_dir / "checkpoint.json").write_bytes(b"\xff\xfe not JSON")
+    return ["--resume", str(run_dir)]
+
+
+def resume_into_another_out(tmp, folder, run):
+    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--out", str(tmp / "elsewhere")]
+
+
+def index_that_is_a_folder(tmp, folder, run):
+    (tmp / "runs" / "index.csv").mkdir(parents=True)
+    return [*data(folder), *GIVEN_LRS, "--epochs", "1"]
+
+
 # predict inputs ----------------------------------------------------------------------------
 
 def predict_args(*given):
@@ -298,6 +330,32 @@ CASES = {
     "unknown preset": ("train", flags("--preset", "fastest"), REFUSE, "invalid choice", None),
     "finder with several runs": ("train", flags("--find-lr", "--runs", "2"), REFUSE,
                                  "--find-lr runs the LR range test once", None),
+    # Issue 9, train side
+    "--resume with --sweep": ("train", resume_with_sweep, REFUSE, "--resume continues one run", None),
+    "checkpoint.json beyond the run": ("train", checkpoint_saying(3), REFUSE, "says 3 epochs are done", None),
+    "checkpoint.json with part of an epoch": ("train", checkpoint_saying(1.5), REFUSE, "says 1.5 epochs are done",
+                                              None),
+    "checkpoint.json with no epoch done": ("train", checkpoint_saying(0), REFUSE, "says 0 epochs are done", None),
+    "checkpoint.json that is not JSON": ("train", unreadable_checkpoint, REFUSE,
+                                         "checkpoint.json cannot be read (UnicodeDecodeError)", None),
+    "--resume into another --out": ("train", resume_into_another_out, REFUSE, "belongs to --out", None),
+    "--width too large for memory": ("train", flags("--width", "100000"), REFUSE,
+                                     "out of memory for CustomResNet --width 100000 in batches of --bs 16", None),
+    "infinite LRMAX": ("train", flags("--lr-max", "inf"), REFUSE, "--lr-max must be a finite number, not inf", None),
+    "NaN weight decay": ("train", flags("--wd", "nan"), REFUSE, "--wd must be a finite number, not nan", None),
+    "infinite weight decay": ("train", flags("--wd", "inf"), REFUSE, "--wd must be a finite number, not inf", None),
+    "NaN peak epoch": ("train", flags("--peak-epoch", "nan"), REFUSE, "--peak-epoch must be a finite number", None),
+    "NaN label smoothing": ("train", flags("--label-smoothing", "nan"), REFUSE,
+                            "--label-smoothing must be a finite number", None),
+    "NaN target accuracy": ("train", flags("--target-acc", "nan"), REFUSE, "--target-acc must be a finite number",
+                            None),
+    "swept LR that is not finite": ("train", flags("--sweep", "lr_max=1e-3,inf"), REFUSE,
+                                    "--lr-max must be a finite number, not inf", None),
+    "--name with a path separator": ("train", flags("--name", "a/b"), REFUSE, "--name a/b is not a plain folder name",
+                                     None),
+    "--name ..": ("train", flags("--name", ".."), REFUSE, "--name .. is not a plain folder name", None),
+    "index.csv that is a folder": ("train", index_that_is_a_folder, REFUSE,
+                                   "index.csv: Is a directory: fix the path", None),
     # predict inputs
     "missing run folder": ("predict", no_run_folder, REFUSE, "is not a folder", None),
     "model file that is not safetensors": ("predict", not_safetensors, REFUSE, "does not hold CustomResNet", None),
@@ -338,3 +396,55 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--data", str(tmp_path / "nope"), "--debug"])
     with pytest.raises(predict.PredictError, match="is not a folder"):
         predict.main(["--run", str(tmp_path / "nope"), str(tmp_path), "--debug"])
+
+
+# Issue 9, train side: failures no check before the run can foresee -------------------------
+
+def train_until(monkeypatch, name, failure, tmp_path, tiny_folder, *debug):
+    """A run whose step `name` (as train_fastai calls it) raises `failure` instead."""
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(f"train_fastai.{name}", fail)
+    main([*debug, "--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16",
+          *GIVEN_LRS, "--epochs", "1"])
+
+
+def test_out_of_memory_in_the_fit_names_width_and_bs(tmp_path, tiny_folder, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_until(monkeypatch, "fit", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                    tmp_path, tiny_folder)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ("error: out of memory for CustomResNet --width 8 in "
+                                                                "batches of --bs 16: lower --width (64 is the recipe) "
+                                                                "or --bs")
+
+
+def test_a_file_system_failure_midway_is_one_line_and_keeps_what_the_run_finished(tmp_path, tiny_folder, monkeypatch,
+                                                                                   capsys):
+    """A folder made read-only after the weights were written: the run says so in one line, and
+    keeps its summary and weights; --debug shows where it happened."""
+    denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "runs" / "x" / "export.pkl"))
+    with pytest.raises(SystemExit) as e:
+        train_until(monkeypatch, "write_export", denied, tmp_path, tiny_folder)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: {denied.filename}: Permission denied: fix the path or its permissions, or free disk space; what the "
+        "run finished stays on disk (rerun with --debug for the traceback)")
+    run_dir, = (tmp_path / "runs").iterdir()
+    for name in ("config.json", "history.csv", "curves.png", "summary.json", "model.safetensors"):
+        assert (run_dir / name).is_file(), name
+    with pytest.raises(PermissionError):
+        train_until(monkeypatch, "write_export", denied, tmp_path, tiny_folder, "--debug")
+
+
+def test_a_programming_error_keeps_its_traceback(tmp_path, tiny_folder, monkeypatch):
+    with pytest.raises(KeyError):
+        train_until(monkeypatch, "write_export", KeyError("a bug of ours"), tmp_path, tiny_folder)
+
+
+def test_text_in_another_encoding_is_one_line_naming_it():
+    error = UnicodeDecodeError("utf-8", b"\xffcat.png", 0, 1, "invalid start byte")
+    assert one_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
+                               "for the traceback)")

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 
 import pandas as pd
@@ -10,7 +11,7 @@ from fastai.callback.core import Callback
 
 import train_fastai
 from checkpoint import load_checkpoint
-from conftest import GIVEN_LRS, history_values, train
+from conftest import GIVEN_LRS, history_values, train, write_folder, write_tgz
 from settings import UsageError
 from train_fastai import main
 
@@ -25,15 +26,17 @@ class SigtermAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_path, tiny_folder, monkeypatch, capsys):
+def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_path, tiny_folder, isolated_cache,
+                                                                         monkeypatch, capsys):
     out = tmp_path / "runs"
-    whole = train(tiny_folder, out, *GIVEN_LRS, "--epochs", 2, "--name", "whole")
+    archive = write_tgz(tiny_folder, tmp_path / "cifar10.tgz", "cifar10")
+    whole = train(archive, out, *GIVEN_LRS, "--epochs", 2, "--name", "whole")
 
     real_make_learner = train_fastai.make_learner
     monkeypatch.setattr(train_fastai, "make_learner",
                         lambda *a: real_make_learner(*a).add_cb(SigtermAt(epoch=1, iteration=2)))
     with pytest.raises(SystemExit) as e:
-        train(tiny_folder, out, *GIVEN_LRS, "--epochs", 2, "--name", "cut")
+        train(archive, out, *GIVEN_LRS, "--epochs", 2, "--name", "cut")
     assert e.value.code == 130
     cut, = out.glob("*-cut")
     message = capsys.readouterr().err.strip().splitlines()[-1]
@@ -46,7 +49,22 @@ def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_pa
         main(["--resume", str(cut), "--epochs", "5"])
     assert e.value.code == 2 and "was run with --epochs 2, not 5" in capsys.readouterr().err
 
-    main(["--resume", str(cut)])
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", str(cut), "--data", str(write_folder(tmp_path / "other", n_train=9))])
+    assert e.value.code == 2 and f"{cut} was run on other data" in capsys.readouterr().err
+
+    # From another folder, with another cache: the same archive is the same data, compared by
+    # content; the index row goes to the run's own --out, which config.json keeps.
+    shutil.rmtree(isolated_cache)
+    monkeypatch.setenv("CIFAR10_CACHE", str(tmp_path / "another-cache"))
+    monkeypatch.chdir(tmp_path / "other")
+    main(["--resume", str(cut), "--data", str(archive)])
+    # The estimate counts the one epoch left (5 batches of 16), its test pass and the interpretation's.
+    printed = capsys.readouterr().out
+    assert "(80 training images at" in printed and "and 40 test images at" in printed
+    assert cut.name in pd.read_csv(out / "index.csv").run.tolist() and not (tmp_path / "other" / "runs").exists()
+    config = json.loads((cut / "config.json").read_text())
+    assert config["out"] == str(out) and config["data_given"] == str(archive)
     pd.testing.assert_frame_equal(pd.read_csv(cut / "lr_schedule.csv"), pd.read_csv(whole / "lr_schedule.csv"))
     history = history_values(cut)
     assert list(history.epoch) == [0, 1]

@@ -15,7 +15,7 @@ def test_two_processes_train_data_parallel_and_one_writes_the_run(tmp_path, tiny
     out = tmp_path / "runs"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(REPO / "train_fastai.py"), "--data", str(tiny_folder), "--out", str(out), *TINY,
-                           "--epochs", "1", "--finder-iters", "10"], capture_output=True, text=True, cwd=tmp_path)
+                           "--epochs", "1"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir, = (p for p in out.iterdir() if p.is_dir())  # one run folder, written by the main process
     assert "data-parallel: 2 processes x 8 = an effective batch of 16" in done.stdout

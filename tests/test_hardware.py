@@ -2,8 +2,12 @@ import json
 
 import pandas as pd
 import torch
+from fastai.vision.all import Learner
 
+import hardware
 from conftest import GIVEN_LRS, history_values, train
+from customresnet import CustomResNet
+from data import cifar10_dataloaders
 from hardware import seed_everything
 
 
@@ -28,3 +32,16 @@ def test_cudnn_autotunes_unless_the_run_must_repeat_bitwise():
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = torch.backends.cudnn.benchmark = False
+
+
+def test_the_cpu_estimate_counts_the_finder_the_epochs_to_run_and_the_passes_after_the_fit(tiny_folder, monkeypatch,
+                                                                                           capsys):
+    """Rates stubbed: 100 training and 1,000 test images a second."""
+    dls, _ = cifar10_dataloaders(tiny_folder, bs=16, device="cpu")  # 5 batches of 16, 20 test images
+    monkeypatch.setattr(hardware, "images_per_second", lambda model, images, train: 100 if train else 1000)
+    learn = Learner(dls, CustomResNet(width=8))
+    capsys.readouterr()  # the decoding line
+    # 100 finder iterations (never a test pass), 2 epochs, then the interpretation's and flip TTA's 3 passes.
+    hardware.print_cpu_estimate(learn, learn.model, finder_iters=100, epochs=2, final_passes=3)
+    assert capsys.readouterr().out.strip() == ("CPU only: this run will take about 18 s (1760 training images at "
+                                               "100/s and 100 test images at 1000/s here); a GPU takes seconds")

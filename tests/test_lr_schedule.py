@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 from fastai.test_utils import synth_learner
 
-from lr_schedule import lr_bounds, one_cycle
+from lr_schedule import lr_bounds, one_cycle, usable_curve
 from settings import UsageError
 
 
@@ -22,11 +25,25 @@ def test_one_cycle_goes_lrmin_to_lrmax_at_the_peak_and_back_never_lower():
     assert (np.diff(lrs[: peak + 1]) > 0).all() and (np.diff(lrs[peak:]) <= 0).all()
 
 
+def noiseless(lrs, losses):
+    """A range test's curve on which each batch's loss is the smoothed loss."""
+    return pd.DataFrame({"lr": lrs, "loss": losses, "batch_loss": losses})
+
+
+def smoothed(batch_losses, beta=0.98):
+    """fastai's smoothed loss (AvgSmoothLoss): a debiased exponential moving average."""
+    average, out = 0.0, []
+    for i, loss in enumerate(batch_losses, 1):
+        average = beta * average + (1 - beta) * loss
+        out.append(average / (1 - beta ** i))
+    return np.array(out)
+
+
 def test_lr_rule_on_a_range_test_curve():
     lrs = np.logspace(-7, 1, 81)  # ten points a decade
     # Flat until 1e-5, falling to its lowest point at 1e-2, then diverging.
     losses = np.interp(np.log10(lrs), [-7, -5, -2, 1], [2.3, 2.3, 1.3, 9.0])
-    lr_min, lr_max = lr_bounds(lrs, losses)
+    lr_min, lr_max = lr_bounds(noiseless(lrs, losses))
     assert lr_max == pytest.approx(1e-3)
     assert lr_min == pytest.approx(lrs[np.argmax(losses <= 2.2)])  # 10% of the fall of 1.0
     assert 1e-5 < lr_min < 1e-4
@@ -35,11 +52,29 @@ def test_lr_rule_on_a_range_test_curve():
 def test_lr_rule_keeps_lrmin_a_decade_below_lrmax():
     lrs = np.logspace(-7, 1, 81)
     losses = np.interp(np.log10(lrs), [-7, -2.5, -2, 1], [2.3, 2.3, 1.3, 9.0])  # a short, late fall
-    lr_min, lr_max = lr_bounds(lrs, losses)
+    lr_min, lr_max = lr_bounds(noiseless(lrs, losses))
     assert lr_min == pytest.approx(lr_max / 10)
 
 
 def test_lr_rule_refuses_a_curve_that_never_falls():
     lrs = np.logspace(-7, 1, 81)
-    with pytest.raises(UsageError, match="no fall in the loss"):
-        lr_bounds(lrs, np.linspace(2.3, 5, 81))
+    with pytest.raises(UsageError, match="loss fell by 0,"):
+        lr_bounds(noiseless(lrs, np.linspace(2.3, 5, 81)))
+
+
+def test_lr_rule_refuses_a_flat_noisy_curve():
+    """Noise alone: the smoothed loss wanders, and its lowest point, anywhere, would give LRs
+    (without the check: LRMIN 2.0e-8 and LRMAX 2.0e-7 on this one)."""
+    batch_losses = 2.3 + np.random.default_rng(0).normal(0, 0.1, 100)
+    curve = pd.DataFrame({"lr": np.logspace(-7, 1, 100), "loss": smoothed(batch_losses), "batch_loss": batch_losses})
+    with pytest.raises(UsageError, match=r"within its noise \(2 x .*give --lr-max and --lr-min"):
+        lr_bounds(usable_curve(curve, 100))
+
+
+def test_lr_rule_reads_a_real_cifar10_curve():
+    """lr_find.csv of `train_fastai.py --find-lr --subset 5000 --width 16 --bs 128` on the JPEG copy
+    of CIFAR-10 (CPU): the loss falls from 3.1 to 2.4, 6.7 times the noise of one batch's loss."""
+    curve = pd.read_csv(Path(__file__).parent / "data" / "lr_find_cifar10.csv")
+    assert list(curve.loss) == pytest.approx(smoothed(curve.batch_loss), rel=1e-4)  # fastai's smoothing
+    lr_min, lr_max = lr_bounds(usable_curve(curve, 100))
+    assert lr_min == pytest.approx(1.096e-4, rel=1e-3) and lr_max == pytest.approx(6.918e-3, rel=1e-3)

@@ -7,13 +7,9 @@ import pytest
 from PIL import Image
 
 import lr_schedule
-from conftest import REPO, TINY, real_subset
+from conftest import GIVEN_LRS, REPO, RUN_FILES, TINY, TRAINING_FILES, real_subset, write_folder
 from settings import UsageError
 from train_fastai import main
-
-RUN_FILES = ["config.json", "lr_find.csv", "lr_find.png", "lr_find.json", "history.csv", "lr_schedule.csv",
-             "lr_schedule.png", "curves.png", "confusion_matrix.png", "misclassified.png", "summary.json",
-             "export.pkl", "model.safetensors", "classes.json", "report.html"]
 
 
 def run_dirs(out):
@@ -27,16 +23,22 @@ def cli(*args):
 def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsys, monkeypatch):
     out = tmp_path / "runs"
     common = ["--data", tiny_folder, "--out", out, "--bs", 16, "--width", 8]
-    cli("--find-lr", *common, "--finder-iters", 20, "--name", "finder")
+    cli("--find-lr", *common, "--name", "finder")
     finder_dir, = run_dirs(out)
     assert finder_dir.name.endswith("-finder")
     found = json.loads((finder_dir / "lr_find.json").read_text())
     assert 0 < found["lr_min"] < found["lr_max"] and "LRMAX" in found["rule"]
-    assert len(pd.read_csv(finder_dir / "lr_find.csv").columns) == 2
+    assert list(pd.read_csv(finder_dir / "lr_find.csv").columns) == ["lr", "loss", "batch_loss"]
     printed = capsys.readouterr().out
-    assert "LRMIN" in printed and "CPU only: this run will take about" in printed
+    assert "LRMIN" in printed
+    # The finder's 100 batches of 16, and no test pass: it never evaluates.
+    assert "CPU only: this run will take about" in printed and "(1600 training images at" in printed
+    assert "and 0 test images at" in printed
 
     cli(*common, "--epochs", 2, "--name", "train")
+    # 100 finder iterations and 2 epochs of 5 batches of 16; 2 epochs' and the interpretation's pass over 20 images.
+    printed = capsys.readouterr().out
+    assert "(1760 training images at" in printed and "and 60 test images at" in printed
     train_dir = next(p for p in run_dirs(out) if p.name.endswith("-train"))
     assert finder_dir.exists()  # the earlier run is untouched
     for name in RUN_FILES:
@@ -51,7 +53,9 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
         assert key in summary
     config = json.loads((train_dir / "config.json").read_text())
     assert config["lr_source"] == "lr_find.json" and config["epochs"] == 2 and config["width"] == 8
-    assert config["finder_iters"] == 2 * 5  # never longer than the training run (80 images, bs 16)
+    # The finder runs its 100 iterations, however short the run (2 epochs of 80 images in batches of 16).
+    assert config["finder_iters"] == json.loads((train_dir / "lr_find.json").read_text())["iterations"] == 100
+    assert len(pd.read_csv(train_dir / "lr_find.csv")) > 2 * 5
     schedule = pd.read_csv(train_dir / "lr_schedule.csv")
     assert list(schedule.columns) == ["iteration", "epoch", "lr", "mom"] and len(schedule) == 2 * 5
     assert schedule.lr.iloc[0] == pytest.approx(config["lr_min"])
@@ -85,6 +89,16 @@ def test_default_relative_out_from_a_fresh_folder_leaves_every_output(tmp_path, 
     assert pd.read_csv(tmp_path / "runs" / "index.csv").run.tolist() == [run_dir.name]
 
 
+def test_a_test_set_of_fewer_than_10_images_shows_them_all_as_misclassified(tmp_path):
+    """misclassified.png shows the 10 test images with the highest loss, or all of a smaller test set."""
+    folder = write_folder(tmp_path / "small", n_train=8, n_test=2, classes=["cat", "dog"])  # 4 test images
+    out = tmp_path / "runs"
+    cli("--data", folder, "--out", out, "--bs", 16, "--width", 8, "--epochs", 1, *GIVEN_LRS)
+    run_dir, = run_dirs(out)
+    for name in TRAINING_FILES:  # the LRs are given: no range test
+        assert (run_dir / name).stat().st_size > 0, name
+
+
 def test_cli_albumentations_backend_with_given_lrs(tmp_path, tiny_folder):
     out = tmp_path / "runs"
     cli("--data", tiny_folder, "--out", out, "--bs", 16, "--width", 8, "--epochs", 1, "--aug", "albumentations",
@@ -92,6 +106,7 @@ def test_cli_albumentations_backend_with_given_lrs(tmp_path, tiny_folder):
     run_dir, = run_dirs(out)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["lr_source"] == "flags" and config["aug"] == "albumentations"
+    assert "finder_iters" not in config  # recorded only when the finder runs
     assert not (run_dir / "lr_find.json").exists()
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
 
