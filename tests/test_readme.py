@@ -208,8 +208,11 @@ def check_compare(argv, done, session, new_folders):
     assert done.returncode == 0, done.stderr[-3000:]
     png = flag(argv, "--png") or "compare.png"
     assert (session.work / png).stat().st_size > 0 and f"figure: {png}" in done.stdout
-    for folder in positional(argv, "--png", "--out"):
-        members = json.loads((session.work / folder / "summary.json").read_text())["members"]
+    given = positional(argv, "--png", "--out")
+    folders = [folder for pattern in given for folder in session.work.glob(pattern)]  # as the shell expands them
+    assert len(folders) >= len(given)
+    for folder in folders:
+        members = json.loads((folder / "summary.json").read_text())["members"]
         assert all(name in done.stdout for name in members)
     assert "mean, std, min, max over seeds:" in done.stdout
 
