@@ -46,27 +46,26 @@ class TimeToAccuracy(Callback):
 class StopOnDivergence(Callback):
     """Stops training when the loss is no longer finite or has passed `factor` times the loss of
     guessing, ln(classes): a sign that the LR is too high. The caller then reports `problem`. The
-    worst loss is kept on the device and read every `check_every` batches: reading it every batch
-    would make the CPU wait for the GPU at each step."""
+    worst loss is kept on the device and read once an epoch, before its test pass: a read every
+    batch would make the host wait for the GPU at each step, and a diverged epoch costs seconds."""
     order = Recorder.order + 1
 
-    def __init__(self, factor=4, check_every=10):
-        self.factor, self.check_every, self.problem = factor, check_every, None
+    def __init__(self, factor=4):
+        self.factor, self.problem = factor, None
 
-    def before_epoch(self):
+    def before_train(self):
         self.worst = None
 
     def after_batch(self):
-        if not self.training:
-            return
-        loss = self.loss.detach()
-        self.worst = loss if self.worst is None else torch.maximum(self.worst, loss)  # NaN wins, as it should
-        if (self.iter + 1) % self.check_every and self.iter + 1 < self.n_iter:
-            return
-        worst, self.worst = float(self.worst), None
+        if self.training:
+            loss = self.loss.detach()
+            self.worst = loss if self.worst is None else torch.maximum(self.worst, loss)  # NaN wins, as it should
+
+    def after_train(self):
+        worst = float(self.worst)
         if not np.isfinite(worst) or worst > self.factor * np.log(len(self.dls.vocab)):
-            self.problem = (f"the loss diverged ({worst:.3g}) by epoch {self.epoch + 1}, iteration {self.iter + 1}, "
-                            f"LR {self.opt.hypers[-1]['lr']:.3g}: the LR is likely too high; "
+            self.problem = (f"the loss diverged ({worst:.3g}) in epoch {self.epoch + 1}, at LRs up to "
+                            f"{max(self.recorder.lrs[-self.n_iter:]):.3g}: the LR is likely too high; "
                             "lower --lr-max and --lr-min, or rerun the LR range test")
             raise CancelFitException
 

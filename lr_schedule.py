@@ -3,9 +3,11 @@ schedule they make."""
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from fastai.vision.all import Callback
 
 from files import save_figure, write_csv, write_json
+from recording import quiet
 from settings import UsageError
 
 FINDER_START_LR, FINDER_END_LR = 1e-7, 10
@@ -29,7 +31,7 @@ class BatchLosses(Callback):
 
     def after_batch(self):
         if self.training:
-            self.losses.append(float(self.loss.detach()))
+            self.losses.append(self.loss.detach())  # read once the test is over, not at every step
 
 
 def batch_noise(batch_losses):
@@ -69,12 +71,13 @@ def usable_curve(curve, num_it):
 def find_lr(learn, run_dir, num_it):
     """Run fastai's lr_find for `num_it` iterations (it cycles the training set as often as that
     takes) and write lr_find.csv, lr_find.png and lr_find.json."""
+    print(f"LR range test: {num_it} iterations, LR {FINDER_START_LR:g} to {FINDER_END_LR:g}", flush=True)
     batch_losses = BatchLosses()
-    with learn.added_cbs(batch_losses):
+    with quiet(learn), learn.added_cbs(batch_losses):
         learn.lr_find(start_lr=FINDER_START_LR, end_lr=FINDER_END_LR, num_it=num_it, show_plot=False,
                       suggest_funcs=None)
-    curve = pd.DataFrame({"lr": [float(lr) for lr in learn.recorder.lrs],
-                          "loss": [float(loss) for loss in learn.recorder.losses], "batch_loss": batch_losses.losses})
+    curve = pd.DataFrame({"lr": learn.recorder.lrs, "loss": torch.stack(learn.recorder.losses).tolist(),
+                          "batch_loss": torch.stack(batch_losses.losses).tolist()})
     write_csv(run_dir / "lr_find.csv", curve)
     (run_dir / learn.model_dir).rmdir()  # lr_find parks the weights there and leaves it empty
     lr_min, lr_max = lr_bounds(usable_curve(curve, num_it))

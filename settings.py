@@ -84,6 +84,9 @@ def parse_args(argv=None, description=None):
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (the first batches of the finder and of the first test pass "
                         "compile it); fastai's Learner still runs the loop")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="on a GPU, stop with an error at any host-GPU synchronisation inside the training "
+                        "batches (torch.cuda.set_sync_debug_mode): proof that nothing stalls the step")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic GPU kernels only (slower); a CPU run with a given --seed repeats anyway")
     p.add_argument("--resume", metavar="RUN_DIR",

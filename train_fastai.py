@@ -46,6 +46,7 @@ from hardware import (device_name, print_cpu_estimate, resolve_device, resolve_p
                       seed_everything)
 from lr_schedule import find_lr, one_cycle
 from optimizer import fused_adamw
+from recording import FailOnHostSync, record_on_device
 from outputs import (new_run_dir, summarize, write_curves, write_export, write_interpretation,
                      write_schedule, write_weights)
 from report import write_report
@@ -80,6 +81,9 @@ def make_learner(dls, args, run_dir, precision):
     model = CustomResNet(num_classes=len(dls.vocab), width=args.width)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=args.label_smoothing),
                     opt_func=fused_adamw, wd=args.wd, metrics=accuracy, path=run_dir)
+    record_on_device(learn)  # the loss and accuracy stay on the GPU until the epoch's end
+    if args.sync_debug:
+        learn.add_cb(FailOnHostSync())
     if dls.device.type == "cuda":
         learn.to_channelslast(use_amp=False)  # the convolutions' fast layout on tensor cores
         if precision == "bf16":

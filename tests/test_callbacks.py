@@ -58,6 +58,6 @@ def test_a_diverging_loss_stops_the_run_naming_the_lr(tmp_path, tiny_folder, cap
     assert e.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the loss diverged" in message and "LR is likely too high" in message
-    assert 10 <= float(re.search(r"LR ([0-9.e+-]+):", message).group(1)) <= 1000
+    assert 10 <= float(re.search(r"LRs up to ([0-9.e+-]+):", message).group(1)) <= 1000
     run_dir, = (tmp_path / "runs").iterdir()
     assert (run_dir / "config.json").is_file() and (run_dir / "history.csv").is_file()
