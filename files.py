@@ -3,17 +3,43 @@ folder, then renamed into place (a rename within a folder is atomic on POSIX fil
 import os
 from contextlib import contextmanager
 
+from errors import BadInput
+
+
+def current_umask():
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
+
+
+# The mode open() gives a new file. Read once, at import: while the umask is 0, a file another
+# thread creates would be writable by everyone.
+NEW_FILE_MODE = 0o666 & ~current_umask()
+
 
 @contextmanager
 def atomic(path):
-    """A temporary name to write `path` under; renamed to `path` once written."""
+    """A temporary name to write `path` under; renamed to `path` once written, with the mode a
+    file that open() creates gets (safetensors writes its files 0600)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         yield tmp
         if tmp.exists():  # fastai's export writes nothing in all but the main process
+            os.chmod(tmp, NEW_FILE_MODE)
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_new_file(path, flag):
+    """Refuse, before any work, the output file a flag names if it would overwrite something or
+    has no folder to go into."""
+    if path.is_dir():
+        raise BadInput(f"{flag} {path} is a folder: give {flag} a file name")
+    if path.exists():
+        raise BadInput(f"{path} exists already: give {flag} a new file name")
+    if not path.parent.is_dir():
+        raise BadInput(f"{path.parent} is not a folder: give {flag} a file in an existing folder, or create it first")
 
 
 def save_figure(fig, path):
