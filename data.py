@@ -130,6 +130,16 @@ def build_once(target, build):
     return target
 
 
+def refuse_unsafe_members(member, dest_path):
+    """tarfile's "data" filter, which refuses members that would land outside the folder (through
+    `..`, a link or a device file), and also absolute names, which it would unpack inside the
+    folder with the leading / dropped: tar drops it when it makes an archive unless told not to
+    (-P), so an archive that keeps it was made to write elsewhere."""
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, dest_path)
+
+
 def unpack(archive):
     if not tarfile.is_tarfile(archive):
         raise DataError(f"{archive} is not a folder or a .tgz/.tar.gz archive: point --data at one of those")
@@ -138,9 +148,12 @@ def unpack(archive):
         print(f"unpacking {archive} into the cache (once)")
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of tmp
+                tar.extractall(tmp, filter=refuse_unsafe_members)
+        except tarfile.FilterError as e:
+            raise DataError(f"{archive} is refused as unsafe ({e}): unpack only a CIFAR-10 archive you trust, "
+                            "or download it again") from e
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise DataError(f"{archive} is damaged ({e}): download it again") from None
+            raise DataError(f"{archive} is damaged ({e}): download it again") from e
 
     return build_once(cache_root() / "unpacked" / source_key(archive), extract)
 
