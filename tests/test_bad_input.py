@@ -5,7 +5,9 @@ A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` bui
 returns the command line; tool "train" and "predict" run the CLIs, "data" builds the DataLoaders."""
 import io
 import json
+import os
 import pickle
+import shutil
 import tarfile
 
 import numpy as np
@@ -222,7 +224,20 @@ def unreadable_image(tmp, folder, run):
     return ["--run", str(run), str(tmp / "images")]
 
 
-# Odd files (1): unsafe archives ----------------------------------------------------------
+# Odd files (1): data quirks and unsafe archives -------------------------------------------
+
+def in_cat_folder(make_entry):
+    """A data folder with something odd in train/cat/: `make_entry(train/cat)` makes it."""
+    def make(tmp, folder, run):
+        make_entry(folder / "train" / "cat")
+        return data(folder)
+    return make
+
+
+def image_in_subfolder(cat, subfolder="sub"):
+    (cat / subfolder).mkdir()
+    shutil.copy(cat / "0000.png", cat / subfolder / "0000.png")
+
 
 def archive_with(member_name):
     """The tiny data set as a .tgz, plus one member named `member_name`."""
@@ -323,7 +338,17 @@ CASES = {
     "image it cannot open": ("predict", unreadable_image, REFUSE, "cannot read image", None),
     "missing image": ("predict", predict_args("nope.png"), REFUSE, "does not exist", None),
     "topk zero": ("predict", predict_args("x.png", "--topk", "0"), REFUSE, "--topk must be at least 1", None),
-    # odd files (1): unsafe archives
+    # odd files (1): data quirks and unsafe archives
+    "a subfolder in a class folder": ("data", in_cat_folder(image_in_subfolder), REPAIR,
+                                      "folders inside class folders", train_images(80)),
+    "a folder named like an image": ("data", in_cat_folder(lambda cat: image_in_subfolder(cat, "odd.jpg")), REPAIR,
+                                     "folders inside class folders", train_images(80)),
+    "a symlink loop": ("data", in_cat_folder(lambda cat: os.symlink("..", cat / "loop")), REPAIR,
+                       "folders inside class folders", train_images(80)),
+    "an image name linked to itself": ("data", in_cat_folder(lambda cat: os.symlink("self.png", cat / "self.png")),
+                                       REPAIR, "not images", train_images(80)),
+    "an image name linked to nothing": ("data", in_cat_folder(lambda cat: os.symlink("gone.png", cat / "link.png")),
+                                        REPAIR, "not images", train_images(80)),
     "archive member with an absolute name": ("train", archive_with("/evil.txt"), REFUSE, "refused as unsafe", None),
 }
 
