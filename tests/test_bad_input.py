@@ -24,12 +24,12 @@ MARKER = "pwned"  # what a malicious pickle would create
 
 
 class Payload:
-    """Unpickling this creates the file MARKER next to `where`: code run from a data file."""
-    def __init__(self, where):
-        self.where = where
+    """Unpickling this creates the file `name` (MARKER unless told) in `where`: code run from a data file."""
+    def __init__(self, where, name=MARKER):
+        self.where, self.name = where, name
 
     def __reduce__(self):
-        return (open, (str(self.where / MARKER), "w"))
+        return (open, (str(self.where / self.name), "w"))
 
 
 def data(folder):
@@ -251,6 +251,32 @@ def archive_with(member_name):
     return make
 
 
+# Odd files (2): predict's outputs and files ------------------------------------------------
+
+def predict_csv(csv):
+    """predict on the images, with --csv tmp/`csv`."""
+    return lambda tmp, folder, run: ["--run", str(run), str(tmp / "images"), "--csv", str(tmp / csv)]
+
+
+def malicious_export(tmp, folder, run):
+    (run / "export.pkl").write_bytes(pickle.dumps(Payload(tmp, "export-code-ran")))
+    return ["--run", str(run), str(tmp / "images"), "--pickle"]
+
+
+def classes_json(**values):
+    """predict on the run, its classes.json with `values` in place of its own."""
+    def make(tmp, folder, run):
+        info = json.loads((run / "classes.json").read_text())
+        (run / "classes.json").write_text(json.dumps({**info, **values}))
+        return ["--run", str(run), str(tmp / "images")]
+    return make
+
+
+def classes_json_not_json(tmp, folder, run):
+    (run / "classes.json").write_text('{"classes": [')
+    return ["--run", str(run), str(tmp / "images")]
+
+
 # Repairs: what the data looks like afterwards ----------------------------------------------
 
 def train_images(n):
@@ -350,6 +376,23 @@ CASES = {
     "an image name linked to nothing": ("data", in_cat_folder(lambda cat: os.symlink("gone.png", cat / "link.png")),
                                         REPAIR, "not images", train_images(80)),
     "archive member with an absolute name": ("train", archive_with("/evil.txt"), REFUSE, "refused as unsafe", None),
+    # odd files (2): predict's outputs and files
+    "--csv into a missing folder": ("predict", predict_csv("nope/x.csv"), REFUSE,
+                                    "give --csv a file in an existing folder", None),
+    "--csv naming a folder": ("predict", predict_csv("images"), REFUSE,
+                              "is a folder: give --csv a file name", None),
+    "a malicious export.pkl under --pickle": ("predict", malicious_export, REFUSE,
+                                              "is not a learner that train_fastai.py exported", None),
+    "classes.json with a zero std": ("predict", classes_json(std=[0.25, 0, 0.25]), REFUSE, "and std above 0", None),
+    "classes.json with a negative std": ("predict", classes_json(std=[0.25, -0.25, 0.25]), REFUSE, "and std above 0",
+                                         None),
+    "classes.json with a NaN std": ("predict", classes_json(std=[0.25, float("nan"), 0.25]), REFUSE,
+                                    "3 finite numbers", None),
+    "classes.json with 2 std values": ("predict", classes_json(std=[0.25, 0.25]), REFUSE, "3 finite numbers", None),
+    "classes.json that is not JSON": ("predict", classes_json_not_json, REFUSE,
+                                      "classes.json cannot be read as class names", None),
+    "classes.json with more classes than outputs": ("predict", classes_json(classes=[*CLASSES, "zebra"]), REFUSE,
+                                                    "names 11 classes, but", None),
 }
 
 
