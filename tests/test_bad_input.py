@@ -2,7 +2,8 @@
 `error:` naming the problem and the fix, exit 2, no traceback) and what it repairs with a warning.
 
 A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` builds the input and
-returns the command line; tool "train" and "predict" run the CLIs, "data" builds the DataLoaders."""
+returns the command line; tools "train", "predict" and "compare" run the CLIs, "data" builds the
+DataLoaders."""
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import compare
 import predict
 from conftest import CLASSES, write_folder, write_python_batches, write_tgz
 from data import DataError, cifar10_dataloaders, cifar10_folder
@@ -277,6 +279,43 @@ def classes_json_not_json(tmp, folder, run):
     return ["--run", str(run), str(tmp / "images")]
 
 
+# Odd files (3): compare's files and outputs ------------------------------------------------
+
+def finished_run(run_dir):
+    """The files compare.py reads of a finished run, for one epoch."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"lr_max": 0.01, "seed": 0}))
+    (run_dir / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "fit_seconds": 1.0, "epochs": 1}))
+    (run_dir / "history.csv").write_text("epoch,accuracy\n0,0.5\n")
+    (run_dir / "lr_schedule.csv").write_text("epoch,lr\n0,0.01\n")
+    (run_dir / "report.html").write_text("<html></html>")
+    return run_dir
+
+
+def compare_run(change=lambda run_dir: None, png="figure.png"):
+    """compare.py on a finished run, its files changed by `change`, with --png tmp/`png`."""
+    def make(tmp, folder, run):
+        run_dir = finished_run(tmp / "runs" / "r1")
+        change(run_dir)
+        return [str(run_dir), "--png", str(tmp / png)]
+    return make
+
+
+def compare_out_is_a_file(tmp, folder, run):
+    """compare.py with its default figure under an --out that is a file."""
+    (tmp / "runs-file").write_text("not a folder")
+    return [str(finished_run(tmp / "runs" / "r1")), "--out", str(tmp / "runs-file")]
+
+
+def compare_index(text):
+    """compare.py over the runs of tmp/runs/index.csv, which holds `text`."""
+    def make(tmp, folder, run):
+        finished_run(tmp / "runs" / "r1")
+        (tmp / "runs" / "index.csv").write_text(text)
+        return ["--out", str(tmp / "runs"), "--png", str(tmp / "figure.png")]
+    return make
+
+
 # Repairs: what the data looks like afterwards ----------------------------------------------
 
 def train_images(n):
@@ -393,6 +432,20 @@ CASES = {
                                       "classes.json cannot be read as class names", None),
     "classes.json with more classes than outputs": ("predict", classes_json(classes=[*CLASSES, "zebra"]), REFUSE,
                                                     "names 11 classes, but", None),
+    # odd files (3): compare's files and outputs
+    "a damaged summary.json": ("compare", compare_run(change=lambda r: (r / "summary.json").write_text("{")), REFUSE,
+                               "summary.json is damaged", None),
+    "a damaged index.csv": ("compare", compare_index("run,seed\nr1,0\nr2,0,extra,fields\n"), REFUSE,
+                            "index.csv is damaged", None),
+    "an index.csv with no run column": ("compare", compare_index("seed\n0\n"), REFUSE, "no column run", None),
+    "a crashed run given to compare": ("compare", compare_run(change=lambda r: (r / "report.html").unlink()),
+                                       REFUSE, "is not a finished training run (no report.html)", None),
+    "--png into a missing folder": ("compare", compare_run(png="nope/x.png"), REFUSE,
+                                    "give --png a file in an existing folder", None),
+    "--png with a suffix matplotlib cannot write": ("compare", compare_run(png="figure.txt"), REFUSE,
+                                                    "matplotlib cannot write a figure as figure.txt", None),
+    "an --out that is a file (an error no check foresees)": ("compare", compare_out_is_a_file, REFUSE,
+                                                             "runs-file: File exists: fix the path", None),
 }
 
 
@@ -402,7 +455,7 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
     if tool == "data":
         dls, _ = cifar10_dataloaders(cifar10_folder(argv[1]), bs=8, device="cpu")
     else:
-        cli = main if tool == "train" else predict.main
+        cli = {"train": main, "predict": predict.main, "compare": compare.main}[tool]
         extra = ["--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16"] if tool == "train" else []
         with pytest.raises(SystemExit) as e:
             cli([*extra, *argv])
@@ -423,3 +476,5 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--data", str(tmp_path / "nope"), "--debug"])
     with pytest.raises(predict.PredictError, match="is not a folder"):
         predict.main(["--run", str(tmp_path / "nope"), str(tmp_path), "--debug"])
+    with pytest.raises(compare.CompareError, match="is not a folder"):
+        compare.main([str(tmp_path / "nope"), "--debug"])
