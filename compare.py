@@ -1,26 +1,27 @@
 """Runs side by side: the runs index, and a table and a figure of the runs you choose.
 
-    python compare.py [RUN_OR_GROUP_DIR ...] [--out runs] [--png compare.png]
+    python compare.py [RUN_OR_GROUP_DIR ...] [--out runs] [--png FIGURE]
 
-Without folders it compares every run listed in <out>/index.csv. A group folder (written by
+Without folders it compares every finished run listed in <out>/index.csv. A group folder (written by
 `train_fastai.py --runs N` or `--sweep`) stands for its member runs. It prints one row per run
 (the settings that differ between them, final and TTA accuracy, fit time, epochs to 90/93/94%)
-and, where several runs share a configuration, their mean, std, min and max; compare.png shows
-test accuracy per epoch and the LR schedule of every run on shared axes.
+and, where several runs share a configuration, their mean, std, min and max; the figure (by
+default a new <out>/compare-<time>.png) shows test accuracy per epoch and the LR schedule of every
+run on shared axes.
 """
 import argparse
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import matplotlib
-matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt
 import pandas as pd
 from filelock import FileLock
+from matplotlib.backend_bases import FigureCanvasBase
 
-from files import atomic, save_figure
+from errors import BadInput, one_line_errors, warn
+from files import atomic, check_new_file, save_figure, unused_names
 
 # What a comparison shows of each run's config.json and summary.json.
 SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "label_smoothing", "tta",
@@ -28,10 +29,15 @@ SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_sour
 METRICS = ["final_accuracy", "tta_accuracy", "best_accuracy", "fit_seconds", "train_images_per_s", "epochs_run",
            "first_epoch_90", "first_epoch_93", "first_epoch_94", "seconds_to_90", "seconds_to_93", "seconds_to_94",
            "stopped_early"]
-RUN_FILES = ["config.json", "summary.json", "history.csv", "lr_schedule.csv"]
+# A run is finished when it has all of these. report.html is the last file a training run writes,
+# so a run that crashed on the way (in its export, say) has a summary.json but no report.html.
+RUN_FILES = ["config.json", "summary.json", "history.csv", "lr_schedule.csv", "report.html"]
+SUMMARY_NUMBERS = ["final_accuracy", "fit_seconds"]  # what the tables need of every run
+RUN_FILE_FIX = "leave its run out, or delete the run"
+INDEX_FIX = "repair it, or move it away (the next finished run starts a new index)"
 
 
-class CompareError(Exception):
+class CompareError(BadInput):
     """Bad input to a comparison, worded as one line that says what to do."""
 
 
@@ -49,48 +55,95 @@ def append_to_index(out, run_dir, config, summary):
                          "git_commit": summary.get("git_commit"), **settings, **headline(summary)}])
     with FileLock(index.with_name(".index.csv.lock")):
         if index.exists():  # read as text, so that every earlier value is written back unchanged
-            row = pd.concat([pd.read_csv(index, dtype=str, keep_default_na=False), row], ignore_index=True)
+            row = pd.concat([read_index(index), row], ignore_index=True)
         with atomic(index) as tmp:
             row.to_csv(tmp, index=False)
 
 
-def run_dirs(given, out):
-    """The run folders to compare: the given ones, with each group folder replaced by its members,
-    or else every run in <out>/index.csv that still exists."""
-    if not given:
-        index = out / "index.csv"
-        if not index.is_file():
-            raise CompareError(f"no runs to compare: {index} does not exist; train a run first or give run folders")
-        listed = [out / name for name in pd.read_csv(index, dtype=str).run]
-        found = [path for path in listed if path.is_dir()]
-        if not found:
-            raise CompareError(f"no runs to compare: none of the runs in {index} is still in {out}")
-        return found
+def read_json(path):
+    """The JSON object in `path`; a damaged file is refused, named."""
+    try:
+        content = json.loads(path.read_text())
+    except ValueError as e:  # not JSON, or not even UTF-8 text
+        raise CompareError(f"{path} is damaged ({type(e).__name__}: {e}): {RUN_FILE_FIX}") from e
+    if not isinstance(content, dict):
+        raise CompareError(f"{path} is damaged (not a JSON object): {RUN_FILE_FIX}")
+    return content
+
+
+def read_table(path, columns, fix=RUN_FILE_FIX, **read_csv_options):
+    """The CSV table in `path`, which must have `columns`; a damaged file is refused, named."""
+    try:
+        table = pd.read_csv(path, **read_csv_options)
+    except ValueError as e:  # pandas' ParserError and EmptyDataError, or a file that is not UTF-8 text
+        raise CompareError(f"{path} is damaged ({type(e).__name__}: {' '.join(str(e).split())}): {fix}") from e
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise CompareError(f"{path} is damaged (no column {missing[0]}): {fix}")
+    return table
+
+
+def read_index(index):
+    """index.csv as text, so that every value can be written back as it was."""
+    return read_table(index, ["run"], INDEX_FIX, dtype=str, keep_default_na=False)
+
+
+def missing_run_file(run_dir):
+    """The first file of a finished run that `run_dir` lacks, or None."""
+    return next((name for name in RUN_FILES if not (run_dir / name).is_file()), None)
+
+
+def indexed_runs(out):
+    """Every finished run in <out>/index.csv that is still there; one that is not finished is
+    skipped with a warning."""
+    index = out / "index.csv"
+    if not index.is_file():
+        raise CompareError(f"no runs to compare: {index} does not exist; train a run first or give run folders")
+    runs = []
+    for path in (out / name for name in read_index(index).run if name):
+        if not path.is_dir():
+            continue  # deleted since: the index keeps every row
+        missing = missing_run_file(path)
+        if missing:
+            warn(f"skipping {path}: it has no {missing}, so the run did not finish")
+        else:
+            runs.append(path)
+    if not runs:
+        raise CompareError(f"no runs to compare: none of the runs in {index} is still in {out} and finished")
+    return runs
+
+
+def given_runs(given):
+    """The given folders, with each group folder replaced by its members."""
     dirs = []
     for path in map(Path, given):
         if not path.is_dir():
             raise CompareError(f"{path} is not a folder: give run folders or group folders that train_fastai.py wrote")
         summary = path / "summary.json"
-        members = json.loads(summary.read_text()).get("members") if summary.is_file() else None
+        members = read_json(summary).get("members") if summary.is_file() else None
         dirs += [path.parent / name for name in members] if members else [path]
     return dirs
 
 
 def load_runs(dirs):
     """One row per run: its name, group, sweep point, settings and headline numbers, plus its
-    per-epoch history and LR schedule for the figure."""
+    per-epoch history and LR schedule for the figure. A run that is not finished is refused."""
     rows = []
     for path in map(Path, dirs):
-        missing = [name for name in RUN_FILES if not (path / name).is_file()]
+        missing = missing_run_file(path)
         if missing:
-            raise CompareError(f"{path} is not a finished training run (no {missing[0]}): give run folders or group "
-                               "folders that train_fastai.py wrote")
-        config = json.loads((path / "config.json").read_text())
-        summary = json.loads((path / "summary.json").read_text())
+            raise CompareError(f"{path} is not a finished training run (no {missing}): give run folders or group "
+                               "folders of runs that train_fastai.py finished")
+        config = read_json(path / "config.json")
+        summary = read_json(path / "summary.json")
+        for name in SUMMARY_NUMBERS:
+            if not isinstance(summary.get(name), (int, float)):
+                raise CompareError(f"{path / 'summary.json'} is damaged (no number {name}): {RUN_FILE_FIX}")
         rows.append({"run": path.name, "group": config.get("group") or path.name,
                      "point": config.get("sweep_point") or "",
                      **{name: config.get(name) for name in SETTINGS}, **headline(summary),
-                     "history": pd.read_csv(path / "history.csv"), "schedule": pd.read_csv(path / "lr_schedule.csv")})
+                     "history": read_table(path / "history.csv", ["epoch", "accuracy"]),
+                     "schedule": read_table(path / "lr_schedule.csv", ["epoch", "lr"])})
     return pd.DataFrame(rows)
 
 
@@ -156,25 +209,36 @@ def write_figure(runs, path):
     save_figure(fig, path)
 
 
+def figure_path(png, out):
+    """--png, or else a new <out>/compare-<time>.png: under runs/, which git ignores, by default."""
+    if png is None:
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"compare-{datetime.now():%Y%m%d-%H%M%S}"
+        png = next(out / f"{name}.png" for name in unused_names(stem) if not (out / f"{name}.png").exists())
+    check_new_file(png, "--png")
+    if png.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
+        raise CompareError(f"matplotlib cannot write a figure as {png.name}: give --png a name ending in .png, "
+                           ".pdf or .svg")
+    return png
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run or group folders (default: every run in the index)")
-    p.add_argument("--out", default="runs", help="the folder holding index.csv (default runs)")
-    p.add_argument("--png", type=Path, default=Path("compare.png"),
-                   help="the figure to write; never overwritten (default compare.png)")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="the folder holding index.csv (default runs)")
+    p.add_argument("--png", type=Path, help="the figure to write (.png, .pdf, .svg, ...); never overwritten "
+                                            "(default: a new <out>/compare-<time>.png)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
-    try:
-        runs = load_runs(run_dirs(args.runs, Path(args.out)))
-        if Path(args.png).exists():
-            raise CompareError(f"{args.png} exists: give --png a new file name")
+    matplotlib.use("Agg")  # the figure goes to a file; never open a window
+    with one_line_errors(args.debug):
+        runs = load_runs(given_runs(args.runs) if args.runs else indexed_runs(args.out))
+        png = figure_path(args.png, args.out)
         print(format_table(runs_table(runs)))
         if runs.duplicated(["group", "point"]).any():
             print(format_points(points_table(runs)))
-        write_figure(runs, args.png)
-        print(f"figure: {args.png}")
-    except CompareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        write_figure(runs, png)
+        print(f"figure: {png}")
 
 
 if __name__ == "__main__":

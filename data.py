@@ -17,7 +17,6 @@ import os
 import pickle
 import shutil
 import socket
-import sys
 import tarfile
 import tempfile
 import threading
@@ -28,13 +27,13 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from fastai.vision.all import (CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize,
-                               Resize, TensorCategory, TensorImage, TfmdDL, URLs,
-                               fastai_path, get_image_files, image_extensions, num_distrib,
-                               parent_label, untar_data)
+                               Resize, ResizeMethod, TensorCategory, TensorImage, TfmdDL, URLs,
+                               fastai_path, num_distrib, parent_label, untar_data)
 from PIL import Image
 
 from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
-from images import IMAGE_SIZE, read_rgb32
+from errors import BadInput, warn
+from images import IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32
 
 CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")
@@ -43,7 +42,7 @@ DOWNLOAD_TIMEOUT_S = 30
 REACH_TIMEOUT_S = 3
 
 
-class DataError(Exception):
+class DataError(BadInput):
     """A problem with the user's data, worded as one line that says what to do."""
 
 
@@ -130,6 +129,16 @@ def build_once(target, build):
     return target
 
 
+def refuse_unsafe_members(member, dest_path):
+    """tarfile's "data" filter, which refuses members that would land outside the folder (through
+    `..`, a link or a device file), and also absolute names, which it would unpack inside the
+    folder with the leading / dropped: tar drops it when it makes an archive unless told not to
+    (-P), so an archive that keeps it was made to write elsewhere."""
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, dest_path)
+
+
 def unpack(archive):
     if not tarfile.is_tarfile(archive):
         raise DataError(f"{archive} is not a folder or a .tgz/.tar.gz archive: point --data at one of those")
@@ -138,9 +147,12 @@ def unpack(archive):
         print(f"unpacking {archive} into the cache (once)")
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")  # refuses absolute paths and links out of tmp
+                tar.extractall(tmp, filter=refuse_unsafe_members)
+        except tarfile.FilterError as e:
+            raise DataError(f"{archive} is refused as unsafe ({e}): unpack only a CIFAR-10 archive you trust, "
+                            "or download it again") from e
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise DataError(f"{archive} is damaged ({e}): download it again") from None
+            raise DataError(f"{archive} is damaged ({e}): download it again") from e
 
     return build_once(cache_root() / "unpacked" / source_key(archive), extract)
 
@@ -158,8 +170,30 @@ def layout_folder(path):
                     f"({', '.join(PYTHON_BATCHES)}): point --data at a CIFAR-10 copy")
 
 
-def class_names(folder):
-    return sorted(p.name for p in (folder / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
+def class_names(folder, split="train"):
+    return sorted(p.name for p in (folder / split).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_folder_contents(class_folder):
+    """(image files, other files, subfolders) directly in a class folder, hidden names left out.
+    Images lie directly in train/<class>/ and test/<class>/: subfolders are not read, so a copy
+    kept in one, or a link that loops back up the tree, never enters the data twice."""
+    images, others, subfolders = [], [], []
+    with os.scandir(class_folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_folder, is_file = entry.is_dir(), entry.is_file()
+            except OSError:  # a link to itself: neither
+                is_folder = is_file = False
+            if is_folder:
+                subfolders.append(entry.path)
+            elif is_file and has_image_extension(entry.name):
+                images.append(entry.path)
+            else:
+                others.append(entry.path)
+    return images, others, subfolders
 
 
 def check_layout(folder):
@@ -167,29 +201,27 @@ def check_layout(folder):
     if len(classes) < 2:
         raise DataError(f"{folder / 'train'} has {len(classes)} class folders: expected train/<class>/<image> "
                         f"files for the {CIFAR10_CLASSES} CIFAR-10 classes")
-    test_classes = sorted(p.name for p in (folder / "test").iterdir() if p.is_dir())
+    test_classes = class_names(folder, "test")
     if test_classes != classes:
         raise DataError(f"{folder}: train/ and test/ have different class folders "
                         f"({', '.join(classes)} vs {', '.join(test_classes)}): give both the same classes")
     if len(classes) != CIFAR10_CLASSES:
         warn(f"{folder / 'train'} has {len(classes)} class folders, not CIFAR-10's {CIFAR10_CLASSES}: "
              f"training a {len(classes)}-class model")
-    others = []  # one walk of the 60,000 files: this runs at every start
+    others, subfolders = [], []  # one listing of the 60,000 files: this runs at every start
     for split in SPLITS:
         for name in classes:
-            files = [os.path.join(root, file) for root, _, names in os.walk(folder / split / name)
-                     for file in names if not file.startswith(".")]
-            is_image = [os.path.splitext(file)[1].lower() in image_extensions for file in files]
-            if not any(is_image):
-                raise DataError(f"{folder / split / name} has no image files: add images or remove the folder "
-                                "from train/ and test/")
-            others += [file for file, image in zip(files, is_image) if not image]
+            images, other_files, folders = class_folder_contents(folder / split / name)
+            if not images:
+                raise DataError(f"{folder / split / name} has no image files directly in it (subfolders are not "
+                                "read): add images or remove the folder from train/ and test/")
+            others += other_files
+            subfolders += folders
     if others:
         warn(f"ignoring {len(others)} files in {folder} that are not images (such as {others[0]})")
-
-
-def warn(message):
-    print(f"warning: {message}", file=sys.stderr)
+    if subfolders:
+        warn(f"ignoring {len(subfolders)} folders inside class folders of {folder} (such as {subfolders[0]}): "
+             "images are read only directly in train/<class>/ and test/<class>/; move them there to use them")
 
 
 class ArraysOnly(pickle.Unpickler):
@@ -246,13 +278,19 @@ def python_batches_to_folder(batches):
 def cifar10_items(folder, subset=None, skip=frozenset()):
     """Training images, class-interleaved (so the first N hold every class), then test images;
     none of `skip`."""
-    train = sorted(get_image_files(folder / "train"))
+    train = split_images(folder, "train")
     rank_in_class, seen = [], {}
     for path in train:
         seen[path.parent.name] = seen.get(path.parent.name, -1) + 1
         rank_in_class.append(seen[path.parent.name])
     train = [train[i] for i in np.argsort(rank_in_class, kind="stable")]
-    return [p for p in train[:subset] + sorted(get_image_files(folder / "test")) if p not in skip]
+    return [p for p in train[:subset] + split_images(folder, "test") if p not in skip]
+
+
+def split_images(folder, split):
+    """The image files of train/ or test/, sorted: those directly in its class folders."""
+    return sorted(Path(path) for name in class_names(folder, split)
+                  for path in class_folder_contents(folder / split / name)[0])
 
 
 def in_test_folder(path):
@@ -262,20 +300,13 @@ def in_test_folder(path):
 
 def cifar10_block(classes, subset=None, item_tfms=(), skip=frozenset()):
     """ImageBlock and CategoryBlock, split by the train/ and test/ folders, labelled by the parent
-    folder. Resize(32) lets the exported learner take images of any size."""
+    folder. Resize squashes any other size to 32x32 in the exported learner, as the decoded pixels
+    and predict.py do (images.read_rgb32); fastai's default would crop."""
     return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)),
                      get_items=partial(cifar10_items, subset=subset, skip=skip),
                      splitter=FuncSplitter(in_test_folder),
                      get_y=parent_label,
-                     item_tfms=[Resize(IMAGE_SIZE), *item_tfms])
-
-
-def read_image(path):
-    """(RGB uint8 HWC 32x32 pixels, repairs made); any mode is converted and any size resized."""
-    try:
-        return read_rgb32(path)
-    except Exception as e:
-        raise DataError(f"cannot read image {path} ({type(e).__name__}): remove or replace the file") from None
+                     item_tfms=[Resize(IMAGE_SIZE, method=ResizeMethod.Squish), *item_tfms])
 
 
 def decode(paths):
@@ -286,8 +317,8 @@ def decode(paths):
     repairs = {}
     for i, path in enumerate(paths):
         try:
-            images[i], changes = read_image(path)
-        except DataError:
+            images[i], changes = read_rgb32(path)
+        except UnreadableImage:
             readable[i] = False
             continue
         for change in changes:
@@ -420,9 +451,11 @@ def valid_batch_size(n_images, bs):
 def skip_unreadable(folder, dsets, readable, classes, subset):
     """A corrupt training image is left out and counted; the test set must stay whole."""
     unreadable = [p for p, ok in zip(dsets.items, readable) if not ok]
-    for path in unreadable:
-        if in_test_folder(path):
-            read_image(path)  # raises the DataError that names the file
+    for path in filter(in_test_folder, unreadable):
+        try:
+            read_rgb32(path)
+        except UnreadableImage as e:
+            raise DataError(str(e)) from e  # train_fastai.py reports a DataError in one line
     warn(f"skipped {len(unreadable)} unreadable training images (such as {unreadable[0]}): "
          "remove or replace them to silence this")
     block = cifar10_block(classes, subset, skip=frozenset(unreadable))

@@ -4,15 +4,28 @@ new names that never take an existing one's place."""
 import json
 import os
 from contextlib import contextmanager
+from functools import cache
+
+from errors import BadInput
+
+
+@cache
+def new_file_mode():
+    """The mode open() gives a new file: 0666 less the umask, which can only be read by setting it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextmanager
 def atomic(path):
-    """A temporary name to write `path` under; renamed to `path` once written."""
+    """A temporary name to write `path` under; renamed to `path` once written, with the mode a
+    file that open() creates gets (safetensors writes its files 0600)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         yield tmp
         if tmp.exists():  # fastai's export writes nothing in all but the main process
+            os.chmod(tmp, new_file_mode())
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -26,6 +39,17 @@ def write_json(path, obj):
 def write_csv(path, table):
     with atomic(path) as tmp:
         table.to_csv(tmp, index=False)
+
+
+def check_new_file(path, flag):
+    """Refuse, before any work, the output file a flag names if it would overwrite something or
+    has no folder to go into."""
+    if path.is_dir():
+        raise BadInput(f"{flag} {path} is a folder: give {flag} a file name")
+    if path.exists():
+        raise BadInput(f"{path} exists already: give {flag} a new file name")
+    if not path.parent.is_dir():
+        raise BadInput(f"{path.parent} is not a folder: give {flag} a file in an existing folder, or create it first")
 
 
 def save_figure(fig, path):

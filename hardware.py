@@ -1,6 +1,7 @@
 """The machine a run runs on: its device and precision, seeding, what to call it in the outputs,
 and, on a CPU, how long the run will take."""
 import copy
+import functools
 import os
 import platform
 import time
@@ -10,6 +11,9 @@ import torch
 from fastai.vision.all import set_seed
 
 from settings import UsageError
+
+# What torch says when an allocation fails, on the CPU (DefaultCPUAllocator) or elsewhere.
+OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")
 
 
 def resolve_device(name):
@@ -95,3 +99,23 @@ def print_cpu_estimate(learn, model, finder_iters, epochs, final_passes):
     duration = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
     print(f"CPU only: this run will take about {duration} ({trained} training images at {train_rate:.0f}/s and "
           f"{evaluated} test images at {eval_rate:.0f}/s here); a GPU takes seconds")
+
+
+def out_of_memory(error):
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and any(message in str(error) for message in OUT_OF_MEMORY_MESSAGES))
+
+
+def reports_out_of_memory(run):
+    """`run(args)`, where running out of memory, on the GPU or the CPU, from the model's creation
+    to the last test pass, is one line naming the two flags that size the run."""
+    @functools.wraps(run)
+    def checked_run(args):
+        try:
+            return run(args)
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            if not out_of_memory(e):
+                raise
+            raise UsageError(f"out of memory for CustomResNet --width {args.width} in batches of --bs {args.bs}: "
+                             "lower --width (64 is the recipe) or --bs") from e
+    return checked_run

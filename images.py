@@ -1,8 +1,25 @@
 """Any image file as the 32x32 RGB uint8 pixels the model takes, and what had to change."""
+import mimetypes
+import os
+
 import numpy as np
 from PIL import Image
 
+from errors import BadInput
+
 IMAGE_SIZE = 32
+# fastai's `image_extensions`, computed as fastai computes it (after reading the system's
+# mime.types), without importing fastai: predict.py must start fast.
+mimetypes.init()
+IMAGE_EXTENSIONS = frozenset(ext for ext, kind in mimetypes.types_map.items() if kind.startswith("image/"))
+
+
+class UnreadableImage(BadInput):
+    """An image file that PIL cannot decode."""
+
+
+def has_image_extension(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def to_rgb(image):
@@ -14,11 +31,18 @@ def to_rgb(image):
 
 def read_rgb32(path):
     """(HWC uint8 pixels, repairs): repairs names each change, e.g. ["mode L", "size 40x20"].
-    Raises what PIL raises on a file it cannot read."""
-    with Image.open(path) as image:
-        image.load()  # a truncated file fails here, not later
-        repairs = [] if image.mode == "RGB" else [f"mode {image.mode}"]
-        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-            repairs.append("size {}x{}".format(*image.size))
-            image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-        return np.asarray(to_rgb(image)), repairs
+    Converted to RGB first, then squashed to 32x32 with PIL's bilinear filter, as fastai's
+    `PILImage.create` and `Resize(method=ResizeMethod.Squish)` do in an exported learner.
+    Raises UnreadableImage, naming the file, for a file PIL cannot decode."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # a truncated file fails here, not later
+            repairs = [] if image.mode == "RGB" else [f"mode {image.mode}"]
+            rgb = to_rgb(image)
+    except Exception as e:  # PIL raises many kinds on a damaged file: OSError, SyntaxError, struct.error...
+        raise UnreadableImage(f"cannot read image {path} ({type(e).__name__}): replace it with an image "
+                              "PIL reads (PNG, JPEG, ...) or remove it") from e
+    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+        repairs.append("size {}x{}".format(*rgb.size))
+        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    return np.asarray(rgb), repairs

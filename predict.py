@@ -8,11 +8,14 @@ predicts without training. With --run it reads RUN_DIR/model.safetensors and RUN
 Both are plain tensors and JSON, which cannot run code. `--pickle` loads RUN_DIR/export.pkl with
 fastai's `load_learner` instead; unpickling runs whatever code the file names, so use it only
 on runs you made yourself.
-Any image size or mode is accepted: it is converted to RGB and resized to 32x32.
+Any image size or mode is accepted: it is converted to RGB and squashed (not cropped) to 32x32,
+as in training.
 """
 import argparse
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +25,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from customresnet import CustomResNet
-from files import atomic
-from images import read_rgb32
+from errors import BadInput, one_line_errors
+from files import atomic, check_new_file
+from images import has_image_extension, read_rgb32
 
 REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# What fastai's import and load_learner warn of (torch.jit.script's deprecation, pickle's risk):
+# predict's own note says what matters to a user of --pickle.
+LIBRARY_WARNINGS = (".*torch.jit.script.*deprecated", "load_learner` uses Python's insecure pickle")
+CLASSES_FIX = "give the classes.json that train_fastai.py wrote with these weights"
 
 
-class PredictError(Exception):
+class PredictError(BadInput):
     """A problem with predict's input, worded as one line that says what to do."""
 
 
@@ -50,26 +57,42 @@ def weights_files(run_dir):
     return files
 
 
-def load_model(weights, meta):
-    """CustomResNet with the given weights, its class names and its normalisation."""
+def read_classes(meta):
+    """The class names and the normalisation (mean, std as (3, 1, 1) tensors) in classes.json, or
+    the reference's .json. A std of 0 would make every probability NaN, so it is refused."""
+    try:
+        info = json.loads(meta.read_text())
+        classes = list(info["classes"])
+        mean, std = (np.asarray(info[key], dtype=np.float64) for key in ("mean", "std"))
+    except (ValueError, KeyError, TypeError) as e:  # not JSON (or not UTF-8), a key missing, a value not numbers
+        raise PredictError(f"{meta} cannot be read as class names and normalisation ({type(e).__name__}: {e}): "
+                           f"{CLASSES_FIX}") from e
+    if not all(isinstance(name, str) for name in classes):
+        raise PredictError(f"{meta}: \"classes\" must be a list of class names: {CLASSES_FIX}")
+    if mean.shape != (3,) or std.shape != (3,) or not np.isfinite([mean, std]).all() or (std <= 0).any():
+        raise PredictError(f"{meta}: \"mean\" and \"std\" must be 3 finite numbers each, one per RGB channel, "
+                           f"and std above 0, not {info['mean']} and {info['std']}: {CLASSES_FIX}")
+    mean, std = (torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (mean, std))
+    return classes, mean, std
+
+
+def load_model(weights):
+    """CustomResNet with the given weights; its width and number of classes are read off them."""
     try:
         state = load_file(weights)
-        info = json.loads(meta.read_text())
-        classes, mean, std = info["classes"], info["mean"], info["std"]
-        # The width is not stored separately: the prep layer's conv says it.
-        model = CustomResNet(num_classes=len(classes), width=state["prep.0.weight"].shape[0])
+        model = CustomResNet(num_classes=state["head.2.bias"].shape[0], width=state["prep.0.weight"].shape[0])
         model.load_state_dict(state)  # the reference's fp16 tensors are copied into fp32 parameters
     except (SafetensorError, KeyError, RuntimeError, ValueError) as e:
         raise PredictError(f"{weights} does not hold CustomResNet weights that train_fastai.py wrote "
-                           f"({type(e).__name__}): train a run first") from None
-    return model.eval(), classes, torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+                           f"({type(e).__name__}): train a run first") from e
+    return model.eval()
 
 
 def image_paths(inputs):
     paths = []
     for given in map(Path, inputs):
         if given.is_dir():
-            paths += sorted(p for p in given.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            paths += sorted(p for p in given.rglob("*") if has_image_extension(p.name) and p.is_file())
         elif given.is_file():
             paths.append(given)
         else:
@@ -79,48 +102,73 @@ def image_paths(inputs):
     return paths
 
 
-def read_image(path):
-    try:
-        return read_rgb32(path)[0]
-    except Exception as e:
-        raise PredictError(f"cannot read image {path} ({type(e).__name__}): give PNG, JPEG or another "
-                           "image format PIL reads") from None
-
-
 @torch.no_grad()
 def predict_safetensors(run_dir, paths):
-    model, classes, mean, std = load_model(*weights_files(run_dir))
-    images = torch.from_numpy(np.stack([read_image(p) for p in paths])).permute(0, 3, 1, 2)
+    weights, meta = weights_files(run_dir)
+    classes, mean, std = read_classes(meta)
+    model = load_model(weights)
+    outputs = model.head[-1].out_features
+    if outputs != len(classes):
+        raise PredictError(f"{meta} names {len(classes)} classes, but {weights} has {outputs} outputs: {CLASSES_FIX}")
+    images = torch.from_numpy(np.stack([read_rgb32(p)[0] for p in paths])).permute(0, 3, 1, 2)
     probs = [model(((batch.float() / 255 - mean) / std)).softmax(1) for batch in images.split(512)]
     return torch.cat(probs), classes
 
 
+def load_exported_learner(export):
+    """fastai's learner in export.pkl. Unpickling it runs the code the file names, so a note says so first."""
+    print(f"note: unpickling {export} runs code named in the file; use --pickle only on your own runs",
+          file=sys.stderr)
+    with warnings.catch_warnings():
+        for message in LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        # fastai is needed only to unpickle the learner, and takes seconds to import.
+        from fastai.learner import load_learner
+        try:
+            return load_learner(export, cpu=True)
+        except Exception as e:  # unpickling raises whatever the file's code does: the file is at fault
+            raise PredictError(f"{export} is not a learner that train_fastai.py exported ({type(e).__name__}); "
+                               "whatever code it names has run: delete it, and give --pickle only runs you "
+                               "made") from e
+
+
 def predict_pickle(run_dir, paths):
-    # fastai is needed only to unpickle the learner, and takes seconds to import.
-    from fastai.learner import load_learner
     export = run_dir / "export.pkl"
     if not export.is_file():
         raise PredictError(f"{export} is missing: give the folder of a finished training run")
-    print(f"note: unpickling {export} runs code named in the file; use --pickle only on your own runs",
-          file=sys.stderr)
     for path in paths:
-        read_image(path)  # one clear error for an unreadable file, before fastai's own
-    learn = load_learner(export, cpu=True)
+        read_rgb32(path)  # one clear error for an unreadable file, before fastai's own
+    learn = load_exported_learner(export)
     with learn.no_bar():
         probs, _ = learn.get_preds(dl=learn.dls.test_dl(paths, num_workers=0))
     return probs, list(learn.dls.vocab)
+
+
+def display_name(path):
+    """The path as text that prints and goes into a UTF-8 CSV: bytes of the name that are not
+    UTF-8 are written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def predictions_table(paths, probs, classes, topk):
     top_probs, top_idxs = probs.topk(min(topk, len(classes)), dim=1)
     rows = []
     for path, ps, idxs in zip(paths, top_probs.tolist(), top_idxs.tolist()):
-        row = {"image": str(path)}
+        row = {"image": display_name(path)}
         for rank, (p, i) in enumerate(zip(ps, idxs), 1):
             suffix = "" if rank == 1 else f"_{rank}"
             row[f"class{suffix}"], row[f"probability{suffix}"] = classes[i], round(p, 4)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def check_arguments(args):
+    if args.csv:
+        check_new_file(args.csv, "--csv")
+    if args.run_dir is not None and not args.run_dir.is_dir():
+        raise PredictError(f"{args.run_dir} is not a folder: give --run a run folder written by train_fastai.py")
+    if args.pickle and args.run_dir is None:
+        raise PredictError("--pickle loads a run folder's export.pkl: give --run RUN_DIR")
 
 
 def main(argv=None):
@@ -129,20 +177,15 @@ def main(argv=None):
     p.add_argument("--run", type=Path, dest="run_dir",
                    help="a run folder written by train_fastai.py (default: the reference checkpoint in models/)")
     p.add_argument("--topk", type=int, default=1, help="also show the next most likely classes (default 1)")
-    p.add_argument("--csv", type=Path, help="also write the predictions to this CSV file")
+    p.add_argument("--csv", type=Path, help="also write the predictions to this CSV file (never overwritten)")
     p.add_argument("--pickle", action="store_true",
                    help="load export.pkl with fastai (runs code from the file) instead of model.safetensors")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
     if args.topk < 1:
         p.error(f"--topk must be at least 1, not {args.topk}")
-    try:
-        if args.csv and args.csv.exists():
-            raise PredictError(f"{args.csv} exists already: give --csv a new file name")
-        if args.run_dir is not None and not args.run_dir.is_dir():
-            raise PredictError(f"{args.run_dir} is not a folder: give --run a run folder written by train_fastai.py")
-        if args.pickle and args.run_dir is None:
-            raise PredictError("--pickle loads a run folder's export.pkl: give --run RUN_DIR")
+    with one_line_errors(args.debug):
+        check_arguments(args)
         paths = image_paths(args.images)
         predict = predict_pickle if args.pickle else predict_safetensors
         probs, classes = predict(args.run_dir, paths)
@@ -151,11 +194,6 @@ def main(argv=None):
         if args.csv:
             with atomic(args.csv) as tmp:
                 table.to_csv(tmp, index=False)
-    except PredictError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

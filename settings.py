@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from errors import BadInput
+
 # The recipe (Myrtle's DAWNBench ResNet): the values a flag left unset takes. "seed" is the spec.
 # "fast" departs from it for the shortest time to 94%, with the tricks of Myrtle's "How to train
 # your ResNet" that keep the network and optimiser: fewer epochs, label smoothing 0.2, flip TTA.
@@ -25,7 +27,7 @@ RUN_SETTINGS = ("preset", "epochs", "peak_epoch", "bs", "lr_max", "lr_min", "wd"
 UNSET = object()
 
 
-class UsageError(Exception):
+class UsageError(BadInput):
     """A bad flag or setting, worded as one line that says what to do."""
 
 

@@ -40,9 +40,9 @@ from checkpoint import Interrupted, data_fingerprint, fit, load_checkpoint, resu
 from customresnet import CustomResNet
 from data import cifar10_dataloaders, cifar10_folder
 from distributed import as_if_alone, join_processes, scratch_folder, split_batches
-from failures import one_line, reports_out_of_memory
+from errors import one_line_errors
 from files import write_json
-from hardware import (device_name, print_cpu_estimate, resolve_device, resolve_precision,
+from hardware import (device_name, print_cpu_estimate, reports_out_of_memory, resolve_device, resolve_precision,
                       seed_everything)
 from lr_schedule import find_lr, one_cycle
 from optimizer import fused_adamw
@@ -56,23 +56,18 @@ from settings import UsageError, member
 def main(argv=None):
     matplotlib.use("Agg")  # every figure goes to a file; never open a window
     args = settings.parse_args(argv, __doc__)
-    try:
-        if len(args.points) * args.runs == 1:
-            run(member(args, args.points[0]))
-        else:
-            run_group(args)
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("interrupted before training: nothing to resume", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:
-        problem = one_line(e)  # None for a programming error, which keeps its traceback
-        if problem is None or args.debug:
-            raise
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    with one_line_errors(args.debug):  # bad input, the machine's included: one line, exit status 2
+        try:
+            if len(args.points) * args.runs == 1:
+                run(member(args, args.points[0]))
+            else:
+                run_group(args)
+        except Interrupted as e:
+            print(e, file=sys.stderr)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            print("interrupted before training: nothing to resume", file=sys.stderr)
+            sys.exit(130)
 
 
 def make_learner(dls, args, run_dir, precision):

@@ -2,11 +2,14 @@
 `error:` naming the problem and the fix, exit 2, no traceback) and what it repairs with a warning.
 
 A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` builds the input and
-returns the command line; tool "train" and "predict" run the CLIs, "data" builds the DataLoaders."""
+returns the command line; tools "train", "predict" and "compare" run the CLIs, "data" builds the
+DataLoaders."""
 import errno
+import io
 import json
 import os
 import pickle
+import shutil
 import tarfile
 
 import numpy as np
@@ -14,22 +17,23 @@ import pytest
 import torch
 from PIL import Image
 
+import compare
 import predict
 from conftest import CLASSES, GIVEN_LRS, write_folder, write_python_batches, write_tgz
 from data import DataError, cifar10_dataloaders, cifar10_folder
-from failures import one_line
+from errors import unexpected_line
 from train_fastai import main
 
 MARKER = "pwned"  # what a malicious pickle would create
 
 
 class Payload:
-    """Unpickling this creates the file MARKER next to `where`: code run from a data file."""
-    def __init__(self, where):
-        self.where = where
+    """Unpickling this creates the file `name` (MARKER unless told) in `where`: code run from a data file."""
+    def __init__(self, where, name=MARKER):
+        self.where, self.name = where, name
 
     def __reduce__(self):
-        return (open, (str(self.where / MARKER), "w"))
+        return (open, (str(self.where / self.name), "w"))
 
 
 def data(folder):
@@ -253,6 +257,96 @@ def unreadable_image(tmp, folder, run):
     return ["--run", str(run), str(tmp / "images")]
 
 
+# Odd files (1): data quirks and unsafe archives -------------------------------------------
+
+def in_cat_folder(make_entry):
+    """A data folder with something odd in train/cat/: `make_entry(train/cat)` makes it."""
+    def make(tmp, folder, run):
+        make_entry(folder / "train" / "cat")
+        return data(folder)
+    return make
+
+
+def image_in_subfolder(cat, subfolder="sub"):
+    (cat / subfolder).mkdir()
+    shutil.copy(cat / "0000.png", cat / subfolder / "0000.png")
+
+
+def archive_with(member_name):
+    """The tiny data set as a .tgz, plus one member named `member_name`."""
+    def make(tmp, folder, run):
+        with tarfile.open(tmp / "x.tgz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar10")
+            member = tarfile.TarInfo(member_name)  # tar.add would drop a leading /
+            member.size = len(b"outside")
+            tar.addfile(member, io.BytesIO(b"outside"))
+        return data(tmp / "x.tgz")
+    return make
+
+
+# Odd files (2): predict's outputs and files ------------------------------------------------
+
+def predict_csv(csv):
+    """predict on the images, with --csv tmp/`csv`."""
+    return lambda tmp, folder, run: ["--run", str(run), str(tmp / "images"), "--csv", str(tmp / csv)]
+
+
+def malicious_export(tmp, folder, run):
+    (run / "export.pkl").write_bytes(pickle.dumps(Payload(tmp, "export-code-ran")))
+    return ["--run", str(run), str(tmp / "images"), "--pickle"]
+
+
+def classes_json(**values):
+    """predict on the run, its classes.json with `values` in place of its own."""
+    def make(tmp, folder, run):
+        info = json.loads((run / "classes.json").read_text())
+        (run / "classes.json").write_text(json.dumps({**info, **values}))
+        return ["--run", str(run), str(tmp / "images")]
+    return make
+
+
+def classes_json_not_json(tmp, folder, run):
+    (run / "classes.json").write_text('{"classes": [')
+    return ["--run", str(run), str(tmp / "images")]
+
+
+# Odd files (3): compare's files and outputs ------------------------------------------------
+
+def finished_run(run_dir):
+    """The files compare.py reads of a finished run, for one epoch."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"lr_max": 0.01, "seed": 0}))
+    (run_dir / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "fit_seconds": 1.0, "epochs": 1}))
+    (run_dir / "history.csv").write_text("epoch,accuracy\n0,0.5\n")
+    (run_dir / "lr_schedule.csv").write_text("epoch,lr\n0,0.01\n")
+    (run_dir / "report.html").write_text("<html></html>")
+    return run_dir
+
+
+def compare_run(change=lambda run_dir: None, png="figure.png"):
+    """compare.py on a finished run, its files changed by `change`, with --png tmp/`png`."""
+    def make(tmp, folder, run):
+        run_dir = finished_run(tmp / "runs" / "r1")
+        change(run_dir)
+        return [str(run_dir), "--png", str(tmp / png)]
+    return make
+
+
+def compare_out_is_a_file(tmp, folder, run):
+    """compare.py with its default figure under an --out that is a file."""
+    (tmp / "runs-file").write_text("not a folder")
+    return [str(finished_run(tmp / "runs" / "r1")), "--out", str(tmp / "runs-file")]
+
+
+def compare_index(text):
+    """compare.py over the runs of tmp/runs/index.csv, which holds `text`."""
+    def make(tmp, folder, run):
+        finished_run(tmp / "runs" / "r1")
+        (tmp / "runs" / "index.csv").write_text(text)
+        return ["--out", str(tmp / "runs"), "--png", str(tmp / "figure.png")]
+    return make
+
+
 # Repairs: what the data looks like afterwards ----------------------------------------------
 
 def train_images(n):
@@ -279,7 +373,7 @@ CASES = {
     "a class folder with no images": ("train", class_without_images, REFUSE, "has no image files", None),
     "corrupt test image": ("train", corrupt_test_image, REFUSE, "cannot read image", None),
     "truncated archive": ("train", truncated_archive, REFUSE, "is damaged", None),
-    "archive escaping its folder": ("train", archive_escaping_its_folder, REFUSE, "is damaged", None),
+    "archive escaping its folder": ("train", archive_escaping_its_folder, REFUSE, "refused as unsafe", None),
     "truncated python batch": ("train", truncated_python_batch, REFUSE, "not a readable CIFAR-10 python batch", None),
     "malicious python batch": ("train", malicious_python_batch, REFUSE, "not a readable CIFAR-10 python batch", None),
     "other than 10 classes": ("data", more_classes, REPAIR, "11 class folders", lambda dls: len(dls.vocab) == 11),
@@ -366,6 +460,49 @@ CASES = {
     "image it cannot open": ("predict", unreadable_image, REFUSE, "cannot read image", None),
     "missing image": ("predict", predict_args("nope.png"), REFUSE, "does not exist", None),
     "topk zero": ("predict", predict_args("x.png", "--topk", "0"), REFUSE, "--topk must be at least 1", None),
+    # odd files (1): data quirks and unsafe archives
+    "a subfolder in a class folder": ("data", in_cat_folder(image_in_subfolder), REPAIR,
+                                      "folders inside class folders", train_images(80)),
+    "a folder named like an image": ("data", in_cat_folder(lambda cat: image_in_subfolder(cat, "odd.jpg")), REPAIR,
+                                     "folders inside class folders", train_images(80)),
+    "a symlink loop": ("data", in_cat_folder(lambda cat: os.symlink("..", cat / "loop")), REPAIR,
+                       "folders inside class folders", train_images(80)),
+    "an image name linked to itself": ("data", in_cat_folder(lambda cat: os.symlink("self.png", cat / "self.png")),
+                                       REPAIR, "not images", train_images(80)),
+    "an image name linked to nothing": ("data", in_cat_folder(lambda cat: os.symlink("gone.png", cat / "link.png")),
+                                        REPAIR, "not images", train_images(80)),
+    "archive member with an absolute name": ("train", archive_with("/evil.txt"), REFUSE, "refused as unsafe", None),
+    # odd files (2): predict's outputs and files
+    "--csv into a missing folder": ("predict", predict_csv("nope/x.csv"), REFUSE,
+                                    "give --csv a file in an existing folder", None),
+    "--csv naming a folder": ("predict", predict_csv("images"), REFUSE,
+                              "is a folder: give --csv a file name", None),
+    "a malicious export.pkl under --pickle": ("predict", malicious_export, REFUSE,
+                                              "is not a learner that train_fastai.py exported", None),
+    "classes.json with a zero std": ("predict", classes_json(std=[0.25, 0, 0.25]), REFUSE, "and std above 0", None),
+    "classes.json with a negative std": ("predict", classes_json(std=[0.25, -0.25, 0.25]), REFUSE, "and std above 0",
+                                         None),
+    "classes.json with a NaN std": ("predict", classes_json(std=[0.25, float("nan"), 0.25]), REFUSE,
+                                    "3 finite numbers", None),
+    "classes.json with 2 std values": ("predict", classes_json(std=[0.25, 0.25]), REFUSE, "3 finite numbers", None),
+    "classes.json that is not JSON": ("predict", classes_json_not_json, REFUSE,
+                                      "classes.json cannot be read as class names", None),
+    "classes.json with more classes than outputs": ("predict", classes_json(classes=[*CLASSES, "zebra"]), REFUSE,
+                                                    "names 11 classes, but", None),
+    # odd files (3): compare's files and outputs
+    "a damaged summary.json": ("compare", compare_run(change=lambda r: (r / "summary.json").write_text("{")), REFUSE,
+                               "summary.json is damaged", None),
+    "a damaged index.csv": ("compare", compare_index("run,seed\nr1,0\nr2,0,extra,fields\n"), REFUSE,
+                            "index.csv is damaged", None),
+    "an index.csv with no run column": ("compare", compare_index("seed\n0\n"), REFUSE, "no column run", None),
+    "a crashed run given to compare": ("compare", compare_run(change=lambda r: (r / "report.html").unlink()),
+                                       REFUSE, "is not a finished training run (no report.html)", None),
+    "--png into a missing folder": ("compare", compare_run(png="nope/x.png"), REFUSE,
+                                    "give --png a file in an existing folder", None),
+    "--png with a suffix matplotlib cannot write": ("compare", compare_run(png="figure.txt"), REFUSE,
+                                                    "matplotlib cannot write a figure as figure.txt", None),
+    "an --out that is a file (an error no check foresees)": ("compare", compare_out_is_a_file, REFUSE,
+                                                             "runs-file: File exists: fix the path", None),
 }
 
 
@@ -375,7 +512,7 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
     if tool == "data":
         dls, _ = cifar10_dataloaders(cifar10_folder(argv[1]), bs=8, device="cpu")
     else:
-        cli = main if tool == "train" else predict.main
+        cli = {"train": main, "predict": predict.main, "compare": compare.main}[tool]
         extra = ["--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16"] if tool == "train" else []
         with pytest.raises(SystemExit) as e:
             cli([*extra, *argv])
@@ -396,6 +533,8 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--data", str(tmp_path / "nope"), "--debug"])
     with pytest.raises(predict.PredictError, match="is not a folder"):
         predict.main(["--run", str(tmp_path / "nope"), str(tmp_path), "--debug"])
+    with pytest.raises(compare.CompareError, match="is not a folder"):
+        compare.main([str(tmp_path / "nope"), "--debug"])
 
 
 # Issue 9, train side: failures no check before the run can foresee -------------------------
@@ -430,8 +569,8 @@ def test_a_file_system_failure_midway_is_one_line_and_keeps_what_the_run_finishe
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        f"error: {denied.filename}: Permission denied: fix the path or its permissions, or free disk space; what the "
-        "run finished stays on disk (rerun with --debug for the traceback)")
+        f"error: {denied.filename}: Permission denied: fix the path or its permissions, or free disk space (rerun "
+        "with --debug for the traceback)")
     run_dir, = (tmp_path / "runs").iterdir()
     for name in ("config.json", "history.csv", "curves.png", "summary.json", "model.safetensors"):
         assert (run_dir / name).is_file(), name
@@ -446,5 +585,5 @@ def test_a_programming_error_keeps_its_traceback(tmp_path, tiny_folder, monkeypa
 
 def test_text_in_another_encoding_is_one_line_naming_it():
     error = UnicodeDecodeError("utf-8", b"\xffcat.png", 0, 1, "invalid start byte")
-    assert one_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
+    assert unexpected_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
                                "for the traceback)")

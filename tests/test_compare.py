@@ -125,3 +125,28 @@ def test_compare_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert "is not a folder" in compare_error([str(tmp_path / "missing")], capsys)
     (tmp_path / "notarun").mkdir()
     assert "is not a finished training run" in compare_error([str(tmp_path / "notarun")], capsys)
+
+
+def copy_of_runs(finished_sweep, tmp_path):
+    """The sweep's runs folder (its runs and index.csv), copied to be changed."""
+    out, group, _ = finished_sweep
+    return shutil.copytree(out, tmp_path / "runs"), [tmp_path / "runs" / run.name for run in members(group)]
+
+
+def test_index_skips_a_run_that_did_not_finish_and_names_it(finished_sweep, tmp_path, capsys):
+    out, runs = copy_of_runs(finished_sweep, tmp_path)
+    (runs[0] / "report.html").unlink()  # crashed after its summary: the export failed, say
+    compare.main(["--out", str(out), "--png", str(tmp_path / "figure.png")])
+    printed = capsys.readouterr()
+    assert f"warning: skipping {runs[0]}: it has no report.html" in printed.err
+    assert runs[0].name not in printed.out and all(run.name in printed.out for run in runs[1:])
+
+
+def test_the_default_figure_is_a_new_file_under_out_not_in_the_current_folder(finished_sweep, tmp_path, capsys,
+                                                                              monkeypatch):
+    out, _ = copy_of_runs(finished_sweep, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    compare.main(["--out", str(out)])
+    figure, = out.glob("compare-*.png")
+    assert f"figure: {figure}" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]

@@ -10,6 +10,7 @@ from fastai.distributed import DistributedDL
 from PIL import Image
 
 import data
+import images
 from conftest import CLASSES, class_value, write_folder, write_python_batches, write_tgz
 from data import (DeviceDataLoader, channel_stats, cifar10_dataloaders, cifar10_folder, cifar10_items,
                   valid_batch_size)
@@ -66,8 +67,8 @@ def test_training_batches_are_augmented_and_test_batches_are_not(tiny_folder):
 def test_decoded_pixels_are_cached_and_refreshed_when_a_file_changes(tiny_folder, monkeypatch):
     load(tiny_folder)
     calls = []
-    real_read = data.read_image
-    monkeypatch.setattr(data, "read_image", lambda p: calls.append(p) or real_read(p))
+    real_read = data.read_rgb32
+    monkeypatch.setattr(data, "read_rgb32", lambda p: calls.append(p) or real_read(p))
     load(tiny_folder)
     assert calls == []
     changed = tiny_folder / "test" / "cat" / "0000.png"
@@ -215,3 +216,14 @@ def test_the_seed_sets_the_training_order(tiny_folder):
         return [y.tolist() for _, y in load(tiny_folder, seed=seed)[1].train]
 
     assert labels(0) == labels(0) != labels(1)
+
+
+def test_image_files_are_told_by_fastais_extensions():
+    from fastai.vision.all import image_extensions
+    assert images.IMAGE_EXTENSIONS == image_extensions
+
+
+def test_hidden_folders_are_not_classes_in_test_either(tiny_folder):
+    (tiny_folder / "test" / ".ipynb_checkpoints").mkdir()
+    _, dls, _ = load(tiny_folder)
+    assert list(dls.vocab) == CLASSES

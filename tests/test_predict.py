@@ -1,9 +1,19 @@
+import json
+import os
 import pickle
+import subprocess
+import sys
+import warnings
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+from safetensors.torch import save_file
 
 import predict
+from conftest import REPO
+from customresnet import CustomResNet
 
 
 def run_predict(capsys, *args):
@@ -43,3 +53,50 @@ def test_pickle_is_only_loaded_when_asked(run_dir, images, capsys):
     (run_dir / "export.pkl").write_bytes(pickle.dumps(Payload()))
     run_predict(capsys, "--run", run_dir, images / "a.png")
     assert not (run_dir / "pwned").exists()
+
+
+def test_image_names_that_are_not_utf8_are_printed_and_written_with_their_bytes_escaped(run_dir, images, tmp_path,
+                                                                                        capsys):
+    Image.open(images / "a.png").save(os.fsencode(images / "caf") + b"\xe9.png")  # Latin-1 é: not UTF-8
+    csv = tmp_path / "out.csv"
+    out = run_predict(capsys, "--run", run_dir, images, "--csv", csv)
+    assert "caf\\xe9.png" in out
+    assert any(name.endswith("caf\\xe9.png") for name in pd.read_csv(csv).image)
+
+
+@pytest.fixture
+def exported_run(tmp_path, tiny_folder):
+    """A run folder with the same untrained thin model as export.pkl and as model.safetensors with
+    classes.json, the way train_fastai.py writes them."""
+    from fastai.vision.all import CrossEntropyLossFlat, Learner
+
+    from data import cifar10_dataloaders
+    dls, (mean, std) = cifar10_dataloaders(tiny_folder, bs=8, device="cpu")
+    learn = Learner(dls, CustomResNet(width=8), loss_func=CrossEntropyLossFlat())
+    run = tmp_path / "exported"
+    run.mkdir()
+    learn.export(run / "export.pkl")
+    save_file(learn.model.state_dict(), run / "model.safetensors")
+    (run / "classes.json").write_text(json.dumps({"classes": list(dls.vocab), "mean": mean, "std": std}))
+    return run
+
+
+def test_pickle_and_safetensors_squash_a_non_square_image_alike(exported_run, tmp_path, capsys):
+    image = tmp_path / "wide.png"  # noise: cropping it and squashing it give different pixels
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(image)
+    safetensors_out = run_predict(capsys, "--run", exported_run, image, "--topk", 10)
+    assert run_predict(capsys, "--run", exported_run, image, "--topk", 10, "--pickle") == safetensors_out
+
+
+def test_pickle_shows_our_note_and_no_library_warnings(exported_run, images, capsys):
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        predict.main(["--run", str(exported_run), str(images), "--pickle"])
+    assert [str(warning.message) for warning in shown] == []
+    assert capsys.readouterr().err.startswith("note: unpickling")
+
+
+def test_predict_starts_without_importing_fastai():
+    script = "import sys, predict; print('fastai' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -1,0 +1,43 @@
+"""What the tools tell a user about their input: one `warning:` line for what they repaired, and
+for what they refuse one line `error: <the problem>: <the fix>` with exit status 2, no traceback
+(`--debug` shows it)."""
+import sys
+from contextlib import contextmanager
+
+DEBUG_HINT = "rerun with --debug for the traceback"
+
+
+class BadInput(Exception):
+    """A problem with what the user gave a tool, worded as one line: `<the problem>: <the fix>`."""
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def unexpected_line(error):
+    """The line for an OSError or a UnicodeError that no check of ours foresaw, or None for any
+    other exception. Those two are the user's whatever raises them: the file system's (a missing
+    folder, no permission, a full disk) and text in another encoding than it claims. ValueError,
+    TypeError and the like are mostly our own mistakes and keep their traceback, so the user's
+    files are checked where they are read."""
+    if isinstance(error, OSError):
+        path = error.filename or "a file"
+        return f"{path}: {error.strerror or error}: fix the path or its permissions, or free disk space ({DEBUG_HINT})"
+    if isinstance(error, (UnicodeEncodeError, UnicodeDecodeError)):  # the two that hold their text
+        return f"{error.object[:80]!r}: {error.reason}: use UTF-8 names and files ({DEBUG_HINT})"
+    return None
+
+
+@contextmanager
+def one_line_errors(debug):
+    """Bad input raised inside the block ends the tool with its one `error:` line and exit status 2;
+    with `debug`, and for a programming error, the traceback instead."""
+    try:
+        yield
+    except Exception as e:
+        line = str(e) if isinstance(e, BadInput) else unexpected_line(e)
+        if debug or line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
