@@ -40,7 +40,7 @@ import airbench94  # noqa: E402
 import fastai_stock  # noqa: E402
 import ours  # noqa: E402
 import seed_style  # noqa: E402
-from data import cifar10_folder  # noqa: E402
+from data import cache_root, cifar10_folder  # noqa: E402
 from files import unused_names, write_json  # noqa: E402
 from hardware import device_name, library_versions  # noqa: E402
 from measure import bench_device, driver_version, flops_per_image, matmul_peak_tflops  # noqa: E402
@@ -126,12 +126,16 @@ def results_stem(out, device_label):
 
 
 class Tee:
-    """Write to the terminal and to the raw log at once."""
+    """Write to the terminal and to the raw log at once. Folders named in `placeholders` are
+    written as their placeholder (a deleted scratch folder, the data cache): the log is committed,
+    and a path of the machine that ran it means nothing to a reader."""
 
-    def __init__(self, *streams):
-        self.streams = streams
+    def __init__(self, *streams, placeholders=None):
+        self.streams, self.placeholders = streams, placeholders or {}
 
     def write(self, text):
+        for folder, placeholder in self.placeholders.items():
+            text = text.replace(str(folder), placeholder)
         for s in self.streams:
             s.write(text)
         return len(text)
@@ -157,32 +161,30 @@ def skip_reason(args, name, device, work, data):
     return None
 
 
-def run_bench(args, device, results, save):
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        work = Path(tmp)
-        data = data_tensors(args.folder, args.subset)
-        args.train_images = len(data["train"][1])
-        for name in args.rows:
-            runs = []
-            reason = skip_reason(args, name, device, work, data)
-            results["rows"].append(summarize(name, runs, reason))
-            for seed in [] if reason else row_seeds(args, name):
-                runs.append(RUNNERS[name](args, device, seed, work))
-                # Process-wide, and set by whoever ran last (ours: fastai's set_seed; airbench: its import).
-                runs[-1]["cudnn"] = {"benchmark": torch.backends.cudnn.benchmark,
-                                     "deterministic": torch.backends.cudnn.deterministic}
-                print(f"{name}, seed {seed}: {json.dumps(runs[-1])}")
-                if name == "ours" and not args.lrs:
-                    args.lrs = (runs[0]["lr_min"], runs[0]["lr_max"])
-                results["rows"][-1] = summarize(name, runs)
-                add_ratios(results["rows"])
-                save()
-            if reason:
-                print(f"{name}: skipped: {reason}")
-                save()
-        if args.profile:
-            profile_path = args.stem.with_name(args.stem.name + "-profile.txt")
-            ours.profile(args, device, args.lrs or (1e-4, 1e-3), profile_path)
+def run_bench(args, device, work, results, save):
+    data = data_tensors(args.folder, args.subset)
+    args.train_images = len(data["train"][1])
+    for name in args.rows:
+        runs = []
+        reason = skip_reason(args, name, device, work, data)
+        results["rows"].append(summarize(name, runs, reason))
+        for seed in [] if reason else row_seeds(args, name):
+            runs.append(RUNNERS[name](args, device, seed, work))
+            # Process-wide, and set by whoever ran last (ours: fastai's set_seed; airbench: its import).
+            runs[-1]["cudnn"] = {"benchmark": torch.backends.cudnn.benchmark,
+                                 "deterministic": torch.backends.cudnn.deterministic}
+            print(f"{name}, seed {seed}: {json.dumps(runs[-1])}")
+            if name == "ours" and not args.lrs:
+                args.lrs = (runs[0]["lr_min"], runs[0]["lr_max"])
+            results["rows"][-1] = summarize(name, runs)
+            add_ratios(results["rows"])
+            save()
+        if reason:
+            print(f"{name}: skipped: {reason}")
+            save()
+    if args.profile:
+        profile_path = args.stem.with_name(args.stem.name + "-profile.txt")
+        ours.profile(args, device, args.lrs or (1e-4, 1e-3), profile_path)
 
 
 def main(argv=None):
@@ -196,10 +198,10 @@ def main(argv=None):
     args.peak_tflops = matmul_peak_tflops(device, args.matmul_size)
     args.train_flops, args.eval_flops = flops_per_image(args.width, True), flops_per_image(args.width, False)
     results = {
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["bench/bench.py", *argv]),
+        "command": shlex.join(["python", "bench/bench.py", *(sys.argv[1:] if argv is None else argv)]),
         "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device), "driver": driver_version(), "host": platform.node(),
-        "versions": library_versions(), "data": str(args.folder),
+        "versions": library_versions(), "data": args.data or os.environ.get("CIFAR10_DATA"),  # as given, not the cache it unpacks to
         "settings": {k: args.__dict__[k] for k in ("rows", "epochs", "bs", "width", "subset", "workers", "seeds",
                                                    "baseline_seeds", "compile")},
         "seeds": {name: row_seeds(args, name) for name in args.rows},
@@ -211,15 +213,18 @@ def main(argv=None):
     def save():
         write_json(args.stem.with_suffix(".json"), results)
 
-    with open(args.stem.with_suffix(".log"), "w") as log, \
-            redirect_stdout(Tee(sys.stdout, log)), redirect_stderr(Tee(sys.stderr, log)):
-        print(f"bench: {results['command']}\ndevice: {results['device']}, driver {results['driver']}, "
-              f"bf16 matmul {args.peak_tflops:.1f} TFLOP/s measured")
-        save()
-        run_bench(args, device, results, save)
-        results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        save()
-        print(f"results: {args.stem.with_suffix('.json')}")
+    # The raw log is committed: it names the scratch folder, the data cache and the checkout, not where they lie here.
+    with tempfile.TemporaryDirectory(prefix="bench-") as work, open(args.stem.with_suffix(".log"), "w") as log:
+        placeholders = {work: "$SCRATCH", cache_root(): "$CIFAR10_CACHE", REPO: "."}
+        with redirect_stdout(Tee(sys.stdout, log, placeholders=placeholders)), \
+                redirect_stderr(Tee(sys.stderr, log, placeholders=placeholders)):
+            print(f"bench: {results['command']}\ndevice: {results['device']}, driver {results['driver']}, "
+                  f"bf16 matmul {args.peak_tflops:.1f} TFLOP/s measured")
+            save()
+            run_bench(args, device, Path(work), results, save)
+            results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            save()
+            print(f"results: {args.stem.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

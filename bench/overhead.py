@@ -394,9 +394,10 @@ def main(argv=None):
     def save():
         write_json(stem.with_suffix(".json"), results)
 
-    with open(stem.with_suffix(".log"), "w") as log, \
-            redirect_stdout(Tee(sys.stdout, log)), redirect_stderr(Tee(sys.stderr, log)), \
-            tempfile.TemporaryDirectory(prefix="overhead-") as tmp, \
+    # The raw log is committed: it names the scratch folder and the checkout, not where they lie here.
+    with tempfile.TemporaryDirectory(prefix="overhead-") as tmp, open(stem.with_suffix(".log"), "w") as log, \
+            redirect_stdout(Tee(sys.stdout, log, placeholders={tmp: "$SCRATCH", REPO: "."})), \
+            redirect_stderr(Tee(sys.stderr, log, placeholders={tmp: "$SCRATCH", REPO: "."})), \
             mock.patch.dict(os.environ, {"CIFAR10_CACHE": str(Path(tmp) / "cache")}):  # not the user's cache
         print(f"overhead bench: {results['command']}\ndevice: {results['device']}, {results['threads']} threads, "
               f"{precision}\nsettings: {json.dumps(results['settings'])}")
