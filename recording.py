@@ -133,13 +133,14 @@ def quiet(learn):
 
 
 class FailOnHostSync(Callback):
-    """On a GPU, makes any synchronisation with the host during the training batches an error
-    (torch.cuda.set_sync_debug_mode): the proof that nothing in the step makes the host wait. It
-    is lifted before the Recorder's end-of-epoch read. Inert on a CPU, which has nothing to wait for."""
+    """On a GPU, makes any synchronisation with the host during the training batches of a fit an
+    error (torch.cuda.set_sync_debug_mode): the proof that nothing in the step makes the host wait.
+    It is lifted before the Recorder's end-of-epoch read, and off for the LR range test. Inert on
+    a CPU, which has nothing to wait for."""
     order = Recorder.order - 1  # after_train before the Recorder reads the epoch's loss
 
     def before_train(self):
-        if self.dls.device.type == "cuda":
+        if self.dls.device.type == "cuda" and not hasattr(self.learn, "lr_finder"):  # lr_find reads every step
             torch.cuda.set_sync_debug_mode("error")
 
     def after_train(self):

@@ -26,11 +26,13 @@ if [ ! -f "$SITE/.installed" ]; then
   touch "$SITE/.installed"
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export CIFAR10_DATA="$PWD/.carry/cifar10-jpeg.tgz"
+export CIFAR10_DATA=.carry/cifar10-jpeg.tgz  # as given: the results record it
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 
 case "${1:-}" in
   check)
+    # One epoch that fails at any host-GPU synchronisation inside its training batches.
+    python3 train_fastai.py --epochs 1 --sync-debug --out "$OUT/check/runs"
     python3 bench/bench.py --epochs 1 --seeds 1 --baseline-seeds 1 --profile --out "$OUT/check" ;;
   reference)
     python3 train_fastai.py --epochs 24 --out "$OUT/runs" --name reference
