@@ -13,7 +13,7 @@ The recipe (Myrtle's "How to train your ResNet", as DAWNBench ran it):
 
 Every run writes a new folder <out>/<timestamp>[-name]/ and a row of <out>/index.csv; several runs
 (--runs, --sweep) also write a group folder <out>/<timestamp>[-name]-group/ that summarises them.
-See the README for each file.
+docs/reference.md lists every file.
 """
 import sys
 

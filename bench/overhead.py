@@ -6,7 +6,7 @@ step, so the host must queue each step faster than that. With a thin model on a 
 compute is small, and what is left of a step is the framework's cost.
 
     ours   `train_fastai.main` with --lr-min/--lr-max (no finder) on a synthetic CIFAR-10-shaped
-           folder: its Learner, its DataLoaders (--aug gpu: the images held by data.DeviceDataLoader),
+           folder: its Learner, its DataLoaders (--aug gpu: the images held by device_loader.DeviceDataLoader),
            its callbacks and fit_one_cycle; the fit's seconds are the run's summary.json fit_seconds
     plain  the same thin CustomResNet on the same uint8 images held as one tensor: augment.py's
            transforms, normalisation, cross-entropy, fused AdamW (decoupled weight decay, none on

@@ -6,7 +6,7 @@ from fastai.test_utils import synth_learner
 from fastai.vision.all import CrossEntropyLossFlat, DataLoaders, Learner
 
 from callbacks import TimeToAccuracy, flip_tta_accuracy
-from conftest import GIVEN_LRS, train
+from conftest import train
 
 
 def test_time_to_accuracy_records_each_milestone_once_and_stops_at_the_target():

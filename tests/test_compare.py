@@ -1,6 +1,5 @@
 import json
 import multiprocessing
-import re
 import shutil
 
 import numpy as np
@@ -9,7 +8,6 @@ import pytest
 from PIL import Image
 
 import compare
-from conftest import REPO
 
 
 def members(group):

@@ -1,19 +1,15 @@
 import os
-import random
 import time
 
 import numpy as np
 import pytest
 import torch
-from fastai.data.load import DataLoader
-from fastai.distributed import DistributedDL
 from PIL import Image
 
 import data
 import images
 from conftest import CLASSES, class_value, write_folder, write_python_batches, write_tgz
-from data import (DeviceDataLoader, channel_stats, cifar10_dataloaders, cifar10_folder, cifar10_items,
-                  valid_batch_size)
+from data import channel_stats, cifar10_dataloaders, cifar10_folder, cifar10_items
 
 
 def check_labels_match_pixels(dl, stats):
@@ -138,72 +134,12 @@ def test_a_cache_entry_built_by_another_process_meanwhile_is_used(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # no partial build left behind
 
 
-def numbered_loader(n, bs, seed=0, shuffle=True):
-    """A DeviceDataLoader over n images whose pixels and labels are their own index."""
-    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
-    return DeviceDataLoader(list(range(n)), images=images, labels=torch.arange(n), bs=bs, shuffle=shuffle,
-                            drop_last=shuffle, seed=seed, device="cpu")
-
-
-def epoch(dl):
-    """The image indices of one epoch, batch by batch, checking each image against its label."""
-    batches = []
-    for x, y in dl:
-        assert x[:, 0, 0, 0].tolist() == y.tolist()
-        batches.append(y.tolist())
-    return batches
-
-
-def test_the_training_order_is_drawn_on_the_device_every_image_once_an_epoch(monkeypatch):
-    monkeypatch.setattr(DataLoader, "shuffle_fn", lambda *a: pytest.fail("a Python shuffle"))
-    order = numbered_loader(100, bs=10).get_idxs()
-    assert torch.is_tensor(order) and order.device == torch.device("cpu")  # where the images are
-    dl = numbered_loader(100, bs=10)
-    first, second = epoch(dl), epoch(dl)
-    for batches in (first, second):
-        assert [len(b) for b in batches] == [10] * 10
-        assert sorted(sum(batches, [])) == list(range(100))
-    assert first != second
-    assert epoch(numbered_loader(100, bs=10)) == first  # the same seed, the same order
-    assert epoch(numbered_loader(100, bs=10, seed=1)) != first
-
-
-def test_training_drops_the_ragged_last_batch_and_validation_keeps_its_order():
-    assert [len(b) for b in epoch(numbered_loader(25, bs=10))] == [10, 10]
-    assert epoch(numbered_loader(25, bs=10, shuffle=False)) == [list(range(10)), list(range(10, 20)),
-                                                                list(range(20, 25))]
-
-
-@pytest.mark.parametrize("shuffle", [True, False], ids=["train", "valid"])
-def test_fastai_distributed_loader_shares_out_every_image_once(monkeypatch, shuffle):
-    """Under two processes fastai's DistributedDL sends rank 0's order, a list of Python ints, to
-    every process and hands each its half to create_batches."""
-    def broadcast(self, idxs, rank):  # no process group here: every rank drew the same order
-        assert all(type(i) is int for i in idxs)
-        return idxs
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(DistributedDL, "_broadcast", broadcast)
-    ranks = []
-    for rank in range(2):
-        random.seed(0)  # fastai's order: the same in every process, as set_seed makes it
-        ranks.append(sum(epoch(DistributedDL(numbered_loader(40, bs=5, shuffle=shuffle), rank, 2)), []))
-    assert len(ranks[0]) == len(ranks[1]) == 20
-    assert sorted(ranks[0] + ranks[1]) == list(range(40))
-
-
 def test_the_per_item_path_serves_files_without_device_images(tiny_folder):
     _, dls, stats = load(tiny_folder)
     files = sorted((tiny_folder / "test").rglob("*.png"))
     test_dl = dls.test_dl(files, with_labels=True)
     assert test_dl.images is None
     check_labels_match_pixels(test_dl, stats)
-
-
-@pytest.mark.parametrize("n_images,bs,valid_bs", [(10_000, 512, 1000), (10_000, 50, 100), (20, 8, 10), (9_973, 512, 512)],
-                         ids=["cifar10", "small bs", "tiny", "prime: bs"])
-def test_the_test_batch_is_the_largest_divisor_of_the_test_set_up_to_twice_bs(n_images, bs, valid_bs):
-    assert valid_batch_size(n_images, bs) == valid_bs
 
 
 def test_the_loaders_serve_test_batches_that_divide_the_test_set(tiny_folder):

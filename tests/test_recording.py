@@ -1,7 +1,6 @@
 """The loop's record and display: no host read of a tensor in the training batches, readable logs."""
 import sys
 
-import pytest
 import torch
 from fastai.vision.all import Callback, Recorder
 
