@@ -3,7 +3,8 @@
 Rows, all on the same data copy, one module each in this folder:
     ours          ours.py: train_fastai.py's own code path (`train_fastai.main`), --seeds runs
     seed-style    seed_style.py: plain PyTorch loop, torchvision-style Dataset over the same decoded
-                  images, albumentations on CPU DataLoader workers, fp32, OneCycleLR, Adam, same LRs
+                  images, albumentations on CPU DataLoader workers, fp32, OneCycleLR, torch Adam
+                  at its defaults with L2 weight decay (as the seed notebooks), same LRs
     fastai-stock  fastai_stock.py: fastai DataBlock reading the image files, per-item CPU transforms,
                   fp32, fit_one_cycle
     airbench94    airbench94.py: the PyPI package airbench 0.1.8 (another, smaller net), fed our copy

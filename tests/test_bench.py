@@ -66,3 +66,24 @@ def test_smoke_needs_an_out_folder(capsys):
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--smoke"])
     assert e.value.code == 2 and "never written into bench/results" in capsys.readouterr().err
+
+
+def test_seed_style_trains_as_the_notebooks_did():
+    """torch's Adam at its defaults with L2 on every parameter (not ours' decoupled decay), and
+    OneCycleLR from LRMIN up to LRMAX at 5/24 of the steps and back to LRMIN, never lower."""
+    import seed_style
+    from customresnet import CustomResNet
+    from settings import RECIPE
+    model = CustomResNet(width=4)
+    opt, sched = seed_style.notebook_optimizer(model, 1e-4, 4e-3, total_steps=240)
+    group, = opt.param_groups
+    assert len(group["params"]) == len(list(model.parameters()))  # BatchNorm and biases decayed too
+    assert group["weight_decay"] == RECIPE["wd"] and not group["decoupled_weight_decay"]
+    assert group["eps"] == 1e-8 and group["betas"] == (0.95, 0.999)  # beta1 at OneCycleLR's start
+    lrs = []
+    for _ in range(240):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4) and max(lrs) == pytest.approx(4e-3)
+    assert lrs.index(max(lrs)) == 49 and lrs[-1] == pytest.approx(1e-4, rel=1e-3) and min(lrs) >= 1e-4 * 0.999
