@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 from fastai.learner import load_model, save_model
-from fastai.vision.all import Adam, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, norm_bias_params
+from fastai.vision.all import Adam, Callback, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, norm_bias_params
 
 from customresnet import CustomResNet
 from optimizer import fused_adamw
@@ -38,19 +38,46 @@ def relative_difference(a, b):
     return ((a - b).norm() / a.norm()).item()
 
 
-def test_one_cycle_trains_the_same_weights_as_fastai_adam(dls, thin_resnet):
-    """fit_one_cycle changes the LR and beta1 at every step; both optimizers must follow."""
-    learners = [learner(dls, thin_resnet, opt_func) for opt_func in (Adam, fused_adamw)]
-    for learn in learners:
-        learn.fit_one_cycle(1, lr_max=4e-3)
-    fastai_adam, fused = learners
+class FusedAlongside(Callback):
+    """At every step of a fit with fastai's Adam, fused_adamw takes a step from the same weights
+    with the same gradient, on a copy of the weights, with the hyperparameters the Learner sets
+    (lr and mom as fit_one_cycle schedules them, wd) and its own for the rest; records how far
+    apart the two steps land, relative to the step's size."""
+
+    def before_fit(self):
+        self.copies = [p.detach().clone() for p in self.model.parameters()]
+        self.fused = fused_adamw(self.copies, lr=0)
+        self.differences = []
+
+    def before_step(self):
+        for copy_, p in zip(self.copies, self.model.parameters()):
+            copy_.data.copy_(p.data)
+            copy_.grad = p.grad.clone()
+        self.before = [p.detach().clone() for p in self.model.parameters()]
+        self.fused.set_hypers(**{name: float(self.opt.hypers[-1][name]) for name in ("lr", "mom", "wd")})
+        self.fused.step()
+
+    def after_step(self):
+        self.differences.append(max(relative_difference(p - before, copy_ - before)
+                                    for p, copy_, before in zip(self.model.parameters(), self.copies, self.before)))
+
+
+def test_one_cycle_takes_fastai_adams_steps(dls, thin_resnet):
+    """fit_one_cycle changes the LR and beta1 at every step; fused_adamw follows them and steps as
+    fastai's Adam does. Compared step by step from the same weights: over a whole fit, rounding
+    differences (which differ from CPU to CPU) grow without bound where Adam divides a gradient
+    near zero by its own size, and trajectories part whichever optimizer is right."""
+    fused, reference = learner(dls, thin_resnet, fused_adamw), learner(dls, thin_resnet, Adam)
+    alongside = FusedAlongside()
+    fused.fit_one_cycle(1, lr_max=4e-3)
+    reference.fit_one_cycle(1, lr_max=4e-3, cbs=alongside)
     assert len(fused.recorder.hps["lr"]) == STEPS
     for hp in ("lr", "mom"):
-        assert fused.recorder.hps[hp] == pytest.approx(fastai_adam.recorder.hps[hp])
+        assert fused.recorder.hps[hp] == pytest.approx(reference.recorder.hps[hp])
     assert max(fused.recorder.hps["mom"]) > 0.94 and min(fused.recorder.hps["mom"]) < 0.86
-    for (name, a), b in zip(fastai_adam.model.state_dict().items(), fused.model.state_dict().values()):
-        if a.is_floating_point():
-            assert relative_difference(a, b) < 1e-5, name
+    # A weight near 1 moved by an LR of 1.6e-4 has its step in float32 to about 1e-3: the bound.
+    # Measured: 2e-5 at most; a wrong eps, beta2 or decay on BatchNorm weights makes 1.6e-2 or more.
+    assert len(alongside.differences) == STEPS and max(alongside.differences) < 1e-3
 
 
 def test_hypers_read_as_fastai_names_them(dls, thin_resnet):
