@@ -25,6 +25,8 @@ SWEEPABLE = dict(lr_max=float, lr_min=float, wd=float, epochs=int, peak_epoch=fl
 RUN_SETTINGS = ("preset", "epochs", "peak_epoch", "bs", "lr_max", "lr_min", "wd", "label_smoothing", "seed", "aug",
                 "subset", "width", "precision", "deterministic")
 UNSET = object()
+SEED_LIMIT = 2**63  # torch.manual_seed takes signed 64-bit numbers and wraps negative ones
+NAME_LIMIT = 200  # bytes of --name: a run folder is <timestamp>-<name>[-<sweep point>-seed<N>][-group]
 
 
 class UsageError(BadInput):
@@ -67,7 +69,7 @@ def parse_args(argv=None, description=None):
     p.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
                    help=f"train every combination of these values (repeatable); KEY is one of {', '.join(SWEEPABLE)}")
     p.add_argument("--seed", type=int, default=0, help="seed for every random generator (default 0)")
-    p.add_argument("--out", default="runs", help="parent folder of run folders (default runs)")
+    p.add_argument("--out", type=os.path.expanduser, default="runs", help="parent folder of run folders (default runs)")
     p.add_argument("--name", help="suffix for the run folder's name")
     p.add_argument("--aug", choices=["gpu", "albumentations"], default="gpu",
                    help="gpu: batch transforms on the data's device (default); "
@@ -91,7 +93,7 @@ def parse_args(argv=None, description=None):
                         "batches (torch.cuda.set_sync_debug_mode): proof that nothing stalls the step")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic GPU kernels only (slower); a CPU run with a given --seed repeats anyway")
-    p.add_argument("--resume", metavar="RUN_DIR",
+    p.add_argument("--resume", type=os.path.expanduser, metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR from its last finished epoch, with its settings")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
@@ -125,7 +127,7 @@ def resume_settings(p, argv, args):
     if not (run_dir / "checkpoint.json").is_file():
         p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
     saved = read_run_file(p, run_dir / "config.json")
-    check_epochs_done(p, run_dir / "checkpoint.json", saved.get("epochs"))
+    check_checkpoint(p, run_dir / "checkpoint.json", saved.get("epochs"))
     given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
     for key in RUN_SETTINGS:
         value = getattr(given, key)
@@ -141,13 +143,25 @@ def resume_settings(p, argv, args):
         args.data = saved.get("data")  # the folder it resolved to; the run compares the data by content
 
 
-def check_epochs_done(p, checkpoint, epochs):
-    """The checkpoint must name a finished epoch of the run: anything else would resume into a
-    NaN summary."""
-    done = read_run_file(p, checkpoint).get("epochs_done")
+def check_checkpoint(p, checkpoint, epochs):
+    """The checkpoint must name a finished epoch of the run and hold what the resumed run joins up
+    with (each earlier epoch's line, the LRs and betas it was trained with, its seconds): anything
+    else would resume into a NaN summary or fail in the middle of the fit."""
+    saved = read_run_file(p, checkpoint)
+    done = saved.get("epochs_done")
     if type(done) is not int or not 1 <= done <= (epochs or 0):  # JSON's true would pass as an int
         p.error(f"{checkpoint} says {done!r} epochs are done, not a whole number from 1 to the run's {epochs}: "
                 "the checkpoint is damaged; start a new run")
+    history, seconds = saved.get("history"), saved.get("fit_seconds")
+    if not (isinstance(history, list) and len(history) == done and all(isinstance(row, list) for row in history)
+            and all(numbers(saved.get(key)) for key in ("lrs", "moms"))
+            and type(seconds) in (int, float) and seconds >= 0):
+        p.error(f"{checkpoint} lacks the lines, LRs or seconds of its {done} epochs: the checkpoint is damaged; "
+                "start a new run")
+
+
+def numbers(values):
+    return isinstance(values, list) and len(values) > 0 and all(type(v) in (int, float) for v in values)
 
 
 def read_run_file(p, path):
@@ -224,7 +238,15 @@ def invalid_settings(args):
         yield f"--runs must be positive, not {args.runs}"
     if args.workers is not None and args.workers < 0:
         yield f"--workers must not be negative, not {args.workers}"
+    cores = os.cpu_count()
+    if args.workers is not None and args.workers > cores:  # each worker is a process with a copy of the data
+        yield f"--workers {args.workers} is more than the {cores} cores of this machine: give at most {cores}"
+    if not 0 <= args.seed <= SEED_LIMIT - args.runs:
+        yield f"--seed must lie in [0, {SEED_LIMIT - args.runs}] (torch's seeds are 64-bit), not {args.seed}"
     if args.name and (Path(args.name).name != args.name or args.name == ".."):
         yield f"--name {args.name} is not a plain folder name: drop the path separators and '..' (--out is the folder)"
+    if args.name and len(args.name.encode()) > NAME_LIMIT:
+        yield (f"--name is {len(args.name.encode())} bytes long: a folder name holds 255, the run's timestamp and "
+               f"suffixes included; give at most {NAME_LIMIT}")
     if args.finder_iters < 10:
         yield f"--finder-iters must be at least 10, not {args.finder_iters}"

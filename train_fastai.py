@@ -197,12 +197,16 @@ def run_group(args):
                          "or drop accelerate launch for the group")
     group_dir = new_run_dir(args.out, f"{args.name}-group" if args.name else "group")
     print(f"group folder: {group_dir}: {len(args.points)} configuration(s) x {args.runs} seed(s)")
-    members = [run(member(args, point, seed, group_dir.name))[0]
-               for point in args.points for seed in range(args.seed, args.seed + args.runs)]
+    members = []
+    for point in args.points:
+        for seed in range(args.seed, args.seed + args.runs):
+            members.append(run(member(args, point, seed, group_dir.name))[0])
+            # The members so far, at once: a group stopped by a later member still lists them.
+            group = {"members": [m.name for m in members], "sweep": args.sweep, "runs": args.runs}
+            write_json(group_dir / "summary.json", group)
     runs = compare.load_runs(members)
     points_table = compare.points_table(runs)
-    write_json(group_dir / "summary.json", {"members": [m.name for m in members], "sweep": args.sweep,
-                                            "runs": args.runs, "points": compare.records(points_table)})
+    write_json(group_dir / "summary.json", {**group, "points": compare.records(points_table)})
     compare.write_figure(runs, group_dir / "compare.png")
     print(compare.format_points(points_table))
     print(f"group summary and compare.png in {group_dir}")

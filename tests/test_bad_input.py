@@ -165,11 +165,15 @@ def unwritable_out(tmp, folder, run):
     return [*data(folder), "--out", str(tmp / "file" / "runs")]
 
 
+CHECKPOINT = {"epochs_done": 1, "history": [["0", "2.3", "2.2", "0.1", "00:01"]], "lrs": [1e-4, 2e-4],
+              "moms": [0.95, 0.94], "fit_seconds": 1.5}  # what an interruption after epoch 1 writes
+
+
 def interrupted_run(tmp, epochs):
     run = tmp / "interrupted"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"epochs": epochs, "bs": 16, "width": 8, "data": str(tmp)}))
-    (run / "checkpoint.json").write_text(json.dumps({"epochs_done": 1}))
+    (run / "checkpoint.json").write_text(json.dumps(CHECKPOINT))
     return run
 
 
@@ -192,10 +196,10 @@ def resume_with_sweep(tmp, folder, run):
     return ["--resume", str(interrupted_run(tmp, epochs=2)), "--sweep", "lr_max=1e-3,2e-3"]
 
 
-def checkpoint_saying(epochs_done):
+def checkpoint_saying(**values):
     def make(tmp, folder, run):
         run_dir = interrupted_run(tmp, epochs=2)
-        (run_dir / "checkpoint.json").write_text(json.dumps({"epochs_done": epochs_done}))
+        (run_dir / "checkpoint.json").write_text(json.dumps({**CHECKPOINT, **values}))
         return ["--resume", str(run_dir)]
     return make
 
@@ -426,10 +430,17 @@ CASES = {
                                  "--find-lr runs the LR range test once", None),
     # Issue 9, train side
     "--resume with --sweep": ("train", resume_with_sweep, REFUSE, "--resume continues one run", None),
-    "checkpoint.json beyond the run": ("train", checkpoint_saying(3), REFUSE, "says 3 epochs are done", None),
-    "checkpoint.json with part of an epoch": ("train", checkpoint_saying(1.5), REFUSE, "says 1.5 epochs are done",
+    "checkpoint.json beyond the run": ("train", checkpoint_saying(epochs_done=3), REFUSE, "says 3 epochs are done", None),
+    "checkpoint.json with part of an epoch": ("train", checkpoint_saying(epochs_done=1.5), REFUSE, "says 1.5 epochs are done",
                                               None),
-    "checkpoint.json with no epoch done": ("train", checkpoint_saying(0), REFUSE, "says 0 epochs are done", None),
+    "checkpoint.json with no epoch done": ("train", checkpoint_saying(epochs_done=0), REFUSE, "says 0 epochs are done", None),
+    "checkpoint.json without its epochs' lines": ("train", checkpoint_saying(history=None), REFUSE,
+                                                  "lacks the lines, LRs or seconds of its 1 epochs", None),
+    "checkpoint.json without its LRs": ("train", checkpoint_saying(lrs=[]), REFUSE, "lacks the lines, LRs", None),
+    "a seed beyond 64 bits": ("train", flags("--seed", str(2**64)), REFUSE, "--seed must lie in [0, ", None),
+    "a negative seed": ("train", flags("--seed", "-1"), REFUSE, "--seed must lie in [0, ", None),
+    "more workers than cores": ("train", flags("--workers", "9999"), REFUSE, "--workers 9999 is more than the", None),
+    "a --name too long for a folder": ("train", flags("--name", "x" * 300), REFUSE, "--name is 300 bytes long", None),
     "checkpoint.json that is not JSON": ("train", unreadable_checkpoint, REFUSE,
                                          "checkpoint.json cannot be read (UnicodeDecodeError)", None),
     "--resume into another --out": ("train", resume_into_another_out, REFUSE, "belongs to --out", None),

@@ -40,3 +40,13 @@ def test_help_and_flag_errors_never_import_torch_or_fastai():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert done.stdout.strip() == "[]", done.stderr
     assert "--find-lr" in run_script("--help").stdout
+
+
+def test_a_tilde_in_out_or_resume_means_home_as_in_data(monkeypatch, tmp_path, capsys):
+    """`--out=~/runs` reaches us unexpanded (the shell expands ~ only at a word's start): it must
+    not become a folder named ~ in the current folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_args(["--out=~/runs"]).out == str(tmp_path / "runs")
+    with pytest.raises(SystemExit):
+        parse_args(["--resume=~/runs/a-run"])
+    assert f"{tmp_path / 'runs' / 'a-run'} holds no checkpoint.json" in capsys.readouterr().err

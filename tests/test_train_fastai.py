@@ -181,3 +181,13 @@ def test_config_is_written_before_the_finder_can_stop_the_run(tmp_path, tiny_fol
     assert "no fall in the loss" in capsys.readouterr().err
     run_dir, = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 1
+
+
+def test_a_group_stopped_by_a_later_member_still_lists_the_runs_it_finished(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as e:  # 80 training images make no batch of 200
+        cli("--data", tiny_folder, "--out", out, *TINY, *GIVEN_LRS, "--epochs", 1, "--sweep", "bs=16,200")
+    assert e.value.code == 2 and "make no full batch of --bs 200" in capsys.readouterr().err
+    group, = out.glob("*-group")
+    members = json.loads((group / "summary.json").read_text())["members"]
+    assert len(members) == 1 and (out / members[0] / "report.html").is_file()
