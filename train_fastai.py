@@ -15,12 +15,22 @@ Every run writes a new folder <out>/<timestamp>[-name]/ and a row of <out>/index
 (--runs, --sweep) also write a group folder <out>/<timestamp>[-name]-group/ that summarises them.
 docs/reference.md lists every file.
 """
+import signal
 import sys
 
 import settings
 
+NOTHING_TO_RESUME = "interrupted before training: nothing to resume"
+
+
+def exit_before_training(signum, frame):
+    print(NOTHING_TO_RESUME, file=sys.stderr)
+    sys.exit(130)
+
+
 if __name__ == "__main__":
     settings.parse_args(sys.argv[1:], __doc__)  # --help and bad flags answer before torch and fastai load
+    signal.signal(signal.SIGINT, exit_before_training)  # Ctrl-C while they load: one line, no traceback
 
 # The rest loads in seconds: it comes after the flags are checked.
 import json
@@ -54,6 +64,7 @@ from settings import UsageError, member
 
 
 def main(argv=None):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C saves what the fit has done
     matplotlib.use("Agg")  # every figure goes to a file; never open a window
     args = settings.parse_args(argv, __doc__)
     with one_line_errors(args.debug):  # bad input, the machine's included: one line, exit status 2
@@ -66,7 +77,7 @@ def main(argv=None):
             print(e, file=sys.stderr)
             sys.exit(130)
         except KeyboardInterrupt:
-            print("interrupted before training: nothing to resume", file=sys.stderr)
+            print(NOTHING_TO_RESUME, file=sys.stderr)
             sys.exit(130)
 
 

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -191,3 +192,16 @@ def test_a_group_stopped_by_a_later_member_still_lists_the_runs_it_finished(tmp_
     group, = out.glob("*-group")
     members = json.loads((group / "summary.json").read_text())["members"]
     assert len(members) == 1 and (out / members[0] / "report.html").is_file()
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path, tiny_folder):
+    import signal
+    import time
+    process = subprocess.Popen([sys.executable, str(REPO / "train_fastai.py"), "--data", str(tiny_folder), *TINY],
+                               cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{process.pid}/maps")
+    while "libtorch" not in maps.read_text():  # the flags are checked; torch and fastai load for seconds
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err == "interrupted before training: nothing to resume\n"
