@@ -38,6 +38,8 @@ from images import IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32
 CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")
 PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DOWNLOAD_PYTHON_AGAIN = "download cifar-10-python.tar.gz again"
 DOWNLOAD_TIMEOUT_S = 30
 REACH_TIMEOUT_S = 3
 
@@ -248,16 +250,53 @@ def read_python_batch(path):
         return images.transpose(0, 2, 3, 1), list(batch[b"labels"])
     except Exception as e:
         raise DataError(f"{path} is not a readable CIFAR-10 python batch ({type(e).__name__}): "
-                        "download cifar-10-python.tar.gz again") from None
+                        f"{DOWNLOAD_PYTHON_AGAIN}") from None
+
+
+def python_class_names(batches):
+    """The class names of batches.meta, or CIFAR-10's without one. Each becomes a folder under the
+    cache, so a name that is not a plain folder name could write anywhere (`../..`) or go unseen
+    (`.hidden`), and two equal names would merge two classes."""
+    meta = batches / "batches.meta"
+    if not meta.is_file():
+        return CIFAR10_NAMES
+    raw_names = read_label_names(meta)
+    names = [plain_folder_name(raw) for raw in raw_names]
+    if None in names:
+        raise DataError(f"{meta} is refused as unsafe (class name {raw_names[names.index(None)]!r} is not a plain "
+                        f"folder name): {DOWNLOAD_PYTHON_AGAIN}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"{meta} names class {twice[0]!r} more than once: {DOWNLOAD_PYTHON_AGAIN}")
+    return names
+
+
+def read_label_names(meta):
+    """batches.meta's label_names: byte strings, as Python 2 pickled them."""
+    try:
+        names = load_pickled_arrays(meta)[b"label_names"]
+        if not all(isinstance(name, bytes) for name in names):
+            raise TypeError("label_names holds more than byte strings")
+        return list(names)
+    except Exception as e:
+        raise DataError(f"{meta} is not a readable CIFAR-10 batches.meta ({type(e).__name__}): "
+                        f"{DOWNLOAD_PYTHON_AGAIN}") from None
+
+
+def plain_folder_name(raw):
+    """`raw` decoded, or None where it is not a visible folder name that stays in its folder."""
+    try:
+        name = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        return None
+    return name
 
 
 def python_batches_to_folder(batches):
     """Write the official python version out in fastai's layout (PNG is lossless)."""
-    meta = batches / "batches.meta"
-    if meta.is_file():
-        classes = [c.decode() for c in load_pickled_arrays(meta)[b"label_names"]]
-    else:
-        classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    classes = python_class_names(batches)
 
     def write(tmp):
         print(f"writing the python batches in {batches} out as PNG files in the cache (once)")

@@ -347,6 +347,27 @@ def compare_index(text):
     return make
 
 
+# Hostile input: what a probe with tiny random data sets found -----------------------------
+
+def python_batches(change):
+    """The python version, changed by `change(its folder)`."""
+    def make(tmp, folder, run):
+        batches = write_python_batches(tmp / "b")
+        change(batches)
+        return data(batches)
+    return make
+
+
+def meta_holding(meta):
+    """The python version with `meta` pickled as its batches.meta."""
+    return python_batches(lambda batches: (batches / "batches.meta").write_bytes(pickle.dumps(meta)))
+
+
+def first_class_named(name):
+    """The python version with `name` (bytes) for its first class in batches.meta."""
+    return meta_holding({b"label_names": [name, *(c.encode() for c in CLASSES[1:])]})
+
+
 # Repairs: what the data looks like afterwards ----------------------------------------------
 
 def train_images(n):
@@ -503,6 +524,27 @@ CASES = {
                                                     "matplotlib cannot write a figure as figure.txt", None),
     "an --out that is a file (an error no check foresees)": ("compare", compare_out_is_a_file, REFUSE,
                                                              "runs-file: File exists: fix the path", None),
+    # hostile input: what a probe found
+    "a class name in batches.meta that leads out of the cache": ("train", first_class_named(b"../../../../evil.txt"),
+                                                                 REFUSE, "batches.meta is refused as unsafe", None),
+    "a class name in batches.meta with a backslash": ("train", first_class_named(b"a\\b"), REFUSE,
+                                                      "batches.meta is refused as unsafe", None),
+    "a class name in batches.meta with a NUL": ("train", first_class_named(b"a\0b"), REFUSE,
+                                                "batches.meta is refused as unsafe", None),
+    "a class name in batches.meta that is not UTF-8": ("train", first_class_named(b"\xffcat"), REFUSE,
+                                                       "batches.meta is refused as unsafe", None),
+    "an empty class name in batches.meta": ("train", first_class_named(b""), REFUSE,
+                                            "batches.meta is refused as unsafe", None),
+    "a class named . in batches.meta": ("train", first_class_named(b"."), REFUSE, "batches.meta is refused as unsafe",
+                                        None),
+    "a hidden class name in batches.meta": ("train", first_class_named(b".cat"), REFUSE,
+                                            "batches.meta is refused as unsafe", None),
+    "one class name ten times in batches.meta": ("train", meta_holding({b"label_names": [b"cat"] * 10}), REFUSE,
+                                                 "batches.meta names class 'cat' more than once", None),
+    "batches.meta that is not a pickle": ("train", python_batches(lambda b: (b / "batches.meta").write_bytes(b"junk")),
+                                          REFUSE, "batches.meta is not a readable CIFAR-10 batches.meta", None),
+    "batches.meta holding a list": ("train", meta_holding([b"cat", b"dog"]), REFUSE,
+                                    "batches.meta is not a readable CIFAR-10 batches.meta (TypeError)", None),
 }
 
 
