@@ -161,13 +161,17 @@ def unpack(archive):
 
 def layout_folder(path):
     """Find fastai's layout in `path`, in the one folder an archive usually wraps it in, or make
-    it from the python batches."""
+    it from the python batches; either way it is checked (a converted one too: damaged batches
+    can still make a folder that trains nothing useful, such as one with a single class)."""
     for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
         if all((candidate / split).is_dir() for split in SPLITS):
-            check_layout(candidate)
-            return candidate
-        if all((candidate / name).is_file() for name in PYTHON_BATCHES):
-            return python_batches_to_folder(candidate)
+            folder = candidate
+        elif all((candidate / name).is_file() for name in PYTHON_BATCHES):
+            folder = python_batches_to_folder(candidate)
+        else:
+            continue
+        check_layout(folder)
+        return folder
     raise DataError(f"{path} holds neither train/ and test/ class folders nor the python batches "
                     f"({', '.join(PYTHON_BATCHES)}): point --data at a CIFAR-10 copy")
 
@@ -243,14 +247,34 @@ def load_pickled_arrays(path):
         return ArraysOnly(f, encoding="bytes").load()
 
 
-def read_python_batch(path):
+def read_python_batch(path, n_classes):
+    """(images, labels) of one batch file, refused unless every image has one label naming one of
+    the `n_classes` classes."""
     try:
         batch = load_pickled_arrays(path)
         images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-        return images.transpose(0, 2, 3, 1), list(batch[b"labels"])
+        labels = np.asarray(batch[b"labels"])
     except Exception as e:
         raise DataError(f"{path} is not a readable CIFAR-10 python batch ({type(e).__name__}): "
                         f"{DOWNLOAD_PYTHON_AGAIN}") from None
+    problem = labels_problem(labels, len(images), n_classes)
+    if problem:
+        raise DataError(f"{path} is damaged ({problem}): {DOWNLOAD_PYTHON_AGAIN}")
+    return images.transpose(0, 2, 3, 1), labels
+
+
+def labels_problem(labels, n_images, n_classes):
+    """What is wrong with a batch's labels, or None."""
+    if n_images == 0:
+        return "it holds no images"
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        return "its labels are not a list of class numbers"
+    if len(labels) != n_images:
+        return f"{n_images} images but {len(labels)} labels"
+    outside = labels[(labels < 0) | (labels >= n_classes)]
+    if outside.size:
+        return f"label {outside[0]}, outside the {n_classes} classes 0-{n_classes - 1}"
+    return None
 
 
 def python_class_names(batches):
@@ -300,13 +324,14 @@ def python_batches_to_folder(batches):
 
     def write(tmp):
         print(f"writing the python batches in {batches} out as PNG files in the cache (once)")
+        for split in SPLITS:
+            for name in classes:
+                (tmp / split / name).mkdir(parents=True)
         for name in PYTHON_BATCHES:
             split = "test" if name == "test_batch" else "train"
-            images, labels = read_python_batch(batches / name)
+            images, labels = read_python_batch(batches / name, len(classes))
             for i, (image, label) in enumerate(zip(images, labels)):
-                out = tmp / split / classes[label] / f"{name}-{i:05d}.png"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image).save(out)
+                Image.fromarray(image).save(tmp / split / classes[label] / f"{name}-{i:05d}.png")
 
     return build_once(cache_root() / "converted" / source_key(batches / "test_batch"), write)
 

@@ -368,6 +368,14 @@ def first_class_named(name):
     return meta_holding({b"label_names": [name, *(c.encode() for c in CLASSES[1:])]})
 
 
+def data_batch_1_holding(n_images, labels):
+    """The python version with `n_images` black images and `labels` in its data_batch_1."""
+    def rewrite(batches):
+        batch = {b"data": np.zeros((n_images, 3 * 32 * 32), np.uint8), b"labels": labels}
+        (batches / "data_batch_1").write_bytes(pickle.dumps(batch))
+    return python_batches(rewrite)
+
+
 # Repairs: what the data looks like afterwards ----------------------------------------------
 
 def train_images(n):
@@ -545,6 +553,19 @@ CASES = {
                                           REFUSE, "batches.meta is not a readable CIFAR-10 batches.meta", None),
     "batches.meta holding a list": ("train", meta_holding([b"cat", b"dog"]), REFUSE,
                                     "batches.meta is not a readable CIFAR-10 batches.meta (TypeError)", None),
+    "batches.meta naming 2 classes for 10": ("train", meta_holding({b"label_names": [b"cat", b"dog"]}), REFUSE,
+                                             "outside the 2 classes 0-1", None),
+    "batches.meta naming a class no image has": (
+        "train", meta_holding({b"label_names": [*map(str.encode, CLASSES), b"zebra"]}), REFUSE,
+        "train/zebra has no image files", None),
+    "a label above the classes in a python batch": ("train", data_batch_1_holding(10, [12] + [0] * 9), REFUSE,
+                                                    "data_batch_1 is damaged (label 12, outside the 10 classes", None),
+    "a label of -1 in a python batch": ("train", data_batch_1_holding(10, [-1] + [0] * 9), REFUSE,
+                                        "data_batch_1 is damaged (label -1, outside the 10 classes", None),
+    "a python batch with more labels than images": ("train", data_batch_1_holding(5, [0] * 7), REFUSE,
+                                                    "data_batch_1 is damaged (5 images but 7 labels)", None),
+    "a python batch with no images": ("train", data_batch_1_holding(0, []), REFUSE,
+                                      "data_batch_1 is damaged (it holds no images)", None),
 }
 
 
