@@ -141,8 +141,16 @@ def refuse_unsafe_members(member, dest_path):
     return tarfile.data_filter(member, dest_path)
 
 
+def damaged_archive(archive, error):
+    return DataError(f"{archive} is damaged ({error}): download it again")
+
+
 def unpack(archive):
-    if not tarfile.is_tarfile(archive):
+    try:
+        is_archive = tarfile.is_tarfile(archive)
+    except EOFError as e:  # a .tgz cut off before the end of tar's first header
+        raise damaged_archive(archive, e) from e
+    if not is_archive:
         raise DataError(f"{archive} is not a folder or a .tgz/.tar.gz archive: point --data at one of those")
 
     def extract(tmp):
@@ -154,7 +162,7 @@ def unpack(archive):
             raise DataError(f"{archive} is refused as unsafe ({e}): unpack only a CIFAR-10 archive you trust, "
                             "or download it again") from e
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise DataError(f"{archive} is damaged ({e}): download it again") from e
+            raise damaged_archive(archive, e) from e
 
     return build_once(cache_root() / "unpacked" / source_key(archive), extract)
 

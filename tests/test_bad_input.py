@@ -128,10 +128,13 @@ def wrong_size(tmp, folder, run):
     return replace_image(folder, Image.new("RGB", (64, 48), (70, 70, 70)))
 
 
-def truncated_archive(tmp, folder, run):
-    whole = write_tgz(folder, tmp / "whole.tgz", "cifar10").read_bytes()
-    (tmp / "x.tgz").write_bytes(whole[: len(whole) // 2])
-    return data(tmp / "x.tgz")
+def truncated_archive(keep):
+    """The tiny data set as a .tgz, cut to its first keep(its size) bytes."""
+    def make(tmp, folder, run):
+        whole = write_tgz(folder, tmp / "whole.tgz", "cifar10").read_bytes()
+        (tmp / "x.tgz").write_bytes(whole[:keep(len(whole))])
+        return data(tmp / "x.tgz")
+    return make
 
 
 def archive_escaping_its_folder(tmp, folder, run):
@@ -401,7 +404,7 @@ CASES = {
     "train and test classes differ": ("train", classes_differ, REFUSE, "different class folders", None),
     "a class folder with no images": ("train", class_without_images, REFUSE, "has no image files", None),
     "corrupt test image": ("train", corrupt_test_image, REFUSE, "cannot read image", None),
-    "truncated archive": ("train", truncated_archive, REFUSE, "is damaged", None),
+    "truncated archive": ("train", truncated_archive(lambda size: size // 2), REFUSE, "is damaged", None),
     "archive escaping its folder": ("train", archive_escaping_its_folder, REFUSE, "refused as unsafe", None),
     "truncated python batch": ("train", truncated_python_batch, REFUSE, "not a readable CIFAR-10 python batch", None),
     "malicious python batch": ("train", malicious_python_batch, REFUSE, "not a readable CIFAR-10 python batch", None),
@@ -566,6 +569,8 @@ CASES = {
                                                     "data_batch_1 is damaged (5 images but 7 labels)", None),
     "a python batch with no images": ("train", data_batch_1_holding(0, []), REFUSE,
                                       "data_batch_1 is damaged (it holds no images)", None),
+    "an archive cut to its first 100 bytes": ("train", truncated_archive(lambda size: 100), REFUSE, "is damaged",
+                                              None),
 }
 
 
