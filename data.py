@@ -361,8 +361,13 @@ def cifar10_items(folder, subset=None, skip=frozenset()):
 
 def split_images(folder, split):
     """The image files of train/ or test/, sorted: those directly in its class folders."""
-    return sorted(Path(path) for name in class_names(folder, split)
-                  for path in class_folder_contents(folder / split / name)[0])
+    return sorted(map(Path, image_files(folder, split)))
+
+
+def image_files(folder, split):
+    """The paths, as strings, of the image files directly in the class folders of train/ or test/:
+    all the loader reads."""
+    return [path for name in class_names(folder, split) for path in class_folder_contents(folder / split / name)[0]]
 
 
 def in_test_folder(path):

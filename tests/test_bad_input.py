@@ -3,7 +3,8 @@
 
 A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` builds the input and
 returns the command line; tools "train", "predict" and "compare" run the CLIs, "data" builds the
-DataLoaders."""
+DataLoaders. A repair's check looks at what was made: the DataLoaders, or a finished training run's
+folder."""
 import errno
 import io
 import json
@@ -262,11 +263,12 @@ def unreadable_image(tmp, folder, run):
 
 # Odd files (1): data quirks and unsafe archives -------------------------------------------
 
-def in_cat_folder(make_entry):
-    """A data folder with something odd in train/cat/: `make_entry(train/cat)` makes it."""
+def in_cat_folder(make_entry, *given):
+    """A data folder with something odd in train/cat/: `make_entry(train/cat)` makes it; `given`
+    flags follow --data."""
     def make(tmp, folder, run):
         make_entry(folder / "train" / "cat")
-        return data(folder)
+        return [*data(folder), *given]
     return make
 
 
@@ -285,6 +287,14 @@ def archive_with(member_name):
             tar.addfile(member, io.BytesIO(b"outside"))
         return data(tmp / "x.tgz")
     return make
+
+
+def link_to_a_folder_outside(cat):
+    """A link in train/cat/ to a folder beside the data set that holds an image."""
+    outside = cat.parents[2] / "outside"
+    outside.mkdir()
+    shutil.copy(cat / "0000.png", outside / "0000.png")
+    os.symlink(outside, cat / "outside")
 
 
 # Odd files (2): predict's outputs and files ------------------------------------------------
@@ -385,6 +395,11 @@ def train_images(n):
     return lambda dls: len(dls.train_ds) == n
 
 
+def data_files(n):
+    """A finished training run whose data fingerprint counts `n` files: the images the loader read."""
+    return lambda run_dir: json.loads((run_dir / "config.json").read_text())["data_files"] == n
+
+
 def cat_0000_pixel(value):
     def check(dls):
         i = next(i for i, p in enumerate(dls.train_ds.items) if p.parts[-2:] == ("cat", "0000.png"))
@@ -394,6 +409,7 @@ def cat_0000_pixel(value):
 
 
 REFUSE, REPAIR = "refuse", "repair"
+ONE_EPOCH = [*GIVEN_LRS, "--epochs", "1"]  # a training run that repairs its input finishes, in seconds
 CASES = {
     # data paths
     "missing path": ("train", missing, REFUSE, "does not exist", None),
@@ -571,20 +587,39 @@ CASES = {
                                       "data_batch_1 is damaged (it holds no images)", None),
     "an archive cut to its first 100 bytes": ("train", truncated_archive(lambda size: 100), REFUSE, "is damaged",
                                               None),
+    "a symlink loop, through a training run": (
+        "train", in_cat_folder(lambda cat: os.symlink("..", cat / "loop"), *ONE_EPOCH), REPAIR,
+        "folders inside class folders", data_files(100)),
+    "a link to a missing image, through a training run": (
+        "train", in_cat_folder(lambda cat: os.symlink("/nonexistent/x.png", cat / "dead.png"), *ONE_EPOCH), REPAIR,
+        "not images", data_files(100)),
+    "a link to a folder outside the data, through a training run": (
+        "train", in_cat_folder(link_to_a_folder_outside, *ONE_EPOCH), REPAIR, "folders inside class folders",
+        data_files(100)),
 }
+
+
+def run_cli(tool, argv, tmp_path, outcome):
+    """`tool`'s CLI on `argv`: a refusal exits with status 2; a training run that repairs its input
+    finishes, and its run folder is returned."""
+    cli = {"train": main, "predict": predict.main, "compare": compare.main}[tool]
+    extra = ["--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16"] if tool == "train" else []
+    if outcome == REPAIR:
+        cli([*extra, *argv])
+        run_dir, = (path for path in (tmp_path / "runs").iterdir() if path.is_dir())
+        return run_dir
+    with pytest.raises(SystemExit) as e:
+        cli([*extra, *argv])
+    assert e.value.code == 2
 
 
 @pytest.mark.parametrize("tool,make,outcome,text,check", CASES.values(), ids=CASES.keys())
 def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, outcome, text, check):
     argv = make(tmp_path, tiny_folder, run_dir)
     if tool == "data":
-        dls, _ = cifar10_dataloaders(cifar10_folder(argv[1]), bs=8, device="cpu")
+        made, _ = cifar10_dataloaders(cifar10_folder(argv[1]), bs=8, device="cpu")
     else:
-        cli = {"train": main, "predict": predict.main, "compare": compare.main}[tool]
-        extra = ["--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16"] if tool == "train" else []
-        with pytest.raises(SystemExit) as e:
-            cli([*extra, *argv])
-        assert e.value.code == 2
+        made = run_cli(tool, argv, tmp_path, outcome)
     err = capsys.readouterr().err
     if outcome == REFUSE:
         last = err.strip().splitlines()[-1]
@@ -592,7 +627,7 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
         assert "Traceback" not in err
     else:
         assert any(line.startswith("warning: ") and text in line for line in err.splitlines()), err
-        assert check(dls)
+        assert check(made)
     assert not any(tmp_path.rglob(MARKER)) and not any(tmp_path.rglob("evil.txt"))
 
 
