@@ -445,6 +445,18 @@ def channel_stats(images):
     return means, stds
 
 
+def normalisation_stats(train_images):
+    """channel_stats of the training images, refused where a channel's std is 0: Normalize divides
+    by it, and the first batch's loss would be nan, reported as a divergence."""
+    means, stds = channel_stats(train_images)
+    constant = [colour for colour, std in zip(("red", "green", "blue"), stds) if std == 0]
+    if constant:
+        raise DataError(f"the {len(train_images)} training images in use have std 0 in the {', '.join(constant)} "
+                        f"channel{'s' * (len(constant) > 1)} (every pixel the same), which normalising divides by: "
+                        "train on more, or more varied, images (a larger --subset)")
+    return means, stds
+
+
 def skip_unreadable(folder, dsets, readable, classes, subset):
     """A corrupt training image is left out and counted; the test set must stay whole."""
     unreadable = [p for p, ok in zip(dsets.items, readable) if not ok]
@@ -469,7 +481,7 @@ def cifar10_dataloaders(folder, bs=512, aug="gpu", device=None, subset=None, wor
         block, dsets = skip_unreadable(folder, dsets, readable, classes, subset)
         images = images[torch.from_numpy(readable)]
     train_idx, test_idx = dsets.splits
-    stats = channel_stats(images[train_idx])
+    stats = normalisation_stats(images[train_idx])
     batch_tfms = [*block.batch_tfms, Normalize.from_stats(*stats)]
     val_bs = valid_batch_size(len(test_idx), bs)
     if aug == "gpu":

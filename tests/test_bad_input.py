@@ -389,6 +389,14 @@ def data_batch_1_holding(n_images, labels):
     return python_batches(rewrite)
 
 
+def first_training_image_without_red(tmp, folder, run):
+    """--subset 1 of a data set whose first training image has red 0 everywhere."""
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    pixels[..., 0] = 0
+    Image.fromarray(pixels).save(folder / "train" / "airplane" / "0000.png")
+    return [*data(folder), "--subset", "1", "--bs", "1"]
+
+
 # Repairs: what the data looks like afterwards ----------------------------------------------
 
 def train_images(n):
@@ -596,6 +604,8 @@ CASES = {
     "a link to a folder outside the data, through a training run": (
         "train", in_cat_folder(link_to_a_folder_outside, *ONE_EPOCH), REPAIR, "folders inside class folders",
         data_files(100)),
+    "training images with a constant channel": ("train", first_training_image_without_red, REFUSE,
+                                                "have std 0 in the red channel", None),
 }
 
 
