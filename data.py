@@ -6,8 +6,8 @@ Sources, in the order they are looked for:
   version (the cifar-10-batches-py/ folder or cifar-10-python.tar.gz);
 - otherwise fastai's `untar_data(URLs.CIFAR)` download.
 Archives are unpacked, and python batches written out as PNG files in that layout, once, into
-the cache folder (CIFAR10_CACHE, default ~/.cache/cifar10-fast). The decoded uint8 pixels are
-cached there too, so the next run starts in seconds.
+the cache folder (CIFAR10_CACHE, default ~/.cache/cifar10-fast, also when empty). The decoded
+uint8 pixels are cached there too, so the next run starts in seconds.
 
 The validation set is the official 10,000-image test split. Images are normalised with the
 channel statistics of the training images in use.
@@ -49,7 +49,8 @@ class DataError(BadInput):
 
 
 def cache_root():
-    return Path(os.environ.get("CIFAR10_CACHE", Path.home() / ".cache" / "cifar10-fast")).expanduser()
+    # An empty CIFAR10_CACHE is unset, as an empty CIFAR10_DATA is: not the current folder.
+    return Path(os.environ.get("CIFAR10_CACHE") or Path.home() / ".cache" / "cifar10-fast").expanduser()
 
 
 # ---------------------------------------------------------------------------------------------

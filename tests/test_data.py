@@ -163,3 +163,13 @@ def test_hidden_folders_are_not_classes_in_test_either(tiny_folder):
     (tiny_folder / "test" / ".ipynb_checkpoints").mkdir()
     _, dls, _ = load(tiny_folder)
     assert list(dls.vocab) == CLASSES
+
+
+def test_an_empty_cache_variable_means_the_default_cache_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CIFAR10_CACHE", "")
+    archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "c.tgz", "cifar10")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert cifar10_folder(str(archive)).is_relative_to(tmp_path / "home" / ".cache" / "cifar10-fast")
+    assert not any((tmp_path / "work").iterdir())
