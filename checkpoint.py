@@ -14,6 +14,7 @@ import torch
 from fastai.learner import load_model
 
 from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence
+from data import SPLITS, image_files
 from files import atomic, write_json
 from outputs import write_curves
 from settings import UsageError
@@ -89,22 +90,13 @@ def load_checkpoint(learn, run_dir):
 
 def data_fingerprint(folder):
     """What identifies the data wherever it lies (another CIFAR10_CACHE unpacks it elsewhere): the
-    number of files under train/ and test/, and a hash of their relative names and sizes."""
+    number of images the loader reads under train/ and test/, and a hash of their relative names
+    and sizes. What the loader ignores is left out, and so never followed: a link that loops back
+    up the tree or leads nowhere, a folder inside a class folder, a file that is not an image."""
     start = len(str(folder)) + 1
-    listing = sorted(f"{path[start:]}\t{size}\n" for split in ("train", "test")
-                     for path, size in file_sizes(os.path.join(folder, split)))
+    listing = sorted(f"{path[start:]}\t{os.stat(path).st_size}\n" for split in SPLITS
+                     for path in image_files(Path(folder), split))
     return {"data_files": len(listing), "data_sha256": hashlib.sha256("".join(listing).encode()).hexdigest()}
-
-
-def file_sizes(folder):
-    """(path, size) of every file below `folder`, through os.scandir: 0.2 s for CIFAR-10's 60,000
-    files, where pathlib's walk and relative_to take seconds."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_dir():
-                yield from file_sizes(entry.path)
-            else:
-                yield entry.path, entry.stat().st_size
 
 
 def resumed_config(run_dir, config):

@@ -6,8 +6,8 @@ Sources, in the order they are looked for:
   version (the cifar-10-batches-py/ folder or cifar-10-python.tar.gz);
 - otherwise fastai's `untar_data(URLs.CIFAR)` download.
 Archives are unpacked, and python batches written out as PNG files in that layout, once, into
-the cache folder (CIFAR10_CACHE, default ~/.cache/cifar10-fast). The decoded uint8 pixels are
-cached there too, so the next run starts in seconds.
+the cache folder (CIFAR10_CACHE, default ~/.cache/cifar10-fast, also when empty). The decoded
+uint8 pixels are cached there too, so the next run starts in seconds.
 
 The validation set is the official 10,000-image test split. Images are normalised with the
 channel statistics of the training images in use.
@@ -38,6 +38,8 @@ from images import IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32
 CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")
 PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DOWNLOAD_PYTHON_AGAIN = "download cifar-10-python.tar.gz again"
 DOWNLOAD_TIMEOUT_S = 30
 REACH_TIMEOUT_S = 3
 
@@ -47,7 +49,8 @@ class DataError(BadInput):
 
 
 def cache_root():
-    return Path(os.environ.get("CIFAR10_CACHE", Path.home() / ".cache" / "cifar10-fast")).expanduser()
+    # An empty CIFAR10_CACHE is unset, as an empty CIFAR10_DATA is: not the current folder.
+    return Path(os.environ.get("CIFAR10_CACHE") or Path.home() / ".cache" / "cifar10-fast").expanduser()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +142,16 @@ def refuse_unsafe_members(member, dest_path):
     return tarfile.data_filter(member, dest_path)
 
 
+def damaged_archive(archive, error):
+    return DataError(f"{archive} is damaged ({error}): download it again")
+
+
 def unpack(archive):
-    if not tarfile.is_tarfile(archive):
+    try:
+        is_archive = tarfile.is_tarfile(archive)
+    except EOFError as e:  # a .tgz cut off before the end of tar's first header
+        raise damaged_archive(archive, e) from e
+    if not is_archive:
         raise DataError(f"{archive} is not a folder or a .tgz/.tar.gz archive: point --data at one of those")
 
     def extract(tmp):
@@ -152,20 +163,24 @@ def unpack(archive):
             raise DataError(f"{archive} is refused as unsafe ({e}): unpack only a CIFAR-10 archive you trust, "
                             "or download it again") from e
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise DataError(f"{archive} is damaged ({e}): download it again") from e
+            raise damaged_archive(archive, e) from e
 
     return build_once(cache_root() / "unpacked" / source_key(archive), extract)
 
 
 def layout_folder(path):
     """Find fastai's layout in `path`, in the one folder an archive usually wraps it in, or make
-    it from the python batches."""
+    it from the python batches; either way it is checked (a converted one too: damaged batches
+    can still make a folder that trains nothing useful, such as one with a single class)."""
     for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
         if all((candidate / split).is_dir() for split in SPLITS):
-            check_layout(candidate)
-            return candidate
-        if all((candidate / name).is_file() for name in PYTHON_BATCHES):
-            return python_batches_to_folder(candidate)
+            folder = candidate
+        elif all((candidate / name).is_file() for name in PYTHON_BATCHES):
+            folder = python_batches_to_folder(candidate)
+        else:
+            continue
+        check_layout(folder)
+        return folder
     raise DataError(f"{path} holds neither train/ and test/ class folders nor the python batches "
                     f"({', '.join(PYTHON_BATCHES)}): point --data at a CIFAR-10 copy")
 
@@ -241,33 +256,91 @@ def load_pickled_arrays(path):
         return ArraysOnly(f, encoding="bytes").load()
 
 
-def read_python_batch(path):
+def read_python_batch(path, n_classes):
+    """(images, labels) of one batch file, refused unless every image has one label naming one of
+    the `n_classes` classes."""
     try:
         batch = load_pickled_arrays(path)
         images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-        return images.transpose(0, 2, 3, 1), list(batch[b"labels"])
+        labels = np.asarray(batch[b"labels"])
     except Exception as e:
         raise DataError(f"{path} is not a readable CIFAR-10 python batch ({type(e).__name__}): "
-                        "download cifar-10-python.tar.gz again") from None
+                        f"{DOWNLOAD_PYTHON_AGAIN}") from None
+    problem = labels_problem(labels, len(images), n_classes)
+    if problem:
+        raise DataError(f"{path} is damaged ({problem}): {DOWNLOAD_PYTHON_AGAIN}")
+    return images.transpose(0, 2, 3, 1), labels
+
+
+def labels_problem(labels, n_images, n_classes):
+    """What is wrong with a batch's labels, or None."""
+    if n_images == 0:
+        return "it holds no images"
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        return "its labels are not a list of class numbers"
+    if len(labels) != n_images:
+        return f"{n_images} images but {len(labels)} labels"
+    outside = labels[(labels < 0) | (labels >= n_classes)]
+    if outside.size:
+        return f"label {outside[0]}, outside the {n_classes} classes 0-{n_classes - 1}"
+    return None
+
+
+def python_class_names(batches):
+    """The class names of batches.meta, or CIFAR-10's without one. Each becomes a folder under the
+    cache, so a name that is not a plain folder name could write anywhere (`../..`) or go unseen
+    (`.hidden`), and two equal names would merge two classes."""
+    meta = batches / "batches.meta"
+    if not meta.is_file():
+        return CIFAR10_NAMES
+    raw_names = read_label_names(meta)
+    names = [plain_folder_name(raw) for raw in raw_names]
+    if None in names:
+        raise DataError(f"{meta} is refused as unsafe (class name {raw_names[names.index(None)]!r} is not a plain "
+                        f"folder name): {DOWNLOAD_PYTHON_AGAIN}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise DataError(f"{meta} names class {twice[0]!r} more than once: {DOWNLOAD_PYTHON_AGAIN}")
+    return names
+
+
+def read_label_names(meta):
+    """batches.meta's label_names: byte strings, as Python 2 pickled them."""
+    try:
+        names = load_pickled_arrays(meta)[b"label_names"]
+        if not all(isinstance(name, bytes) for name in names):
+            raise TypeError("label_names holds more than byte strings")
+        return list(names)
+    except Exception as e:
+        raise DataError(f"{meta} is not a readable CIFAR-10 batches.meta ({type(e).__name__}): "
+                        f"{DOWNLOAD_PYTHON_AGAIN}") from None
+
+
+def plain_folder_name(raw):
+    """`raw` decoded, or None where it is not a visible folder name that stays in its folder."""
+    try:
+        name = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+        return None
+    return name
 
 
 def python_batches_to_folder(batches):
     """Write the official python version out in fastai's layout (PNG is lossless)."""
-    meta = batches / "batches.meta"
-    if meta.is_file():
-        classes = [c.decode() for c in load_pickled_arrays(meta)[b"label_names"]]
-    else:
-        classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    classes = python_class_names(batches)
 
     def write(tmp):
         print(f"writing the python batches in {batches} out as PNG files in the cache (once)")
+        for split in SPLITS:
+            for name in classes:
+                (tmp / split / name).mkdir(parents=True)
         for name in PYTHON_BATCHES:
             split = "test" if name == "test_batch" else "train"
-            images, labels = read_python_batch(batches / name)
+            images, labels = read_python_batch(batches / name, len(classes))
             for i, (image, label) in enumerate(zip(images, labels)):
-                out = tmp / split / classes[label] / f"{name}-{i:05d}.png"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image).save(out)
+                Image.fromarray(image).save(tmp / split / classes[label] / f"{name}-{i:05d}.png")
 
     return build_once(cache_root() / "converted" / source_key(batches / "test_batch"), write)
 
@@ -289,8 +362,13 @@ def cifar10_items(folder, subset=None, skip=frozenset()):
 
 def split_images(folder, split):
     """The image files of train/ or test/, sorted: those directly in its class folders."""
-    return sorted(Path(path) for name in class_names(folder, split)
-                  for path in class_folder_contents(folder / split / name)[0])
+    return sorted(map(Path, image_files(folder, split)))
+
+
+def image_files(folder, split):
+    """The paths, as strings, of the image files directly in the class folders of train/ or test/:
+    all the loader reads."""
+    return [path for name in class_names(folder, split) for path in class_folder_contents(folder / split / name)[0]]
 
 
 def in_test_folder(path):
@@ -368,6 +446,18 @@ def channel_stats(images):
     return means, stds
 
 
+def normalisation_stats(train_images):
+    """channel_stats of the training images, refused where a channel's std is 0: Normalize divides
+    by it, and the first batch's loss would be nan, reported as a divergence."""
+    means, stds = channel_stats(train_images)
+    constant = [colour for colour, std in zip(("red", "green", "blue"), stds) if std == 0]
+    if constant:
+        raise DataError(f"the {len(train_images)} training images in use have std 0 in the {', '.join(constant)} "
+                        f"channel{'s' * (len(constant) > 1)} (every pixel the same), which normalising divides by: "
+                        "train on more, or more varied, images (a larger --subset)")
+    return means, stds
+
+
 def skip_unreadable(folder, dsets, readable, classes, subset):
     """A corrupt training image is left out and counted; the test set must stay whole."""
     unreadable = [p for p, ok in zip(dsets.items, readable) if not ok]
@@ -392,7 +482,7 @@ def cifar10_dataloaders(folder, bs=512, aug="gpu", device=None, subset=None, wor
         block, dsets = skip_unreadable(folder, dsets, readable, classes, subset)
         images = images[torch.from_numpy(readable)]
     train_idx, test_idx = dsets.splits
-    stats = channel_stats(images[train_idx])
+    stats = normalisation_stats(images[train_idx])
     batch_tfms = [*block.batch_tfms, Normalize.from_stats(*stats)]
     val_bs = valid_batch_size(len(test_idx), bs)
     if aug == "gpu":

@@ -1,6 +1,7 @@
 """Any image file as the 32x32 RGB uint8 pixels the model takes, and what had to change."""
 import mimetypes
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -29,16 +30,26 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+def open_rgb(path):
+    """(the image in 8-bit RGB, repairs). An image above PIL's decompression-bomb limit raises,
+    as one twice that size does: PIL only warns of it, in two lines of its own, and decodes it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image.load()  # a truncated file fails here, not later
+            return to_rgb(image), [] if image.mode == "RGB" else [f"mode {image.mode}"]
+
+
 def read_rgb32(path):
     """(HWC uint8 pixels, repairs): repairs names each change, e.g. ["mode L", "size 40x20"].
     Converted to RGB first, then squashed to 32x32 with PIL's bilinear filter, as fastai's
     `PILImage.create` and `Resize(method=ResizeMethod.Squish)` do in an exported learner.
-    Raises UnreadableImage, naming the file, for a file PIL cannot decode."""
+    Raises UnreadableImage, naming the file, for a file PIL cannot decode or will not."""
     try:
-        with Image.open(path) as image:
-            image.load()  # a truncated file fails here, not later
-            repairs = [] if image.mode == "RGB" else [f"mode {image.mode}"]
-            rgb = to_rgb(image)
+        rgb, repairs = open_rgb(path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"cannot read image {path} (more than PIL's limit of {Image.MAX_IMAGE_PIXELS:,} pixels, "
+                              "a guard against decompression bombs): shrink it or remove it") from e
     except Exception as e:  # PIL raises many kinds on a damaged file: OSError, SyntaxError, struct.error...
         raise UnreadableImage(f"cannot read image {path} ({type(e).__name__}): replace it with an image "
                               "PIL reads (PNG, JPEG, ...) or remove it") from e

@@ -56,12 +56,13 @@ def write_folder(root, n_train=8, n_test=2, suffix=".png", classes=CLASSES):
 
 
 def write_python_batches(root, per_batch=10, n_test=20):
-    """The official python version's files: data_batch_1..5, test_batch, batches.meta."""
+    """The official python version's files: data_batch_1..5, test_batch, batches.meta. Every batch
+    of 10 or more images holds every class, in a shuffled order, as the official batches do."""
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
 
     def batch(n):
-        labels = rng.integers(0, 10, n).tolist()
+        labels = rng.permutation(np.arange(n) % 10).tolist()
         data = np.stack([class_image(k).transpose(2, 0, 1).reshape(-1) for k in labels])
         return {b"data": data, b"labels": labels}
 

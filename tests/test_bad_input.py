@@ -3,7 +3,8 @@
 
 A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` builds the input and
 returns the command line; tools "train", "predict" and "compare" run the CLIs, "data" builds the
-DataLoaders."""
+DataLoaders. A repair's check looks at what was made: the DataLoaders, or a finished training run's
+folder."""
 import errno
 import io
 import json
@@ -128,10 +129,13 @@ def wrong_size(tmp, folder, run):
     return replace_image(folder, Image.new("RGB", (64, 48), (70, 70, 70)))
 
 
-def truncated_archive(tmp, folder, run):
-    whole = write_tgz(folder, tmp / "whole.tgz", "cifar10").read_bytes()
-    (tmp / "x.tgz").write_bytes(whole[: len(whole) // 2])
-    return data(tmp / "x.tgz")
+def truncated_archive(keep):
+    """The tiny data set as a .tgz, cut to its first keep(its size) bytes."""
+    def make(tmp, folder, run):
+        whole = write_tgz(folder, tmp / "whole.tgz", "cifar10").read_bytes()
+        (tmp / "x.tgz").write_bytes(whole[:keep(len(whole))])
+        return data(tmp / "x.tgz")
+    return make
 
 
 def archive_escaping_its_folder(tmp, folder, run):
@@ -263,11 +267,12 @@ def unreadable_image(tmp, folder, run):
 
 # Odd files (1): data quirks and unsafe archives -------------------------------------------
 
-def in_cat_folder(make_entry):
-    """A data folder with something odd in train/cat/: `make_entry(train/cat)` makes it."""
+def in_cat_folder(make_entry, *given):
+    """A data folder with something odd in train/cat/: `make_entry(train/cat)` makes it; `given`
+    flags follow --data."""
     def make(tmp, folder, run):
         make_entry(folder / "train" / "cat")
-        return data(folder)
+        return [*data(folder), *given]
     return make
 
 
@@ -286,6 +291,14 @@ def archive_with(member_name):
             tar.addfile(member, io.BytesIO(b"outside"))
         return data(tmp / "x.tgz")
     return make
+
+
+def link_to_a_folder_outside(cat):
+    """A link in train/cat/ to a folder beside the data set that holds an image."""
+    outside = cat.parents[2] / "outside"
+    outside.mkdir()
+    shutil.copy(cat / "0000.png", outside / "0000.png")
+    os.symlink(outside, cat / "outside")
 
 
 # Odd files (2): predict's outputs and files ------------------------------------------------
@@ -351,10 +364,52 @@ def compare_index(text):
     return make
 
 
+# Hostile input: what a probe with tiny random data sets found -----------------------------
+
+def python_batches(change):
+    """The python version, changed by `change(its folder)`."""
+    def make(tmp, folder, run):
+        batches = write_python_batches(tmp / "b")
+        change(batches)
+        return data(batches)
+    return make
+
+
+def meta_holding(meta):
+    """The python version with `meta` pickled as its batches.meta."""
+    return python_batches(lambda batches: (batches / "batches.meta").write_bytes(pickle.dumps(meta)))
+
+
+def first_class_named(name):
+    """The python version with `name` (bytes) for its first class in batches.meta."""
+    return meta_holding({b"label_names": [name, *(c.encode() for c in CLASSES[1:])]})
+
+
+def data_batch_1_holding(n_images, labels):
+    """The python version with `n_images` black images and `labels` in its data_batch_1."""
+    def rewrite(batches):
+        batch = {b"data": np.zeros((n_images, 3 * 32 * 32), np.uint8), b"labels": labels}
+        (batches / "data_batch_1").write_bytes(pickle.dumps(batch))
+    return python_batches(rewrite)
+
+
+def first_training_image_without_red(tmp, folder, run):
+    """--subset 1 of a data set whose first training image has red 0 everywhere."""
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    pixels[..., 0] = 0
+    Image.fromarray(pixels).save(folder / "train" / "airplane" / "0000.png")
+    return [*data(folder), "--subset", "1", "--bs", "1"]
+
+
 # Repairs: what the data looks like afterwards ----------------------------------------------
 
 def train_images(n):
     return lambda dls: len(dls.train_ds) == n
+
+
+def data_files(n):
+    """A finished training run whose data fingerprint counts `n` files: the images the loader read."""
+    return lambda run_dir: json.loads((run_dir / "config.json").read_text())["data_files"] == n
 
 
 def cat_0000_pixel(value):
@@ -366,6 +421,7 @@ def cat_0000_pixel(value):
 
 
 REFUSE, REPAIR = "refuse", "repair"
+ONE_EPOCH = [*GIVEN_LRS, "--epochs", "1"]  # a training run that repairs its input finishes, in seconds
 CASES = {
     # data paths
     "missing path": ("train", missing, REFUSE, "does not exist", None),
@@ -376,7 +432,7 @@ CASES = {
     "train and test classes differ": ("train", classes_differ, REFUSE, "different class folders", None),
     "a class folder with no images": ("train", class_without_images, REFUSE, "has no image files", None),
     "corrupt test image": ("train", corrupt_test_image, REFUSE, "cannot read image", None),
-    "truncated archive": ("train", truncated_archive, REFUSE, "is damaged", None),
+    "truncated archive": ("train", truncated_archive(lambda size: size // 2), REFUSE, "is damaged", None),
     "archive escaping its folder": ("train", archive_escaping_its_folder, REFUSE, "refused as unsafe", None),
     "truncated python batch": ("train", truncated_python_batch, REFUSE, "not a readable CIFAR-10 python batch", None),
     "malicious python batch": ("train", malicious_python_batch, REFUSE, "not a readable CIFAR-10 python batch", None),
@@ -514,20 +570,77 @@ CASES = {
                                                     "matplotlib cannot write a figure as figure.txt", None),
     "an --out that is a file (an error no check foresees)": ("compare", compare_out_is_a_file, REFUSE,
                                                              "runs-file: File exists: fix the path", None),
+    # hostile input: what a probe found
+    "a class name in batches.meta that leads out of the cache": ("train", first_class_named(b"../../../../evil.txt"),
+                                                                 REFUSE, "batches.meta is refused as unsafe", None),
+    "a class name in batches.meta with a backslash": ("train", first_class_named(b"a\\b"), REFUSE,
+                                                      "batches.meta is refused as unsafe", None),
+    "a class name in batches.meta with a NUL": ("train", first_class_named(b"a\0b"), REFUSE,
+                                                "batches.meta is refused as unsafe", None),
+    "a class name in batches.meta that is not UTF-8": ("train", first_class_named(b"\xffcat"), REFUSE,
+                                                       "batches.meta is refused as unsafe", None),
+    "an empty class name in batches.meta": ("train", first_class_named(b""), REFUSE,
+                                            "batches.meta is refused as unsafe", None),
+    "a class named . in batches.meta": ("train", first_class_named(b"."), REFUSE, "batches.meta is refused as unsafe",
+                                        None),
+    "a hidden class name in batches.meta": ("train", first_class_named(b".cat"), REFUSE,
+                                            "batches.meta is refused as unsafe", None),
+    "one class name ten times in batches.meta": ("train", meta_holding({b"label_names": [b"cat"] * 10}), REFUSE,
+                                                 "batches.meta names class 'cat' more than once", None),
+    "batches.meta that is not a pickle": ("train", python_batches(lambda b: (b / "batches.meta").write_bytes(b"junk")),
+                                          REFUSE, "batches.meta is not a readable CIFAR-10 batches.meta", None),
+    "batches.meta holding a list": ("train", meta_holding([b"cat", b"dog"]), REFUSE,
+                                    "batches.meta is not a readable CIFAR-10 batches.meta (TypeError)", None),
+    "batches.meta naming 2 classes for 10": ("train", meta_holding({b"label_names": [b"cat", b"dog"]}), REFUSE,
+                                             "outside the 2 classes 0-1", None),
+    "batches.meta naming a class no image has": (
+        "train", meta_holding({b"label_names": [*map(str.encode, CLASSES), b"zebra"]}), REFUSE,
+        "train/zebra has no image files", None),
+    "a label above the classes in a python batch": ("train", data_batch_1_holding(10, [12] + [0] * 9), REFUSE,
+                                                    "data_batch_1 is damaged (label 12, outside the 10 classes", None),
+    "a label of -1 in a python batch": ("train", data_batch_1_holding(10, [-1] + [0] * 9), REFUSE,
+                                        "data_batch_1 is damaged (label -1, outside the 10 classes", None),
+    "a python batch with more labels than images": ("train", data_batch_1_holding(5, [0] * 7), REFUSE,
+                                                    "data_batch_1 is damaged (5 images but 7 labels)", None),
+    "a python batch with no images": ("train", data_batch_1_holding(0, []), REFUSE,
+                                      "data_batch_1 is damaged (it holds no images)", None),
+    "an archive cut to its first 100 bytes": ("train", truncated_archive(lambda size: 100), REFUSE, "is damaged",
+                                              None),
+    "a symlink loop, through a training run": (
+        "train", in_cat_folder(lambda cat: os.symlink("..", cat / "loop"), *ONE_EPOCH), REPAIR,
+        "folders inside class folders", data_files(100)),
+    "a link to a missing image, through a training run": (
+        "train", in_cat_folder(lambda cat: os.symlink("/nonexistent/x.png", cat / "dead.png"), *ONE_EPOCH), REPAIR,
+        "not images", data_files(100)),
+    "a link to a folder outside the data, through a training run": (
+        "train", in_cat_folder(link_to_a_folder_outside, *ONE_EPOCH), REPAIR, "folders inside class folders",
+        data_files(100)),
+    "training images with a constant channel": ("train", first_training_image_without_red, REFUSE,
+                                                "have std 0 in the red channel", None),
 }
+
+
+def run_cli(tool, argv, tmp_path, outcome):
+    """`tool`'s CLI on `argv`: a refusal exits with status 2; a training run that repairs its input
+    finishes, and its run folder is returned."""
+    cli = {"train": main, "predict": predict.main, "compare": compare.main}[tool]
+    extra = ["--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16"] if tool == "train" else []
+    if outcome == REPAIR:
+        cli([*extra, *argv])
+        run_dir, = (path for path in (tmp_path / "runs").iterdir() if path.is_dir())
+        return run_dir
+    with pytest.raises(SystemExit) as e:
+        cli([*extra, *argv])
+    assert e.value.code == 2
 
 
 @pytest.mark.parametrize("tool,make,outcome,text,check", CASES.values(), ids=CASES.keys())
 def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, outcome, text, check):
     argv = make(tmp_path, tiny_folder, run_dir)
     if tool == "data":
-        dls, _ = cifar10_dataloaders(cifar10_folder(argv[1]), bs=8, device="cpu")
+        made, _ = cifar10_dataloaders(cifar10_folder(argv[1]), bs=8, device="cpu")
     else:
-        cli = {"train": main, "predict": predict.main, "compare": compare.main}[tool]
-        extra = ["--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16"] if tool == "train" else []
-        with pytest.raises(SystemExit) as e:
-            cli([*extra, *argv])
-        assert e.value.code == 2
+        made = run_cli(tool, argv, tmp_path, outcome)
     err = capsys.readouterr().err
     if outcome == REFUSE:
         last = err.strip().splitlines()[-1]
@@ -535,7 +648,7 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
         assert "Traceback" not in err
     else:
         assert any(line.startswith("warning: ") and text in line for line in err.splitlines()), err
-        assert check(dls)
+        assert check(made)
     assert not any(tmp_path.rglob(MARKER)) and not any(tmp_path.rglob("evil.txt"))
 
 

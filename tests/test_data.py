@@ -1,5 +1,7 @@
 import os
+import re
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -163,3 +165,40 @@ def test_hidden_folders_are_not_classes_in_test_either(tiny_folder):
     (tiny_folder / "test" / ".ipynb_checkpoints").mkdir()
     _, dls, _ = load(tiny_folder)
     assert list(dls.vocab) == CLASSES
+
+
+def test_an_empty_cache_variable_means_the_default_cache_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CIFAR10_CACHE", "")
+    archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "c.tgz", "cifar10")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert cifar10_folder(str(archive)).is_relative_to(tmp_path / "home" / ".cache" / "cifar10-fast")
+    assert not any((tmp_path / "work").iterdir())
+
+
+def image_above_pils_bomb_limit(folder, split, monkeypatch):
+    """A 64x64 image in `split`/cat/, above PIL's decompression-bomb limit set to 3,000 pixels:
+    PIL only warns below twice the limit (as of a 12000x12000 image at its default limit)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    big = folder / split / "cat" / "0000.png"
+    Image.new("RGB", (64, 64)).save(big)
+    return big
+
+
+def test_a_training_image_above_pils_bomb_limit_is_skipped_with_our_warning_alone(tiny_folder, monkeypatch, capsys):
+    big = image_above_pils_bomb_limit(tiny_folder, "train", monkeypatch)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        _, dls, _ = load(tiny_folder)
+    assert not [w for w in shown if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert len(dls.train_ds) == 79
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert warned == [f"warning: skipped 1 unreadable training images (such as {big}): remove or replace them to "
+                      "silence this"]
+
+
+def test_a_test_image_above_pils_bomb_limit_is_refused_naming_it(tiny_folder, monkeypatch):
+    big = image_above_pils_bomb_limit(tiny_folder, "test", monkeypatch)
+    with pytest.raises(data.DataError, match=f"cannot read image {re.escape(str(big))} .*decompression bombs"):
+        load(tiny_folder)
