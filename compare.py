@@ -22,6 +22,7 @@ from matplotlib.backend_bases import FigureCanvasBase
 
 from errors import BadInput, one_line_errors, warn
 from files import atomic, check_new_file, save_figure, unused_names
+from settings import OneLineParser
 
 # What a comparison shows of each run's config.json and summary.json.
 SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "label_smoothing", "tta",
@@ -223,7 +224,7 @@ def figure_path(png, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run or group folders (default: every run in the index)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="the folder holding index.csv (default runs)")
     p.add_argument("--png", type=Path, help="the figure to write (.png, .pdf, .svg, ...); never overwritten "

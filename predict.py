@@ -28,6 +28,7 @@ from customresnet import CustomResNet
 from errors import BadInput, one_line_errors
 from files import atomic, check_new_file
 from images import has_image_extension, read_rgb32
+from settings import OneLineParser
 
 REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
 # What fastai's import and load_learner warn of (torch.jit.script's deprecation, pickle's risk):
@@ -172,7 +173,7 @@ def check_arguments(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--run", type=Path, dest="run_dir",
                    help="a run folder written by train_fastai.py (default: the reference checkpoint in models/)")

@@ -332,6 +332,10 @@ def compare_run(change=lambda run_dir: None, png="figure.png"):
     return make
 
 
+def compare_args(*given):
+    return lambda tmp, folder, run: list(given)
+
+
 def compare_out_is_a_file(tmp, folder, run):
     """compare.py with its default figure under an --out that is a file."""
     (tmp / "runs-file").write_text("not a folder")
@@ -501,6 +505,8 @@ CASES = {
                                     "give --png a file in an existing folder", None),
     "--png with a suffix matplotlib cannot write": ("compare", compare_run(png="figure.txt"), REFUSE,
                                                     "matplotlib cannot write a figure as figure.txt", None),
+    "an unknown flag to compare": ("compare", compare_args("--bogus"), REFUSE, "unrecognized arguments: --bogus",
+                                   None),
     "an --out that is a file (an error no check foresees)": ("compare", compare_out_is_a_file, REFUSE,
                                                              "runs-file: File exists: fix the path", None),
 }
@@ -520,8 +526,8 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
     err = capsys.readouterr().err
     if outcome == REFUSE:
         last = err.strip().splitlines()[-1]
-        assert "error: " in last and text in last, err  # argparse's errors start with the program's name
-        assert "Traceback" not in err
+        assert last.startswith("error: ") and text in last, err
+        assert "Traceback" not in err and "usage:" not in err
     else:
         assert any(line.startswith("warning: ") and text in line for line in err.splitlines()), err
         assert check(dls)
