@@ -126,6 +126,18 @@ def given_runs(given):
     return dirs
 
 
+def distinct_runs(dirs):
+    """Each run once: a run given twice (by two paths, or alone and in its group) would count
+    twice in the statistics. The repeated ones are named in a warning."""
+    by_folder = {}
+    for path in dirs:
+        by_folder.setdefault(path.resolve(), []).append(path)
+    repeated = [paths[0] for paths in by_folder.values() if len(paths) > 1]
+    if repeated:
+        warn(f"{', '.join(map(str, repeated))} given more than once: each run is compared once")
+    return [paths[0] for paths in by_folder.values()]
+
+
 def load_runs(dirs):
     """One row per run: its name, group, sweep point, settings and headline numbers, plus its
     per-epoch history and LR schedule for the figure. A run that is not finished is refused."""
@@ -233,7 +245,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     matplotlib.use("Agg")  # the figure goes to a file; never open a window
     with one_line_errors(args.debug):
-        runs = load_runs(given_runs(args.runs) if args.runs else indexed_runs(args.out))
+        runs = load_runs(distinct_runs(given_runs(args.runs) if args.runs else indexed_runs(args.out)))
         png = figure_path(args.png, args.out)
         print(format_table(runs_table(runs)))
         if runs.duplicated(["group", "point"]).any():

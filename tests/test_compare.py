@@ -148,3 +148,12 @@ def test_the_default_figure_is_a_new_file_under_out_not_in_the_current_folder(fi
     figure, = out.glob("compare-*.png")
     assert f"figure: {figure}" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+
+
+def test_a_run_given_twice_is_compared_once(finished_sweep, tmp_path, capsys):
+    run = members(finished_sweep[1])[0]
+    by_another_path = run.parent / ".." / run.parent.name / run.name
+    compare.main([str(run), str(by_another_path), "--png", str(tmp_path / "figure.png")])
+    printed = capsys.readouterr()
+    assert printed.err == f"warning: {run} given more than once: each run is compared once\n"
+    assert printed.out.count(run.name) == 1 and "over seeds" not in printed.out
