@@ -24,9 +24,13 @@ from errors import BadInput, one_line_errors, warn
 from files import atomic, check_new_file, save_figure, unused_names
 from settings import OneLineParser
 
-# What a comparison shows of each run's config.json and summary.json.
+# What a comparison shows of each run's config.json and summary.json. data_sha256 and classes
+# show runs on other data (whose accuracies do not compare).
 SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "label_smoothing", "tta",
-            "target_acc", "aug", "precision", "width", "subset", "device", "seed"]
+            "target_acc", "aug", "precision", "width", "subset", "device", "seed", "data_sha256", "classes"]
+# Settings too long to show whole: the data's hash by its first 12 digits (as git shortens a
+# commit), the class names joined.
+SHORT_FORMS = {"data_sha256": lambda digest: digest[:12], "classes": ",".join}
 METRICS = ["final_accuracy", "tta_accuracy", "best_accuracy", "fit_seconds", "train_images_per_s", "epochs_run",
            "first_epoch_90", "first_epoch_93", "first_epoch_94", "seconds_to_90", "seconds_to_93", "seconds_to_94",
            "stopped_early"]
@@ -154,10 +158,16 @@ def load_runs(dirs):
                 raise CompareError(f"{path / 'summary.json'} is damaged (no number {name}): {RUN_FILE_FIX}")
         rows.append({"run": path.name, "group": config.get("group") or path.name,
                      "point": config.get("sweep_point") or "",
-                     **{name: config.get(name) for name in SETTINGS}, **headline(summary),
+                     **{name: shown_setting(config, name) for name in SETTINGS}, **headline(summary),
                      "history": read_table(path / "history.csv", ["epoch", "accuracy"]),
                      "schedule": read_table(path / "lr_schedule.csv", ["epoch", "lr"])})
     return pd.DataFrame(rows)
+
+
+def shown_setting(config, name):
+    """A setting of config.json as the table shows it; None where the run predates the setting."""
+    value = config.get(name)
+    return SHORT_FORMS[name](value) if name in SHORT_FORMS and value is not None else value
 
 
 def varying(runs, columns):

@@ -157,3 +157,19 @@ def test_a_run_given_twice_is_compared_once(finished_sweep, tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.err == f"warning: {run} given more than once: each run is compared once\n"
     assert printed.out.count(run.name) == 1 and "over seeds" not in printed.out
+
+
+def test_runs_on_other_data_show_it_among_the_settings_that_differ(finished_sweep, tmp_path, capsys):
+    out, runs = copy_of_runs(finished_sweep, tmp_path)
+    config = json.loads((runs[1] / "config.json").read_text())
+    (runs[1] / "config.json").write_text(json.dumps({**config, "data_sha256": "f" * 64}))
+    compare.main([str(runs[0]), str(runs[1]), "--png", str(tmp_path / "other-data.png")])
+    printed = capsys.readouterr().out
+    assert "data_sha256" in printed and config["data_sha256"][:12] in printed
+    assert "f" * 12 in printed and "f" * 13 not in printed  # shortened, as git shortens a commit
+    assert "classes" not in printed
+
+    (runs[1] / "config.json").write_text(json.dumps({**config, "classes": [*config["classes"][:9], "zebra"]}))
+    compare.main([str(runs[0]), str(runs[1]), "--png", str(tmp_path / "other-classes.png")])
+    printed = capsys.readouterr().out
+    assert "classes" in printed and "zebra" in printed and "data_sha256" not in printed
