@@ -11,6 +11,7 @@ run on shared axes.
 """
 import argparse
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -40,6 +41,7 @@ RUN_FILES = ["config.json", "summary.json", "history.csv", "lr_schedule.csv", "r
 SUMMARY_NUMBERS = ["final_accuracy", "fit_seconds"]  # what the tables need of every run
 RUN_FILE_FIX = "leave its run out, or delete the run"
 INDEX_FIX = "repair it, or move it away (the next finished run starts a new index)"
+GROUP_NAME = re.compile(r"-group(-\d+)?$")  # train_fastai.py's name for a group folder, -2 and on if taken
 
 
 class CompareError(BadInput):
@@ -125,9 +127,31 @@ def given_runs(given):
         if not path.is_dir():
             raise CompareError(f"{path} is not a folder: give run folders or group folders that train_fastai.py wrote")
         summary = path / "summary.json"
+        if not summary.is_file() and not (path / "config.json").exists() and GROUP_NAME.search(path.name):
+            raise unfinished_group(path)
         members = read_json(summary).get("members") if summary.is_file() else None
         dirs += [path.parent / name for name in members] if members else [path]
     return dirs
+
+
+def unfinished_group(group):
+    """The error for a group folder with no summary.json: a run of the group failed (a refused
+    sweep point, say), so the group was never summarised. Names its runs that did finish."""
+    problem = f"{group} is a group whose runs did not all finish (no summary.json)"
+    finished = finished_members(group)
+    if not finished:
+        return CompareError(f"{problem}, and none of its runs is finished: train the group again")
+    return CompareError(f"{problem}: compare its finished runs instead: {' '.join(map(str, finished))}")
+
+
+def finished_members(group):
+    """The finished runs of `group` that its folder's index.csv lists (a run joins it when it finishes)."""
+    index = group.parent / "index.csv"
+    if not index.is_file():
+        return []
+    table = read_index(index)
+    names = table.run[table.group == group.name] if "group" in table.columns else []
+    return [group.parent / name for name in names if missing_run_file(group.parent / name) is None]
 
 
 def distinct_runs(dirs):

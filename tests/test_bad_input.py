@@ -336,6 +336,12 @@ def compare_args(*given):
     return lambda tmp, folder, run: list(given)
 
 
+def unfinished_group(tmp, folder, run):
+    """A group folder as train_fastai.py leaves it when its first run is refused: empty."""
+    (tmp / "runs" / "20250101-120000-lr-group").mkdir(parents=True)
+    return [str(tmp / "runs" / "20250101-120000-lr-group"), "--png", str(tmp / "figure.png")]
+
+
 def compare_out_is_a_file(tmp, folder, run):
     """compare.py with its default figure under an --out that is a file."""
     (tmp / "runs-file").write_text("not a folder")
@@ -507,6 +513,9 @@ CASES = {
                                                     "matplotlib cannot write a figure as figure.txt", None),
     "an unknown flag to compare": ("compare", compare_args("--bogus"), REFUSE, "unrecognized arguments: --bogus",
                                    None),
+    "a group folder whose runs did not finish": ("compare", unfinished_group, REFUSE,
+                                                 "is a group whose runs did not all finish (no summary.json), and "
+                                                 "none of its runs is finished", None),
     "an --out that is a file (an error no check foresees)": ("compare", compare_out_is_a_file, REFUSE,
                                                              "runs-file: File exists: fix the path", None),
 }

@@ -173,3 +173,16 @@ def test_runs_on_other_data_show_it_among_the_settings_that_differ(finished_swee
     compare.main([str(runs[0]), str(runs[1]), "--png", str(tmp_path / "other-classes.png")])
     printed = capsys.readouterr().out
     assert "classes" in printed and "zebra" in printed and "data_sha256" not in printed
+
+
+def test_a_group_that_did_not_finish_names_its_finished_runs(finished_sweep, tmp_path, capsys):
+    """A sweep whose third run failed: the group has no summary.json, and its third and fourth
+    runs are not finished."""
+    out, runs = copy_of_runs(finished_sweep, tmp_path)
+    group = out / finished_sweep[1].name
+    (group / "summary.json").unlink()
+    (runs[2] / "report.html").unlink()
+    shutil.rmtree(runs[3])
+    assert compare_error([str(group)], capsys) == (
+        f"error: {group} is a group whose runs did not all finish (no summary.json): compare its finished runs "
+        f"instead: {runs[0]} {runs[1]}")
