@@ -305,6 +305,11 @@ def classes_json(**values):
     return make
 
 
+def csv_link_to_nowhere(tmp, folder, run):
+    os.symlink("nowhere.csv", tmp / "link.csv")
+    return ["--run", str(run), str(tmp / "images"), "--csv", str(tmp / "link.csv")]
+
+
 def classes_json_not_json(tmp, folder, run):
     (run / "classes.json").write_text('{"classes": [')
     return ["--run", str(run), str(tmp / "images")]
@@ -491,6 +496,8 @@ CASES = {
                               "is a folder: give --csv a file name", None),
     "a malicious export.pkl under --pickle": ("predict", malicious_export, REFUSE,
                                               "is not a learner that train_fastai.py exported", None),
+    "--csv naming a link that leads nowhere": ("predict", csv_link_to_nowhere, REFUSE, "exists already (as a link)",
+                                               None),
     "classes.json with a zero std": ("predict", classes_json(std=[0.25, 0, 0.25]), REFUSE, "the std at least 1e-06",
                                      None),
     "classes.json with a negative std": ("predict", classes_json(std=[0.25, -0.25, 0.25]), REFUSE,
