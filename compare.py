@@ -11,6 +11,7 @@ run on shared axes.
 """
 import argparse
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -22,10 +23,15 @@ from matplotlib.backend_bases import FigureCanvasBase
 
 from errors import BadInput, one_line_errors, warn
 from files import atomic, check_new_file, save_figure, unused_names
+from settings import OneLineParser
 
-# What a comparison shows of each run's config.json and summary.json.
+# What a comparison shows of each run's config.json and summary.json. data_sha256 and classes
+# show runs on other data (whose accuracies do not compare).
 SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "label_smoothing", "tta",
-            "target_acc", "aug", "precision", "width", "subset", "device", "seed"]
+            "target_acc", "aug", "precision", "width", "subset", "device", "seed", "data_sha256", "classes"]
+# Settings too long to show whole: the data's hash by its first 12 digits (as git shortens a
+# commit), the class names joined.
+SHORT_FORMS = {"data_sha256": lambda digest: digest[:12], "classes": ",".join}
 METRICS = ["final_accuracy", "tta_accuracy", "best_accuracy", "fit_seconds", "train_images_per_s", "epochs_run",
            "first_epoch_90", "first_epoch_93", "first_epoch_94", "seconds_to_90", "seconds_to_93", "seconds_to_94",
            "stopped_early"]
@@ -35,6 +41,7 @@ RUN_FILES = ["config.json", "summary.json", "history.csv", "lr_schedule.csv", "r
 SUMMARY_NUMBERS = ["final_accuracy", "fit_seconds"]  # what the tables need of every run
 RUN_FILE_FIX = "leave its run out, or delete the run"
 INDEX_FIX = "repair it, or move it away (the next finished run starts a new index)"
+GROUP_NAME = re.compile(r"-group(-\d+)?$")  # train_fastai.py's name for a group folder, -2 and on if taken
 
 
 class CompareError(BadInput):
@@ -120,9 +127,43 @@ def given_runs(given):
         if not path.is_dir():
             raise CompareError(f"{path} is not a folder: give run folders or group folders that train_fastai.py wrote")
         summary = path / "summary.json"
+        if not summary.is_file() and not (path / "config.json").exists() and GROUP_NAME.search(path.name):
+            raise unfinished_group(path)
         members = read_json(summary).get("members") if summary.is_file() else None
         dirs += [path.parent / name for name in members] if members else [path]
     return dirs
+
+
+def unfinished_group(group):
+    """The error for a group folder with no summary.json: a run of the group failed (a refused
+    sweep point, say), so the group was never summarised. Names its runs that did finish."""
+    problem = f"{group} is a group whose runs did not all finish (no summary.json)"
+    finished = finished_members(group)
+    if not finished:
+        return CompareError(f"{problem}, and none of its runs is finished: train the group again")
+    return CompareError(f"{problem}: compare its finished runs instead: {' '.join(map(str, finished))}")
+
+
+def finished_members(group):
+    """The finished runs of `group` that its folder's index.csv lists (a run joins it when it finishes)."""
+    index = group.parent / "index.csv"
+    if not index.is_file():
+        return []
+    table = read_index(index)
+    names = table.run[table.group == group.name] if "group" in table.columns else []
+    return [group.parent / name for name in names if missing_run_file(group.parent / name) is None]
+
+
+def distinct_runs(dirs):
+    """Each run once: a run given twice (by two paths, or alone and in its group) would count
+    twice in the statistics. The repeated ones are named in a warning."""
+    by_folder = {}
+    for path in dirs:
+        by_folder.setdefault(path.resolve(), []).append(path)
+    repeated = [paths[0] for paths in by_folder.values() if len(paths) > 1]
+    if repeated:
+        warn(f"{', '.join(map(str, repeated))} given more than once: each run is compared once")
+    return [paths[0] for paths in by_folder.values()]
 
 
 def load_runs(dirs):
@@ -141,10 +182,16 @@ def load_runs(dirs):
                 raise CompareError(f"{path / 'summary.json'} is damaged (no number {name}): {RUN_FILE_FIX}")
         rows.append({"run": path.name, "group": config.get("group") or path.name,
                      "point": config.get("sweep_point") or "",
-                     **{name: config.get(name) for name in SETTINGS}, **headline(summary),
+                     **{name: shown_setting(config, name) for name in SETTINGS}, **headline(summary),
                      "history": read_table(path / "history.csv", ["epoch", "accuracy"]),
                      "schedule": read_table(path / "lr_schedule.csv", ["epoch", "lr"])})
     return pd.DataFrame(rows)
+
+
+def shown_setting(config, name):
+    """A setting of config.json as the table shows it; None where the run predates the setting."""
+    value = config.get(name)
+    return SHORT_FORMS[name](value) if name in SHORT_FORMS and value is not None else value
 
 
 def varying(runs, columns):
@@ -223,7 +270,7 @@ def figure_path(png, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run or group folders (default: every run in the index)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="the folder holding index.csv (default runs)")
     p.add_argument("--png", type=Path, help="the figure to write (.png, .pdf, .svg, ...); never overwritten "
@@ -232,7 +279,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     matplotlib.use("Agg")  # the figure goes to a file; never open a window
     with one_line_errors(args.debug):
-        runs = load_runs(given_runs(args.runs) if args.runs else indexed_runs(args.out))
+        runs = load_runs(distinct_runs(given_runs(args.runs) if args.runs else indexed_runs(args.out)))
         png = figure_path(args.png, args.out)
         print(format_table(runs_table(runs)))
         if runs.duplicated(["group", "point"]).any():

@@ -1,8 +1,9 @@
 """What the tools tell a user about their input: one `warning:` line for what they repaired, and
 for what they refuse one line `error: <the problem>: <the fix>` with exit status 2, no traceback
-(`--debug` shows it)."""
+(`--debug` shows it); and the interpreter for a command they are told to run."""
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 DEBUG_HINT = "rerun with --debug for the traceback"
 
@@ -13,6 +14,16 @@ class BadInput(Exception):
 
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
+
+
+def python_command():
+    """The interpreter as the user would retype it: its path from the current folder when it lies
+    below it (.venv/bin/python), else its name, as found on the PATH."""
+    executable = Path(sys.executable)
+    try:
+        return str(executable.relative_to(Path.cwd()))
+    except ValueError:  # elsewhere, or unknown (an empty sys.executable)
+        return executable.name or "python"
 
 
 def unexpected_line(error):

@@ -46,8 +46,9 @@ def check_new_file(path, flag):
     has no folder to go into."""
     if path.is_dir():
         raise BadInput(f"{flag} {path} is a folder: give {flag} a file name")
-    if path.exists():
-        raise BadInput(f"{path} exists already: give {flag} a new file name")
+    if os.path.lexists(path):  # a link that leads nowhere too: writing would replace the user's link
+        as_link = " (as a link)" if path.is_symlink() else ""
+        raise BadInput(f"{path} exists already{as_link}: give {flag} a new file name")
     if not path.parent.is_dir():
         raise BadInput(f"{path.parent} is not a folder: give {flag} a file in an existing folder, or create it first")
 

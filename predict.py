@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,14 @@ from customresnet import CustomResNet
 from errors import BadInput, one_line_errors
 from files import atomic, check_new_file
 from images import has_image_extension, read_rgb32
+from settings import OneLineParser
 
 REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
 # What fastai's import and load_learner warn of (torch.jit.script's deprecation, pickle's risk):
 # predict's own note says what matters to a user of --pickle.
 LIBRARY_WARNINGS = (".*torch.jit.script.*deprecated", "load_learner` uses Python's insecure pickle")
 CLASSES_FIX = "give the classes.json that train_fastai.py wrote with these weights"
+MIN_STD = 1e-6  # far below any real data's (CIFAR-10's is 0.25), far above where float32 normalising overflows
 
 
 class PredictError(BadInput):
@@ -59,21 +62,39 @@ def weights_files(run_dir):
 
 def read_classes(meta):
     """The class names and the normalisation (mean, std as (3, 1, 1) tensors) in classes.json, or
-    the reference's .json. A std of 0 would make every probability NaN, so it is refused."""
+    the reference's .json."""
     try:
         info = json.loads(meta.read_text())
-        classes = list(info["classes"])
+        classes = info["classes"]
         mean, std = (np.asarray(info[key], dtype=np.float64) for key in ("mean", "std"))
     except (ValueError, KeyError, TypeError) as e:  # not JSON (or not UTF-8), a key missing, a value not numbers
         raise PredictError(f"{meta} cannot be read as class names and normalisation ({type(e).__name__}: {e}): "
                            f"{CLASSES_FIX}") from e
-    if not all(isinstance(name, str) for name in classes):
-        raise PredictError(f"{meta}: \"classes\" must be a list of class names: {CLASSES_FIX}")
-    if mean.shape != (3,) or std.shape != (3,) or not np.isfinite([mean, std]).all() or (std <= 0).any():
-        raise PredictError(f"{meta}: \"mean\" and \"std\" must be 3 finite numbers each, one per RGB channel, "
-                           f"and std above 0, not {info['mean']} and {info['std']}: {CLASSES_FIX}")
+    check_class_names(classes, meta)
+    check_normalisation(mean, std, info, meta)
     mean, std = (torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (mean, std))
     return classes, mean, std
+
+
+def check_class_names(classes, meta):
+    """A string or an object would pass as names letter by letter or key by key, and a repeated
+    or empty name would make two classes one on screen, so each is refused."""
+    if not isinstance(classes, list) or not all(isinstance(name, str) and name.strip() for name in classes):
+        raise PredictError(f'{meta}: "classes" must be a list of class names, each a non-empty string: {CLASSES_FIX}')
+    repeated = [name for name, count in Counter(classes).items() if count > 1]
+    if repeated:
+        raise PredictError(f'{meta}: "classes" names {", ".join(repeated)} more than once: {CLASSES_FIX}')
+
+
+def check_normalisation(mean, std, info, meta):
+    """mean and std are those of the training pixels in [0, 1]: other values were never what
+    training normalised with, and a huge mean or a std near 0 makes every probability NaN."""
+    usable = mean.shape == std.shape == (3,) and np.isfinite([mean, std]).all() \
+        and ((0 <= mean) & (mean <= 1)).all() and (std >= MIN_STD).all()
+    if not usable:
+        raise PredictError(f'{meta}: "mean" and "std" must be 3 finite numbers each, one per RGB channel, the mean '
+                           f"in [0, 1] and the std at least {MIN_STD:g}, not {info['mean']} and {info['std']}: "
+                           f"{CLASSES_FIX}")
 
 
 def load_model(weights):
@@ -95,6 +116,8 @@ def image_paths(inputs):
             paths += sorted(p for p in given.rglob("*") if has_image_extension(p.name) and p.is_file())
         elif given.is_file():
             paths.append(given)
+        elif given.exists():
+            raise PredictError(f"{given} is not a regular file: give image files or folders of images")
         else:
             raise PredictError(f"{given} does not exist: give image files or folders of images")
     if not paths:
@@ -172,7 +195,7 @@ def check_arguments(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--run", type=Path, dest="run_dir",
                    help="a run folder written by train_fastai.py (default: the reference checkpoint in models/)")

@@ -27,6 +27,7 @@ import re
 import shlex
 import sys
 import tempfile
+import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the trainer's modules; this folder's are on the path as the script's own
 
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -41,7 +43,9 @@ import airbench94  # noqa: E402
 import fastai_stock  # noqa: E402
 import ours  # noqa: E402
 import seed_style  # noqa: E402
+import settings  # noqa: E402
 from data import cache_root, cifar10_folder  # noqa: E402
+from errors import BadInput, one_line_errors  # noqa: E402
 from files import unused_names, write_json  # noqa: E402
 from hardware import device_name, library_versions  # noqa: E402
 from measure import bench_device, driver_version, flops_per_image, matmul_peak_tflops  # noqa: E402
@@ -55,10 +59,12 @@ FULL = dict(epochs=24, bs=512, width=64, seeds=5, baseline_seeds=2, subset=None,
             matmul_size=8192, profile_steps=20)
 SMOKE = dict(epochs=2, bs=16, width=8, seeds=2, baseline_seeds=1, subset=None, workers=0,
              matmul_size=256, profile_steps=3)
+# The flags the bench shares with train_fastai.py: ours trains with them, the other rows with the same values.
+TRAINING_FLAGS = ("epochs", "bs", "width", "subset", "workers", "lr_min", "lr_max")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="CIFAR-10 folder or .tgz, as train_fastai.py takes it (default $CIFAR10_DATA)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows (default all: {','.join(ROWS)})")
     p.add_argument("--seeds", type=int, help="runs of ours and of airbench94 (default 5)")
@@ -76,6 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, help="results folder (default bench/results; required with --smoke)")
     p.add_argument("--smoke", action="store_true",
                    help="everything tiny on the CPU, to test the harness; its figures mean nothing")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
     for name, value in (SMOKE if args.smoke else FULL).items():
         if getattr(args, name, None) is None:
@@ -86,11 +93,21 @@ def parse_args(argv=None):
         p.error(f"--rows: unknown row {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     if args.smoke and args.out is None:
         p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
-    for name in ("seeds", "baseline_seeds", "epochs", "bs", "width"):
+    for name in ("seeds", "baseline_seeds"):
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+            p.error(f"{settings.option(name)} must be at least 1, not {getattr(args, name)}")
+    check_training_flags(args)
     args.out = args.out or REPO / "bench" / "results"
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is not a folder: give --out a folder for the results (a missing one is created)")
     return args
+
+
+def check_training_flags(args):
+    """The flags shared with train_fastai.py, checked by train_fastai.py's own parser: a value it
+    refuses (an LR of inf, a batch of 0) stops the bench with its one line before anything runs."""
+    given = [(name, getattr(args, name)) for name in TRAINING_FLAGS if getattr(args, name) is not None]
+    settings.parse_args([text for name, value in given for text in (settings.option(name), str(value))])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +140,7 @@ def results_stem(out, device_label):
     for candidate in unused_names(stem):
         if not (out / f"{candidate}.json").exists() and not (out / f"{candidate}.log").exists():
             return out / candidate
-    raise SystemExit(f"error: too many results files named {stem} in {out}: move some away")
+    raise BadInput(f"too many results files named {stem} in {out}: move some away")
 
 
 class Tee:
@@ -190,6 +207,12 @@ def run_bench(args, device, work, results, save):
 
 def main(argv=None):
     args = parse_args(argv)
+    with one_line_errors(args.debug):  # bad input, the machine's included: one line, exit status 2
+        bench_and_record(args, argv)
+
+
+def bench_and_record(args, argv):
+    """Every row in order, the results file rewritten after each run, and the raw log beside it."""
     device = bench_device(args.smoke)
     args.folder = cifar10_folder(args.data)
     args.lrs = (args.lr_min, args.lr_max) if args.lr_min and args.lr_max else None

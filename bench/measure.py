@@ -2,7 +2,6 @@
 model FLOP utilisation divides by, the model's FLOPs per image, peak GPU memory, and a profiler
 window over a few training steps."""
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 
@@ -12,13 +11,15 @@ from fastai.vision.all import CancelFitException, Callback
 from torch.utils.flop_counter import FlopCounterMode
 
 from customresnet import CustomResNet
+from errors import BadInput
 
 
 def bench_device(smoke):
     if smoke:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        sys.exit("error: the bench needs a CUDA GPU; use --smoke --out DIR to check the harness on a CPU")
+        raise BadInput("the bench needs a CUDA GPU, and none is visible here: use --smoke --out DIR to check the "
+                       "harness on a CPU")
     return torch.device("cuda")
 
 

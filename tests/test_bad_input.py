@@ -322,6 +322,11 @@ def classes_json(**values):
     return make
 
 
+def csv_link_to_nowhere(tmp, folder, run):
+    os.symlink("nowhere.csv", tmp / "link.csv")
+    return ["--run", str(run), str(tmp / "images"), "--csv", str(tmp / "link.csv")]
+
+
 def classes_json_not_json(tmp, folder, run):
     (run / "classes.json").write_text('{"classes": [')
     return ["--run", str(run), str(tmp / "images")]
@@ -347,6 +352,16 @@ def compare_run(change=lambda run_dir: None, png="figure.png"):
         change(run_dir)
         return [str(run_dir), "--png", str(tmp / png)]
     return make
+
+
+def compare_args(*given):
+    return lambda tmp, folder, run: list(given)
+
+
+def unfinished_group(tmp, folder, run):
+    """A group folder as train_fastai.py leaves it when its first run is refused: empty."""
+    (tmp / "runs" / "20250101-120000-lr-group").mkdir(parents=True)
+    return [str(tmp / "runs" / "20250101-120000-lr-group"), "--png", str(tmp / "figure.png")]
 
 
 def compare_out_is_a_file(tmp, folder, run):
@@ -527,6 +542,8 @@ CASES = {
     "image it cannot open": ("predict", unreadable_image, REFUSE, "cannot read image", None),
     "missing image": ("predict", predict_args("nope.png"), REFUSE, "does not exist", None),
     "topk zero": ("predict", predict_args("x.png", "--topk", "0"), REFUSE, "--topk must be at least 1", None),
+    "an image path that is not a regular file": ("predict", predict_args("/dev/null"), REFUSE,
+                                                 "/dev/null is not a regular file", None),
     # odd files (1): data quirks and unsafe archives
     "a subfolder in a class folder": ("data", in_cat_folder(image_in_subfolder), REPAIR,
                                       "folders inside class folders", train_images(80)),
@@ -546,9 +563,23 @@ CASES = {
                               "is a folder: give --csv a file name", None),
     "a malicious export.pkl under --pickle": ("predict", malicious_export, REFUSE,
                                               "is not a learner that train_fastai.py exported", None),
-    "classes.json with a zero std": ("predict", classes_json(std=[0.25, 0, 0.25]), REFUSE, "and std above 0", None),
-    "classes.json with a negative std": ("predict", classes_json(std=[0.25, -0.25, 0.25]), REFUSE, "and std above 0",
-                                         None),
+    "--csv naming a link that leads nowhere": ("predict", csv_link_to_nowhere, REFUSE, "exists already (as a link)",
+                                               None),
+    "classes.json with a zero std": ("predict", classes_json(std=[0.25, 0, 0.25]), REFUSE, "the std at least 1e-06",
+                                     None),
+    "classes.json with a negative std": ("predict", classes_json(std=[0.25, -0.25, 0.25]), REFUSE,
+                                         "the std at least 1e-06", None),
+    "classes.json with a std near 0": ("predict", classes_json(std=[1e-308] * 3), REFUSE, "the std at least 1e-06",
+                                       None),
+    "classes.json with a huge mean": ("predict", classes_json(mean=[1e308] * 3), REFUSE, "the mean in [0, 1]", None),
+    "classes.json with the classes as a string": ("predict", classes_json(classes="abcdefghij"), REFUSE,
+                                                  '"classes" must be a list of class names', None),
+    "classes.json with the classes as an object": ("predict", classes_json(classes=dict.fromkeys(CLASSES, 1)),
+                                                   REFUSE, '"classes" must be a list of class names', None),
+    "classes.json with an empty class name": ("predict", classes_json(classes=[*CLASSES[:9], ""]), REFUSE,
+                                              "each a non-empty string", None),
+    "classes.json with a class named twice": ("predict", classes_json(classes=[*CLASSES[:9], "cat"]), REFUSE,
+                                              '"classes" names cat more than once', None),
     "classes.json with a NaN std": ("predict", classes_json(std=[0.25, float("nan"), 0.25]), REFUSE,
                                     "3 finite numbers", None),
     "classes.json with 2 std values": ("predict", classes_json(std=[0.25, 0.25]), REFUSE, "3 finite numbers", None),
@@ -568,6 +599,11 @@ CASES = {
                                     "give --png a file in an existing folder", None),
     "--png with a suffix matplotlib cannot write": ("compare", compare_run(png="figure.txt"), REFUSE,
                                                     "matplotlib cannot write a figure as figure.txt", None),
+    "an unknown flag to compare": ("compare", compare_args("--bogus"), REFUSE, "unrecognized arguments: --bogus",
+                                   None),
+    "a group folder whose runs did not finish": ("compare", unfinished_group, REFUSE,
+                                                 "is a group whose runs did not all finish (no summary.json), and "
+                                                 "none of its runs is finished", None),
     "an --out that is a file (an error no check foresees)": ("compare", compare_out_is_a_file, REFUSE,
                                                              "runs-file: File exists: fix the path", None),
     # hostile input: what a probe found
@@ -644,8 +680,8 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
     err = capsys.readouterr().err
     if outcome == REFUSE:
         last = err.strip().splitlines()[-1]
-        assert "error: " in last and text in last, err  # argparse's errors start with the program's name
-        assert "Traceback" not in err
+        assert last.startswith("error: ") and text in last, err
+        assert "Traceback" not in err and "usage:" not in err
     else:
         assert any(line.startswith("warning: ") and text in line for line in err.splitlines()), err
         assert check(made)

@@ -1,9 +1,11 @@
 """The bench harness on tiny data on the CPU (--smoke): every row is run or honestly skipped, and the
 results file holds what BENCHMARKS.md reads. Its figures mean nothing and are asserted nowhere."""
 import json
+import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -66,6 +68,49 @@ def test_smoke_needs_an_out_folder(capsys):
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--smoke"])
     assert e.value.code == 2 and "never written into bench/results" in capsys.readouterr().err
+
+
+def bench_error(argv, capsys):
+    """The one line the bench ends with on bad input, with exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["--rows", "bogus"], "--rows: unknown row bogus"),
+    (["--seeds", "0"], "--seeds must be at least 1, not 0"),
+    (["--bs", "0"], "--bs must be positive, not 0"),
+    (["--width", "0"], "--width must be positive, not 0"),
+    (["--smoke"], "--smoke needs --out DIR"),
+    (["--lr-max", "inf", "--lr-min", "1e-4"], "--lr-max must be a finite number, not inf"),
+    (["--lr-max", "1e-3", "--lr-min", "0"], "--lr-min must be positive, not 0.0"),
+])
+def test_a_bad_flag_is_one_line(argv, text, capsys):
+    assert text in bench_error(argv, capsys)
+
+
+def test_bad_data_or_out_is_one_line_and_keeps_the_users_file(tmp_path, capsys):
+    assert "does not exist" in bench_error(["--smoke", "--out", str(tmp_path / "results"), "--data",
+                                            str(tmp_path / "nope")], capsys)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("precious")
+    assert f"--out {mine} is not a folder" in bench_error(["--smoke", "--out", str(mine)], capsys)
+    assert mine.read_text() == "precious"
+
+
+def test_the_full_bench_without_a_gpu_is_refused_as_bad_input(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "the bench needs a CUDA GPU" in bench_error([], capsys)
+
+
+def test_the_bench_shows_no_library_warning():
+    """fastai's import warns that torch.jit.script is deprecated: nothing a user of the bench can act on."""
+    done = subprocess.run([sys.executable, "bench/bench.py", "--rows", "bogus"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: --rows") and len(done.stderr.splitlines()) == 1
 
 
 def test_seed_style_trains_as_the_notebooks_did():

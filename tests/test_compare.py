@@ -148,3 +148,41 @@ def test_the_default_figure_is_a_new_file_under_out_not_in_the_current_folder(fi
     figure, = out.glob("compare-*.png")
     assert f"figure: {figure}" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+
+
+def test_a_run_given_twice_is_compared_once(finished_sweep, tmp_path, capsys):
+    run = members(finished_sweep[1])[0]
+    by_another_path = run.parent / ".." / run.parent.name / run.name
+    compare.main([str(run), str(by_another_path), "--png", str(tmp_path / "figure.png")])
+    printed = capsys.readouterr()
+    assert printed.err == f"warning: {run} given more than once: each run is compared once\n"
+    assert printed.out.count(run.name) == 1 and "over seeds" not in printed.out
+
+
+def test_runs_on_other_data_show_it_among_the_settings_that_differ(finished_sweep, tmp_path, capsys):
+    out, runs = copy_of_runs(finished_sweep, tmp_path)
+    config = json.loads((runs[1] / "config.json").read_text())
+    (runs[1] / "config.json").write_text(json.dumps({**config, "data_sha256": "f" * 64}))
+    compare.main([str(runs[0]), str(runs[1]), "--png", str(tmp_path / "other-data.png")])
+    printed = capsys.readouterr().out
+    assert "data_sha256" in printed and config["data_sha256"][:12] in printed
+    assert "f" * 12 in printed and "f" * 13 not in printed  # shortened, as git shortens a commit
+    assert "classes" not in printed
+
+    (runs[1] / "config.json").write_text(json.dumps({**config, "classes": [*config["classes"][:9], "zebra"]}))
+    compare.main([str(runs[0]), str(runs[1]), "--png", str(tmp_path / "other-classes.png")])
+    printed = capsys.readouterr().out
+    assert "classes" in printed and "zebra" in printed and "data_sha256" not in printed
+
+
+def test_a_group_that_did_not_finish_names_its_finished_runs(finished_sweep, tmp_path, capsys):
+    """A sweep whose third run failed: the group has no summary.json, and its third and fourth
+    runs are not finished."""
+    out, runs = copy_of_runs(finished_sweep, tmp_path)
+    group = out / finished_sweep[1].name
+    (group / "summary.json").unlink()
+    (runs[2] / "report.html").unlink()
+    shutil.rmtree(runs[3])
+    assert compare_error([str(group)], capsys) == (
+        f"error: {group} is a group whose runs did not all finish (no summary.json): compare its finished runs "
+        f"instead: {runs[0]} {runs[1]}")

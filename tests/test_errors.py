@@ -1,7 +1,9 @@
 """errors.one_line_errors: bad input ends in one line; a programming error keeps its traceback."""
+import sys
+
 import pytest
 
-from errors import BadInput, one_line_errors
+from errors import BadInput, one_line_errors, python_command
 
 
 def ended_with(error, capsys, debug=False):
@@ -38,3 +40,11 @@ def test_debug_keeps_the_traceback():
     with pytest.raises(BadInput):
         with one_line_errors(debug=True):
             raise BadInput("x is wrong: do y")
+
+
+def test_the_interpreter_to_retype_is_the_one_the_user_ran(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    assert python_command() == ".venv/bin/python"
+    monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
+    assert python_command() == "python3"

@@ -143,7 +143,7 @@ class Session:
         _, err = process.communicate(timeout=COMMAND_TIMEOUT_S)
         run, = (path.relative_to(self.work) for path in self.run_folders() - before)
         assert process.returncode == 130, err[-3000:]
-        assert err.strip().splitlines()[-1].endswith(f"Resume with: python train_fastai.py --resume {run}")
+        assert err.strip().splitlines()[-1].endswith(f"Resume with: .venv/bin/python train_fastai.py --resume {run}")
         return run
 
     def as_run_here(self, command):
