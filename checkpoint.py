@@ -69,7 +69,7 @@ def save_checkpoint(run_dir, snapshot, rows, fit_seconds, resumed):
                    {**snapshot.progress_so_far, "history": rows[:done], "fit_seconds": fit_seconds})
         write_curves(pd.read_csv(run_dir / "history.csv").iloc[:done], run_dir)
     elif not resumed:
-        return "interrupted before the first epoch finished: nothing to resume; start the run again"
+        return "interrupted before the first epoch was saved: nothing to resume; start the run again"
     done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
     return (f"interrupted; epochs 1-{done} are saved in {run_dir}. Resume with: "
             f"{python_command()} train_fastai.py --resume {run_dir}")

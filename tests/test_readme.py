@@ -128,15 +128,16 @@ class Session:
         return {path for path in runs.iterdir() if path.is_dir()} if runs.is_dir() else set()
 
     def interrupted_run(self):
-        """A training run stopped by SIGTERM in its second epoch, as a job scheduler stops one: it
+        """A training run stopped by SIGTERM in its third epoch, as a job scheduler stops one: it
         exits with status 130 and prints the command that resumes it. Its LRs are given, so that
-        no range test runs first."""
+        no range test runs first. Two epochs are logged first: an epoch's line is written just
+        before its weights are copied, so a signal right after the first line finds no copy."""
         before = self.run_folders()
         process = subprocess.Popen([".venv/bin/python", "train_fastai.py", "--epochs", "24", "--lr-min", "1e-3",
                                     "--lr-max", "1e-2"], cwd=self.work, env=self.env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + COMMAND_TIMEOUT_S
-        while not any(epochs_logged(run) for run in self.run_folders() - before):
+        while not any(epochs_logged(run) >= 2 for run in self.run_folders() - before):
             assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
             time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
@@ -154,7 +155,7 @@ class Session:
 
 def epochs_logged(run_dir):
     history = run_dir / "history.csv"
-    return history.is_file() and len(history.read_text().splitlines()) > 1
+    return len(history.read_text().splitlines()) - 1 if history.is_file() else 0
 
 
 def flag(argv, name):
