@@ -23,7 +23,7 @@ from matplotlib.backend_bases import FigureCanvasBase
 
 from errors import BadInput, one_line_errors, warn
 from files import atomic, check_new_file, save_figure, unused_names
-from settings import OneLineParser
+from settings import OneLineParser, user_path
 
 # What a comparison shows of each run's config.json and summary.json. data_sha256 and classes
 # show runs on other data (whose accuracies do not compare).
@@ -272,8 +272,8 @@ def figure_path(png, out):
 def main(argv=None):
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run or group folders (default: every run in the index)")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="the folder holding index.csv (default runs)")
-    p.add_argument("--png", type=Path, help="the figure to write (.png, .pdf, .svg, ...); never overwritten "
+    p.add_argument("--out", type=user_path, default=Path("runs"), help="the folder holding index.csv (default runs)")
+    p.add_argument("--png", type=user_path, help="the figure to write (.png, .pdf, .svg, ...); never overwritten "
                                             "(default: a new <out>/compare-<time>.png)")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)

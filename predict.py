@@ -29,7 +29,7 @@ from customresnet import CustomResNet
 from errors import BadInput, one_line_errors
 from files import atomic, check_new_file
 from images import has_image_extension, read_rgb32
-from settings import OneLineParser
+from settings import OneLineParser, user_path
 
 REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
 # What fastai's import and load_learner warn of (torch.jit.script's deprecation, pickle's risk):
@@ -197,10 +197,10 @@ def check_arguments(args):
 def main(argv=None):
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--run", type=Path, dest="run_dir",
+    p.add_argument("--run", type=user_path, dest="run_dir",
                    help="a run folder written by train_fastai.py (default: the reference checkpoint in models/)")
     p.add_argument("--topk", type=int, default=1, help="also show the next most likely classes (default 1)")
-    p.add_argument("--csv", type=Path, help="also write the predictions to this CSV file (never overwritten)")
+    p.add_argument("--csv", type=user_path, help="also write the predictions to this CSV file (never overwritten)")
     p.add_argument("--pickle", action="store_true",
                    help="load export.pkl with fastai (runs code from the file) instead of model.safetensors")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")

@@ -33,6 +33,13 @@ class UsageError(BadInput):
     """A bad flag or setting, worded as one line that says what to do."""
 
 
+def user_path(text):
+    """A path flag's value with a leading ~ as the home folder: the shell expands it only at the start
+    of a word, so `--csv=~/p.csv` arrives as typed. (This file's own --out and --resume stay
+    strings, as config.json records them: os.path.expanduser.)"""
+    return Path(text).expanduser()
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag gets one line instead of the 12-line usage block."""
 

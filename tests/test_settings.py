@@ -50,3 +50,13 @@ def test_a_tilde_in_out_or_resume_means_home_as_in_data(monkeypatch, tmp_path, c
     with pytest.raises(SystemExit):
         parse_args(["--resume=~/runs/a-run"])
     assert f"{tmp_path / 'runs' / 'a-run'} holds no checkpoint.json" in capsys.readouterr().err
+
+
+def test_predict_and_compare_read_a_tilde_as_home(monkeypatch, tmp_path, capsys):
+    import compare
+    import predict
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for cli, argv in ((predict.main, ["x.png", "--run=~/nope"]), (compare.main, ["--out=~/nope"])):
+        with pytest.raises(SystemExit):
+            cli(argv)
+        assert str(tmp_path / "nope") in capsys.readouterr().err
