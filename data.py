@@ -14,7 +14,6 @@ channel statistics of the training images in use.
 """
 import hashlib
 import os
-import pickle
 import shutil
 import socket
 import tarfile
@@ -32,20 +31,14 @@ from PIL import Image
 
 from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
 from device_loader import DeviceDataLoader, valid_batch_size
-from errors import BadInput, warn
+from errors import DataError, warn
 from images import IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32
+from python_batches import PYTHON_BATCHES, python_class_names, read_python_batch
 
 CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")
-PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-DOWNLOAD_PYTHON_AGAIN = "download cifar-10-python.tar.gz again"
 DOWNLOAD_TIMEOUT_S = 30
 REACH_TIMEOUT_S = 3
-
-
-class DataError(BadInput):
-    """A problem with the user's data, worded as one line that says what to do."""
 
 
 def cache_root():
@@ -237,94 +230,6 @@ def check_layout(folder):
     if subfolders:
         warn(f"ignoring {len(subfolders)} folders inside class folders of {folder} (such as {subfolders[0]}): "
              "images are read only directly in train/<class>/ and test/<class>/; move them there to use them")
-
-
-class ArraysOnly(pickle.Unpickler):
-    """Unpickles dicts, lists, bytes and numpy arrays, nothing else: a tampered batch file cannot
-    name a function to run."""
-    allowed = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.allowed:
-            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
-        return super().find_class(module, name)
-
-
-def load_pickled_arrays(path):
-    with open(path, "rb") as f:
-        return ArraysOnly(f, encoding="bytes").load()
-
-
-def read_python_batch(path, n_classes):
-    """(images, labels) of one batch file, refused unless every image has one label naming one of
-    the `n_classes` classes."""
-    try:
-        batch = load_pickled_arrays(path)
-        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-        labels = np.asarray(batch[b"labels"])
-    except Exception as e:
-        raise DataError(f"{path} is not a readable CIFAR-10 python batch ({type(e).__name__}): "
-                        f"{DOWNLOAD_PYTHON_AGAIN}") from None
-    problem = labels_problem(labels, len(images), n_classes)
-    if problem:
-        raise DataError(f"{path} is damaged ({problem}): {DOWNLOAD_PYTHON_AGAIN}")
-    return images.transpose(0, 2, 3, 1), labels
-
-
-def labels_problem(labels, n_images, n_classes):
-    """What is wrong with a batch's labels, or None."""
-    if n_images == 0:
-        return "it holds no images"
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        return "its labels are not a list of class numbers"
-    if len(labels) != n_images:
-        return f"{n_images} images but {len(labels)} labels"
-    outside = labels[(labels < 0) | (labels >= n_classes)]
-    if outside.size:
-        return f"label {outside[0]}, outside the {n_classes} classes 0-{n_classes - 1}"
-    return None
-
-
-def python_class_names(batches):
-    """The class names of batches.meta, or CIFAR-10's without one. Each becomes a folder under the
-    cache, so a name that is not a plain folder name could write anywhere (`../..`) or go unseen
-    (`.hidden`), and two equal names would merge two classes."""
-    meta = batches / "batches.meta"
-    if not meta.is_file():
-        return CIFAR10_NAMES
-    raw_names = read_label_names(meta)
-    names = [plain_folder_name(raw) for raw in raw_names]
-    if None in names:
-        raise DataError(f"{meta} is refused as unsafe (class name {raw_names[names.index(None)]!r} is not a plain "
-                        f"folder name): {DOWNLOAD_PYTHON_AGAIN}")
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise DataError(f"{meta} names class {twice[0]!r} more than once: {DOWNLOAD_PYTHON_AGAIN}")
-    return names
-
-
-def read_label_names(meta):
-    """batches.meta's label_names: byte strings, as Python 2 pickled them."""
-    try:
-        names = load_pickled_arrays(meta)[b"label_names"]
-        if not all(isinstance(name, bytes) for name in names):
-            raise TypeError("label_names holds more than byte strings")
-        return list(names)
-    except Exception as e:
-        raise DataError(f"{meta} is not a readable CIFAR-10 batches.meta ({type(e).__name__}): "
-                        f"{DOWNLOAD_PYTHON_AGAIN}") from None
-
-
-def plain_folder_name(raw):
-    """`raw` decoded, or None where it is not a visible folder name that stays in its folder."""
-    try:
-        name = raw.decode()
-    except UnicodeDecodeError:
-        return None
-    if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
-        return None
-    return name
 
 
 def python_batches_to_folder(batches):

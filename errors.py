@@ -12,6 +12,10 @@ class BadInput(Exception):
     """A problem with what the user gave a tool, worded as one line: `<the problem>: <the fix>`."""
 
 
+class DataError(BadInput):
+    """A problem with the user's data, worded as one line that says what to do."""
+
+
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
