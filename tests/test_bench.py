@@ -12,6 +12,9 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "bench"))
 import airbench94  # noqa: E402
 import bench  # noqa: E402
+import seed_style  # noqa: E402
+from customresnet import CustomResNet  # noqa: E402
+from settings import RECIPE  # noqa: E402
 from tensors import data_tensors  # noqa: E402
 
 RUN_FIELDS = {"seed", "accuracy", "fit_s", "total_s", "images_per_s", "peak_gpu_mib"}
@@ -116,9 +119,6 @@ def test_the_bench_shows_no_library_warning():
 def test_seed_style_trains_as_the_notebooks_did():
     """torch's Adam at its defaults with L2 on every parameter (not ours' decoupled decay), and
     OneCycleLR from LRMIN up to LRMAX at 5/24 of the steps and back to LRMIN, never lower."""
-    import seed_style
-    from customresnet import CustomResNet
-    from settings import RECIPE
     model = CustomResNet(width=4)
     opt, sched = seed_style.notebook_optimizer(model, 1e-4, 4e-3, total_steps=240)
     group, = opt.param_groups
