@@ -15,14 +15,13 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 from filelock import FileLock
 from matplotlib.backend_bases import FigureCanvasBase
 
 from errors import BadInput, one_line_errors, warn
-from files import atomic, check_new_file, save_figure, unused_names
+from files import atomic, check_new_file, figures_to_files, save_figure, unused_names
 from settings import OneLineParser, user_path
 
 # What a comparison shows of each run's config.json and summary.json. data_sha256 and classes
@@ -277,7 +276,7 @@ def main(argv=None):
                                             "(default: a new <out>/compare-<time>.png)")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
-    matplotlib.use("Agg")  # the figure goes to a file; never open a window
+    figures_to_files()
     with one_line_errors(args.debug):
         runs = load_runs(distinct_runs(given_runs(args.runs) if args.runs else indexed_runs(args.out)))
         png = figure_path(args.png, args.out)

@@ -53,6 +53,15 @@ def check_new_file(path, flag):
         raise BadInput(f"{path.parent} is not a folder: give {flag} a file in an existing folder, or create it first")
 
 
+def figures_to_files():
+    """matplotlib set up for figures that go to files: no window (Agg), and every label plain text.
+    Class and run names are the user's: with mathtext a '$' in one is TeX, and an unknown command
+    in it fails the figure, after training, so that the run's outputs are lost."""
+    import matplotlib
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+
+
 def save_figure(fig, path):
     """A matplotlib figure as an image file (the format from the suffix), then closed."""
     import matplotlib.pyplot as plt  # here, so that predict.py, which only needs atomic(), never loads it

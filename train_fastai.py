@@ -38,7 +38,6 @@ import warnings
 from pathlib import Path
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-import matplotlib
 import pandas as pd
 import torch
 from accelerate.utils import broadcast_object_list
@@ -51,7 +50,7 @@ from customresnet import CustomResNet
 from data import cifar10_dataloaders, cifar10_folder
 from distributed import as_if_alone, join_processes, scratch_folder, split_batches
 from errors import one_line_errors
-from files import write_json
+from files import figures_to_files, write_json
 from hardware import (device_name, print_cpu_estimate, reports_out_of_memory, resolve_device, resolve_precision,
                       seed_everything)
 from lr_schedule import find_lr, one_cycle
@@ -65,7 +64,7 @@ from settings import UsageError, member
 
 def main(argv=None):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C saves what the fit has done
-    matplotlib.use("Agg")  # every figure goes to a file; never open a window
+    figures_to_files()
     args = settings.parse_args(argv, __doc__)
     with one_line_errors(args.debug):  # bad input, the machine's included: one line, exit status 2
         try:

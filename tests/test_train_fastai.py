@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import lr_schedule
-from conftest import GIVEN_LRS, REPO, RUN_FILES, TINY, TRAINING_FILES, real_subset, write_folder
+from conftest import CLASSES, GIVEN_LRS, REPO, RUN_FILES, TINY, TRAINING_FILES, real_subset, write_folder
 from settings import UsageError
 from train_fastai import main
 
@@ -205,3 +205,17 @@ def test_ctrl_c_while_torch_loads_is_one_line(tmp_path, tiny_folder):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err == "interrupted before training: nothing to resume\n"
+
+
+def test_names_with_dollars_are_text_in_every_figure(tmp_path, capsys):
+    """matplotlib reads $...$ as TeX: an unknown command in a class or run name failed the figures
+    after training and lost the run's outputs."""
+    import compare
+    classes = ["$\\nosuchcmd$", *CLASSES[1:]]
+    data = write_folder(tmp_path / "data", classes=classes)
+    out = tmp_path / "runs"
+    cli("--data", data, "--out", out, *TINY, *GIVEN_LRS, "--epochs", 1, "--name", "$\\bad$")
+    run_dir, = (path for path in out.iterdir() if path.is_dir())
+    assert (run_dir / "report.html").is_file() and (run_dir / "confusion_matrix.png").is_file()
+    compare.main(["--out", str(out), "--png", str(tmp_path / "compare.png")])
+    assert (tmp_path / "compare.png").is_file()
