@@ -24,6 +24,8 @@ SWEEPABLE = dict(lr_max=float, lr_min=float, wd=float, epochs=int, peak_epoch=fl
 # What makes two runs the same run: a --resume must not change any of them.
 RUN_SETTINGS = ("preset", "epochs", "peak_epoch", "bs", "lr_max", "lr_min", "wd", "label_smoothing", "seed", "aug",
                 "subset", "width", "precision", "deterministic")
+# What else a resumed run takes back from its config.json: it is still the same run, in its group.
+RESUMED = (*RUN_SETTINGS, "name", "tta", "target_acc")
 UNSET = object()
 SEED_LIMIT = 2**63  # torch.manual_seed takes signed 64-bit numbers and wraps negative ones
 NAME_LIMIT = 200  # bytes of --name: a run folder is <timestamp>-<name>[-<sweep point>-seed<N>][-group]
@@ -134,9 +136,10 @@ def resume_settings(p, argv, args):
     if not (run_dir / "checkpoint.json").is_file():
         p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
     saved = read_run_file(p, run_dir / "config.json")
+    check_saved_values(p, run_dir / "config.json", saved)
     check_checkpoint(p, run_dir / "checkpoint.json", saved.get("epochs"))
     given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
-    for key in RUN_SETTINGS:
+    for key in RESUMED:
         value = getattr(given, key)
         if value is not UNSET and value != saved.get(key):
             p.error(f"{run_dir} was run with {option(key)} {saved.get(key)}, not {value}: "
@@ -146,8 +149,23 @@ def resume_settings(p, argv, args):
     if given.out is not UNSET and Path(given.out).resolve() != run_dir.parent.resolve():
         p.error(f"{run_dir} belongs to --out {run_dir.parent}, not {given.out}: drop --out to resume it")
     args.out, args.data_given = saved.get("out", args.out), saved.get("data_given")
+    args.group, args.sweep_point = saved.get("group"), saved.get("sweep_point")  # a member of a group stays one
     if not (args.data or os.environ.get("CIFAR10_DATA")):
         args.data = saved.get("data")  # the folder it resolved to; the run compares the data by content
+
+
+def check_saved_values(p, config, saved):
+    """Each setting a resumed run takes from config.json must be a value its flag could have given:
+    a hand-edited file could hold anything."""
+    for action in p._actions:
+        value = saved.get(action.dest)
+        if action.dest not in RESUMED or value is None:
+            continue
+        kind = bool if action.nargs == 0 else action.type or str  # nargs 0: store_true and --x/--no-x
+        fits = type(value) in (int, float) if kind is float else type(value) is kind  # by hand, 1.0 may be 1
+        if not fits or (action.choices and value not in action.choices):
+            p.error(f"{config} holds {action.dest} = {value!r}, which {option(action.dest)} cannot give: the run "
+                    "folder is damaged; start a new run")
 
 
 def check_checkpoint(p, checkpoint, epochs):
@@ -213,8 +231,9 @@ def member(args, point, seed=None, group=None):
     settings.seed = args.seed if seed is None else seed
     if settings.peak_epoch is None:
         settings.peak_epoch = settings.epochs * PEAK_FRACTION
-    settings.sweep_point = ",".join(f"{key}={value:g}" for key, value in point.items()) or None
-    settings.group = group
+    # A resumed member of a group keeps its point and group (resume_settings reads them back).
+    settings.sweep_point = ",".join(f"{key}={value:g}" for key, value in point.items()) or vars(args).get("sweep_point")
+    settings.group = group or vars(args).get("group")
     if group:
         settings.name = "-".join(filter(None, [args.name, settings.sweep_point, f"seed{settings.seed}"]))
     return settings

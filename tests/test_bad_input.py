@@ -200,6 +200,15 @@ def resume_with_sweep(tmp, folder, run):
     return ["--resume", str(interrupted_run(tmp, epochs=2)), "--sweep", "lr_max=1e-3,2e-3"]
 
 
+def config_saying(**values):
+    def make(tmp, folder, run):
+        run_dir = interrupted_run(tmp, epochs=2)
+        config = json.loads((run_dir / "config.json").read_text())
+        (run_dir / "config.json").write_text(json.dumps({**config, **values}))
+        return ["--resume", str(run_dir)]
+    return make
+
+
 def checkpoint_saying(**values):
     def make(tmp, folder, run):
         run_dir = interrupted_run(tmp, epochs=2)
@@ -512,6 +521,12 @@ CASES = {
     "a negative seed": ("train", flags("--seed", "-1"), REFUSE, "--seed must lie in [0, ", None),
     "more workers than cores": ("train", flags("--workers", "9999"), REFUSE, "--workers 9999 is more than the", None),
     "a --name too long for a folder": ("train", flags("--name", "x" * 300), REFUSE, "--name is 300 bytes long", None),
+    "config.json with a width that is text": ("train", config_saying(width="8"), REFUSE,
+                                              "holds width = '8', which --width cannot give", None),
+    "config.json with an unknown augmentation": ("train", config_saying(aug="bogus"), REFUSE,
+                                                 "holds aug = 'bogus', which --aug cannot give", None),
+    "config.json with tta that is not true or false": ("train", config_saying(tta=1), REFUSE,
+                                                       "holds tta = 1, which --tta cannot give", None),
     "checkpoint.json that is not JSON": ("train", unreadable_checkpoint, REFUSE,
                                          "checkpoint.json cannot be read (UnicodeDecodeError)", None),
     "--resume into another --out": ("train", resume_into_another_out, REFUSE, "belongs to --out", None),

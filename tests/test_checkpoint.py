@@ -37,7 +37,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_pa
     monkeypatch.setattr(train_fastai, "make_learner",
                         lambda *a: real_make_learner(*a).add_cb(SigtermAt(epoch=1, iteration=2)))
     with pytest.raises(SystemExit) as e:
-        train(archive, out, *GIVEN_LRS, "--epochs", 2, "--name", "cut")
+        train(archive, out, *GIVEN_LRS, "--epochs", 2, "--name", "cut", "--tta", "--target-acc", 0.99)
     assert e.value.code == 130
     cut, = out.glob("*-cut")
     message = capsys.readouterr().err.strip().splitlines()[-1]
@@ -60,12 +60,16 @@ def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_pa
     monkeypatch.setenv("CIFAR10_CACHE", str(tmp_path / "another-cache"))
     monkeypatch.chdir(tmp_path / "other")
     main(["--resume", str(cut), "--data", str(archive)])
-    # The estimate counts the one epoch left (5 batches of 16), its test pass and the interpretation's.
+    # The estimate counts the one epoch left (5 batches of 16), its test pass, the interpretation's
+    # and flip TTA's two (--tta, taken back from config.json).
     printed = capsys.readouterr().out
-    assert "(80 training images at" in printed and "and 40 test images at" in printed
+    assert "(80 training images at" in printed and "and 80 test images at" in printed
     assert cut.name in pd.read_csv(out / "index.csv").run.tolist() and not (tmp_path / "other" / "runs").exists()
     config = json.loads((cut / "config.json").read_text())
     assert config["out"] == str(out) and config["data_given"] == str(archive)
+    assert (config["name"], config["tta"], config["target_acc"]) == ("cut", True, 0.99)  # not the flags' defaults
+    assert "tta_accuracy" in json.loads((cut / "summary.json").read_text())
+    assert pd.read_csv(out / "index.csv").set_index("run").loc[cut.name, "name"] == "cut"
     pd.testing.assert_frame_equal(pd.read_csv(cut / "lr_schedule.csv"), pd.read_csv(whole / "lr_schedule.csv"))
     history = history_values(cut)
     assert list(history.epoch) == [0, 1]
