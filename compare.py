@@ -66,6 +66,13 @@ def append_to_index(out, run_dir, config, summary):
             row.to_csv(tmp, index=False)
 
 
+def check_index(out):
+    """Refuse, before a run trains, an <out>/index.csv it could not add its row to at the end."""
+    index = Path(out) / "index.csv"
+    if index.exists():
+        read_index(index)
+
+
 def read_json(path):
     """The JSON object in `path`; a damaged file is refused, named."""
     try:

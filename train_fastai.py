@@ -125,6 +125,8 @@ def run(args):
                          "lower --bs or raise --subset")
 
     # The learner, in its run folder.
+    if main_process:  # the folder's parent, its --out, must take the run's index row in the end
+        compare.check_index(Path(args.resume).parent if args.resume else args.out)
     if not main_process:
         run_dir = scratch_folder()
     else:

@@ -227,6 +227,14 @@ def resume_into_another_out(tmp, folder, run):
     return ["--resume", str(interrupted_run(tmp, epochs=2)), "--out", str(tmp / "elsewhere")]
 
 
+def index_saying(text):
+    def make(tmp, folder, run):
+        (tmp / "runs").mkdir()
+        (tmp / "runs" / "index.csv").write_text(text)
+        return [*data(folder), *GIVEN_LRS, "--epochs", "1"]
+    return make
+
+
 def index_that_is_a_folder(tmp, folder, run):
     (tmp / "runs" / "index.csv").mkdir(parents=True)
     return [*data(folder), *GIVEN_LRS, "--epochs", "1"]
@@ -545,6 +553,8 @@ CASES = {
     "--name with a path separator": ("train", flags("--name", "a/b"), REFUSE, "--name a/b is not a plain folder name",
                                      None),
     "--name ..": ("train", flags("--name", ".."), REFUSE, "--name .. is not a plain folder name", None),
+    "a damaged index.csv, found before training": ("train", index_saying("run;seed\nr1;0\n"), REFUSE,
+                                                    "index.csv is damaged (no column run)", None),
     "index.csv that is a folder": ("train", index_that_is_a_folder, REFUSE,
                                    "index.csv: Is a directory: fix the path", None),
     # predict inputs
@@ -701,6 +711,13 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
         assert any(line.startswith("warning: ") and text in line for line in err.splitlines()), err
         assert check(made)
     assert not any(tmp_path.rglob(MARKER)) and not any(tmp_path.rglob("evil.txt"))
+
+
+def test_a_damaged_index_is_refused_before_a_run_folder_exists(tmp_path, tiny_folder):
+    """Found at the end, it cost the whole run's index row (and the last line of the run)."""
+    argv = index_saying("run;seed\nr1;0\n")(tmp_path, tiny_folder, None)
+    run_cli("train", argv, tmp_path, REFUSE)
+    assert [path.name for path in (tmp_path / "runs").iterdir()] == ["index.csv"]
 
 
 def test_debug_shows_the_traceback(tmp_path):
