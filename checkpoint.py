@@ -15,10 +15,12 @@ from fastai.learner import load_model
 
 from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence
 from data import SPLITS, image_files
-from errors import python_command
+from errors import command_to_retype
 from files import atomic, write_json
 from outputs import write_curves
 from settings import UsageError
+
+TRAINER = Path(__file__).with_name("train_fastai.py")
 
 
 class Interrupted(Exception):
@@ -72,7 +74,7 @@ def save_checkpoint(run_dir, snapshot, rows, fit_seconds, resumed):
         return "interrupted before the first epoch was saved: nothing to resume; start the run again"
     done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
     return (f"interrupted; epochs 1-{done} are saved in {run_dir}. Resume with: "
-            f"{python_command()} train_fastai.py --resume {run_dir}")
+            f"{command_to_retype(TRAINER)} --resume {run_dir}")
 
 
 def load_checkpoint(learn, run_dir):

@@ -20,14 +20,21 @@ def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 
 
-def python_command():
-    """The interpreter as the user would retype it: its path from the current folder when it lies
-    below it (.venv/bin/python), else its name, as found on the PATH."""
-    executable = Path(sys.executable)
+def command_to_retype(script):
+    """The interpreter and `script` as the user would retype them from the current folder: each by
+    its path from here where it lies below (.venv/bin/python train_fastai.py); elsewhere the
+    interpreter by its name, as found on the PATH, and the script by its whole path."""
+    executable, script = Path(sys.executable), Path(script).absolute()
+    interpreter = from_here(executable) or executable.name or "python"  # sys.executable may be empty
+    return f"{interpreter} {from_here(script) or script}"
+
+
+def from_here(path):
+    """`path` relative to the current folder, or None where it does not lie below it."""
     try:
-        return str(executable.relative_to(Path.cwd()))
-    except ValueError:  # elsewhere, or unknown (an empty sys.executable)
-        return executable.name or "python"
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return None
 
 
 def unexpected_line(error):

@@ -11,8 +11,8 @@ from fastai.callback.core import Callback
 
 import train_fastai
 from checkpoint import load_checkpoint
-from conftest import GIVEN_LRS, history_values, train, write_folder, write_tgz
-from errors import python_command
+from conftest import GIVEN_LRS, REPO, history_values, train, write_folder, write_tgz
+from errors import command_to_retype
 from settings import UsageError
 from train_fastai import main
 
@@ -41,7 +41,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_pa
     assert e.value.code == 130
     cut, = out.glob("*-cut")
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.endswith(f"Resume with: {python_command()} train_fastai.py --resume {cut}")
+    assert message.endswith(f"Resume with: {command_to_retype(REPO / 'train_fastai.py')} --resume {cut}")
     assert len(pd.read_csv(cut / "history.csv")) == 1  # epoch 1 finished, epoch 2 did not
     assert (cut / "checkpoint.pth").is_file() and not (cut / "summary.json").exists()
     monkeypatch.setattr(train_fastai, "make_learner", real_make_learner)

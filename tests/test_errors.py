@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from errors import BadInput, one_line_errors, python_command
+from errors import BadInput, command_to_retype, one_line_errors
 
 
 def ended_with(error, capsys, debug=False):
@@ -42,9 +42,11 @@ def test_debug_keeps_the_traceback():
             raise BadInput("x is wrong: do y")
 
 
-def test_the_interpreter_to_retype_is_the_one_the_user_ran(tmp_path, monkeypatch):
+def test_the_command_to_retype_is_the_one_the_user_ran_from_here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
-    assert python_command() == ".venv/bin/python"
+    assert command_to_retype(tmp_path / "train_fastai.py") == ".venv/bin/python train_fastai.py"
     monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
-    assert python_command() == "python3"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a run started as python3 ../train_fastai.py
+    assert command_to_retype(tmp_path / "train_fastai.py") == f"python3 {tmp_path / 'train_fastai.py'}"
