@@ -61,6 +61,9 @@ SMOKE = dict(epochs=2, bs=16, width=8, seeds=2, baseline_seeds=1, subset=None, w
              matmul_size=256, profile_steps=3)
 # The flags the bench shares with train_fastai.py: ours trains with them, the other rows with the same values.
 TRAINING_FLAGS = ("epochs", "bs", "width", "subset", "workers", "lr_min", "lr_max")
+# Far more runs than a bench needs (each is a whole training), and a bound on the seed lists the
+# results file holds: --seeds 100000000 built a list that took the machine's memory.
+SEEDS_LIMIT = 100
 
 
 def parse_args(argv=None):
@@ -89,13 +92,15 @@ def parse_args(argv=None):
             setattr(args, name, value)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
+    if not args.rows:  # else it ran nothing and wrote an empty results file
+        p.error(f"--rows names no row: give one or more of {', '.join(ROWS)}")
     if unknown:
         p.error(f"--rows: unknown row {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     if args.smoke and args.out is None:
         p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
     for name in ("seeds", "baseline_seeds"):
-        if getattr(args, name) < 1:
-            p.error(f"{settings.option(name)} must be at least 1, not {getattr(args, name)}")
+        if not 1 <= getattr(args, name) <= SEEDS_LIMIT:
+            p.error(f"{settings.option(name)} must be from 1 to {SEEDS_LIMIT}, not {getattr(args, name)}")
     check_training_flags(args)
     args.out = args.out or REPO / "bench" / "results"
     if args.out.exists() and not args.out.is_dir():
