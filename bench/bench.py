@@ -103,15 +103,22 @@ def parse_args(argv=None):
             p.error(f"{settings.option(name)} must be from 1 to {SEEDS_LIMIT}, not {getattr(args, name)}")
     check_training_flags(args)
     args.out = args.out or REPO / "bench" / "results"
-    if args.out.exists() and not args.out.is_dir():
-        p.error(f"--out {args.out} is not a folder: give --out a folder for the results (a missing one is created)")
+    check_out_folder(p, args.out)
     return args
 
 
-def check_training_flags(args):
+def check_out_folder(p, out):
+    """Refuse, before any work, an --out that is a file: its mkdir would be a FileExistsError traceback.
+    bench/overhead.py checks its --out with it too."""
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is not a folder: give --out a folder for the results (a missing one is created)")
+
+
+def check_training_flags(args, names=TRAINING_FLAGS):
     """The flags shared with train_fastai.py, checked by train_fastai.py's own parser: a value it
-    refuses (an LR of inf, a batch of 0) stops the bench with its one line before anything runs."""
-    given = [(name, getattr(args, name)) for name in TRAINING_FLAGS if getattr(args, name) is not None]
+    refuses (an LR of inf, a batch of 0) stops the bench with its one line before anything runs.
+    bench/overhead.py checks its own shared flags with it too."""
+    given = [(name, getattr(args, name)) for name in names if getattr(args, name) is not None]
     settings.parse_args([text for name, value in given for text in (settings.option(name), str(value))])
 
 
