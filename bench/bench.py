@@ -61,6 +61,9 @@ SMOKE = dict(epochs=2, bs=16, width=8, seeds=2, baseline_seeds=1, subset=None, w
              matmul_size=256, profile_steps=3)
 # The flags the bench shares with train_fastai.py: ours trains with them, the other rows with the same values.
 TRAINING_FLAGS = ("epochs", "bs", "width", "subset", "workers", "lr_min", "lr_max")
+# Far more runs than a bench needs (each is a whole training), and a bound on the seed lists the
+# results file holds: --seeds 100000000 built a list that took the machine's memory.
+SEEDS_LIMIT = 100
 
 
 def parse_args(argv=None):
@@ -89,24 +92,33 @@ def parse_args(argv=None):
             setattr(args, name, value)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
+    if not args.rows:  # else it ran nothing and wrote an empty results file
+        p.error(f"--rows names no row: give one or more of {', '.join(ROWS)}")
     if unknown:
         p.error(f"--rows: unknown row {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     if args.smoke and args.out is None:
         p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
     for name in ("seeds", "baseline_seeds"):
-        if getattr(args, name) < 1:
-            p.error(f"{settings.option(name)} must be at least 1, not {getattr(args, name)}")
+        if not 1 <= getattr(args, name) <= SEEDS_LIMIT:
+            p.error(f"{settings.option(name)} must be from 1 to {SEEDS_LIMIT}, not {getattr(args, name)}")
     check_training_flags(args)
     args.out = args.out or REPO / "bench" / "results"
-    if args.out.exists() and not args.out.is_dir():
-        p.error(f"--out {args.out} is not a folder: give --out a folder for the results (a missing one is created)")
+    check_out_folder(p, args.out)
     return args
 
 
-def check_training_flags(args):
+def check_out_folder(p, out):
+    """Refuse, before any work, an --out that is a file: its mkdir would be a FileExistsError traceback.
+    bench/overhead.py checks its --out with it too."""
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is not a folder: give --out a folder for the results (a missing one is created)")
+
+
+def check_training_flags(args, names=TRAINING_FLAGS):
     """The flags shared with train_fastai.py, checked by train_fastai.py's own parser: a value it
-    refuses (an LR of inf, a batch of 0) stops the bench with its one line before anything runs."""
-    given = [(name, getattr(args, name)) for name in TRAINING_FLAGS if getattr(args, name) is not None]
+    refuses (an LR of inf, a batch of 0) stops the bench with its one line before anything runs.
+    bench/overhead.py checks its own shared flags with it too."""
+    given = [(name, getattr(args, name)) for name in names if getattr(args, name) is not None]
     settings.parse_args([text for name, value in given for text in (settings.option(name), str(value))])
 
 

@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 from collections import Counter
 from contextlib import redirect_stderr, redirect_stdout
@@ -44,6 +45,7 @@ from unittest import mock
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from fastai.vision.all import TensorImage  # noqa: E402
@@ -52,9 +54,10 @@ from PIL import Image  # noqa: E402
 import settings  # noqa: E402
 import train_fastai  # noqa: E402
 from augment import gpu_augmentations  # noqa: E402
-from bench import Tee, results_stem  # noqa: E402
+from bench import Tee, check_out_folder, check_training_flags, results_stem  # noqa: E402
 from customresnet import CustomResNet  # noqa: E402
 from data import channel_stats  # noqa: E402
+from errors import one_line_errors  # noqa: E402
 from files import write_json  # noqa: E402
 from hardware import library_versions, seed_everything  # noqa: E402
 from measure import synchronize  # noqa: E402
@@ -77,25 +80,32 @@ RATIO_GOAL = 1.15  # issue 11: ours' ms per step at most 1.15 times plain's
 CLASSES = [f"class{k}" for k in range(10)]
 # fastai's Adam and fit_one_cycle defaults, as ours runs them: beta1 cycles 0.95 -> 0.85 -> 0.95.
 ADAM_BETA2, ADAM_EPS, BETA1_LOW, BETA1_HIGH = 0.99, 1e-5, 0.85, 0.95
+# The settings ours hands train_fastai.py (fit_ours): checked by its own parser before anything runs,
+# not when ours first trains, after the results file is started.
+TRAINING_FLAGS = ("epochs", "bs", "width", "lr_min", "lr_max", "seed")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in SETTINGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default),
                        help=f"default {default}; with --smoke {SMOKE[name]}")
     p.add_argument("--smoke", action="store_true", help="tiny and quick, to test the harness; its figures mean nothing")
     p.add_argument("--out", type=Path, help="results folder (default bench/results; required with --smoke)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
     if args.smoke and args.out is None:
         p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
     for name, default in (SMOKE if args.smoke else SETTINGS).items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-    counts = ("threads", "width", "bs", "train_batches", "test_batches", "epochs", "repeats", "profile_steps", "top")
-    for name in counts:
+    check_training_flags(args, TRAINING_FLAGS)  # --width, --bs and --epochs at least 1 among them
+    for name in ("threads", "train_batches", "test_batches", "repeats", "profile_steps", "top"):
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+            p.error(f"{settings.option(name)} must be at least 1, not {getattr(args, name)}")
+    if args.threads > os.cpu_count():  # more compute threads than cores only measures their contention
+        p.error(f"--threads {args.threads} is more than the {os.cpu_count()} cores of this machine: "
+                f"give at most {os.cpu_count()}")
     if min(args.train_batches, args.test_batches) * args.bs < len(CLASSES):
         p.error(f"each split needs an image of each of the {len(CLASSES)} classes: raise --bs or the batches")
     if args.device not in ("cpu", "cuda"):
@@ -106,6 +116,7 @@ def parse_args(argv=None):
         p.error("the profiled steps lie in the second epoch: --epochs must be at least 2, and --profile-warmup "
                 "+ --profile-steps below --train-batches")
     args.out = args.out or REPO / "bench" / "results"
+    check_out_folder(p, args.out)
     return args
 
 
@@ -374,6 +385,12 @@ def run_bench(args, device, precision, work, results, save):
 
 def main(argv=None):
     args = parse_args(argv)
+    with one_line_errors(args.debug):  # bad input (too many results files, an unwritable --out): one line
+        measure_and_record(args, argv)
+
+
+def measure_and_record(args, argv):
+    """Both sides fitted and profiled, the results file rewritten after each fit, the raw log beside it."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     # bf16 where the GPU has it, as ours' --precision auto; fp16 would need a gradient scaler in plain too.

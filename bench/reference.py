@@ -6,8 +6,9 @@ when it is given no run folder.
 
 Writes models/customresnet-cifar10.safetensors (the weights in fp16, about 13 MB) and
 models/customresnet-cifar10.json (accuracy, recipe, data copy, the command, and the class names and
-normalisation predict.py needs). Only a run of the recipe itself (24 epochs, width 64, every
-training image) is accepted, and an existing reference is never overwritten.
+normalisation predict.py needs). Only a run of the recipe itself (the seed preset's settings, width 64,
+every training image, all 24 epochs run, weights of width 64) is accepted, and an existing reference
+is never overwritten.
 """
 import argparse
 import json
@@ -19,13 +20,17 @@ sys.path.insert(0, str(REPO))
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+import settings  # noqa: E402
+from errors import BadInput, one_line_errors  # noqa: E402
 from predict import REFERENCE  # noqa: E402
 from files import write_json  # noqa: E402
 
-RECIPE = {"epochs": 24, "width": 64, "subset": None}
+# Every setting of config.json that makes the run the recipe: the seed preset's, and no thin model,
+# subset or early stop. The LRs are the run's own (its finder's or the flags').
+RECIPE = {**settings.PRESETS["seed"], "preset": "seed", "target_acc": None, "width": 64, "subset": None}
 
 
-class ReferenceError(Exception):
+class ReferenceError(BadInput):
     """A run that cannot be the reference, worded as one line that says what to do."""
 
 
@@ -41,18 +46,14 @@ def read_run(run_dir):
 def write_reference(run_dir, models=REFERENCE.parent):
     run = read_run(run_dir)
     config = run["config"]
-    off_recipe = {key: config.get(key) for key, value in RECIPE.items() if config.get(key) != value}
-    if off_recipe:
-        raise ReferenceError(f"{run_dir} is not the recipe ({', '.join(f'{k}={v}' for k, v in off_recipe.items())}; "
-                             f"the reference is {', '.join(f'{k}={v}' for k, v in RECIPE.items())}): "
-                             "train one with `python train_fastai.py --epochs 24`")
+    check_recipe(run_dir, run)
+    state = recipe_weights(run_dir, config)
     weights, meta = (models / REFERENCE.name).with_suffix(".safetensors"), (models / REFERENCE.name).with_suffix(".json")
     for path in (weights, meta):
         if path.exists():
             raise ReferenceError(f"{path} exists already: move it away first, it is never overwritten")
     models.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.half() if tensor.is_floating_point() else tensor
-             for name, tensor in load_file(run_dir / "model.safetensors").items()}
+    state = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
     save_file(state, weights, metadata={"format": "pt", "model": "CustomResNet", "dtype": "float16"})
     summary = run["summary"]
     write_json(meta, {
@@ -68,22 +69,47 @@ def write_reference(run_dir, models=REFERENCE.parent):
     return weights, meta
 
 
+def check_recipe(run_dir, run):
+    """Refuse a run whose settings are not the recipe's, or that stopped before its last epoch."""
+    config, summary = run["config"], run["summary"]
+    off_recipe = {key: config.get(key) for key, value in RECIPE.items() if config.get(key) != value}
+    if off_recipe:
+        raise ReferenceError(f"{run_dir} is not the recipe ({', '.join(f'{k}={v}' for k, v in off_recipe.items())}; "
+                             f"the reference is {', '.join(f'{k}={v}' for k, v in RECIPE.items())}): "
+                             "train one with `python train_fastai.py --epochs 24`")
+    # --target-acc is refused above; a run that ran fewer epochs than it was given is no 24-epoch run either.
+    if summary.get("stopped_early") or summary.get("epochs", config["epochs"]) < config["epochs"]:
+        raise ReferenceError(f"{run_dir} stopped after {summary.get('epochs')} of its {config['epochs']} epochs: "
+                             "give a run that finished all of them")
+
+
+def recipe_weights(run_dir, config):
+    """The run's weights, refused if they are not the width its config.json says (a copied model)."""
+    state = load_file(run_dir / "model.safetensors")
+    width = state["prep.0.weight"].shape[0] if "prep.0.weight" in state else None  # the first conv's out channels
+    if width != config["width"]:
+        raise ReferenceError(f"{run_dir / 'model.safetensors'} holds weights of width {width}, but its config.json "
+                             f"says {config['width']}: give the folder train_fastai.py wrote, as it wrote it")
+    return state
+
+
 def config_flags(config):
-    """The flags that repeat the run, from its config.json."""
+    """The flags that repeat the run, from its config.json. The settings check_recipe holds to the
+    recipe (--label-smoothing, --target-acc, --subset, ...) are at their defaults, so need no flag."""
     names = ("epochs", "peak_epoch", "bs", "wd", "seed", "aug", "precision", "width", "lr_min", "lr_max")
     return [f"--{name.replace('_', '-')} {config[name]}" for name in names if config.get(name) is not None]
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a finished 24-epoch run folder written by train_fastai.py")
     p.add_argument("--models", type=Path, default=REFERENCE.parent, help="where to write it (default models/)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
-    try:
+    if args.models.exists() and not args.models.is_dir():  # else a FileExistsError traceback from its mkdir
+        p.error(f"--models {args.models} is not a folder: give a folder for the reference (a missing one is created)")
+    with one_line_errors(args.debug):
         weights, meta = write_reference(args.run_dir, args.models)
-    except ReferenceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"reference checkpoint: {weights} ({weights.stat().st_size / 2**20:.1f} MiB) and {meta}")
 
 

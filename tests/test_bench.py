@@ -84,7 +84,11 @@ def bench_error(argv, capsys):
 
 @pytest.mark.parametrize("argv,text", [
     (["--rows", "bogus"], "--rows: unknown row bogus"),
-    (["--seeds", "0"], "--seeds must be at least 1, not 0"),
+    (["--seeds", "0"], "--seeds must be from 1 to 100, not 0"),
+    (["--seeds", "100000000"], "--seeds must be from 1 to 100, not 100000000"),
+    (["--baseline-seeds", "101"], "--baseline-seeds must be from 1 to 100, not 101"),
+    (["--rows", ""], "--rows names no row"),
+    (["--rows", " , "], "--rows names no row"),
     (["--bs", "0"], "--bs must be positive, not 0"),
     (["--width", "0"], "--width must be positive, not 0"),
     (["--smoke"], "--smoke needs --out DIR"),

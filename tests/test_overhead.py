@@ -3,6 +3,7 @@ every figure BENCHMARKS.md reads. Its figures mean nothing: no speed is asserted
 import copy
 import json
 import statistics
+import subprocess
 import sys
 
 import pytest
@@ -103,3 +104,40 @@ def test_smoke_needs_an_out_folder(capsys):
     with pytest.raises(SystemExit) as e:
         overhead.parse_args(["--smoke"])
     assert e.value.code == 2 and "never written into bench/results" in capsys.readouterr().err
+
+
+def overhead_error(argv, capsys):
+    """The one line overhead.py ends with on bad input, with exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        overhead.main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["--width", "0"], "--width must be positive, not 0"),
+    (["--width", "x"], "--width: invalid int value: 'x'"),
+    (["--threads", "0"], "--threads must be at least 1, not 0"),
+    (["--threads", "999"], "--threads 999 is more than the"),
+    (["--lr-min", "nan"], "--lr-min must be a finite number, not nan"),
+    (["--lr-min", "1e-2", "--lr-max", "1e-3"], "--lr-min (0.01) must be below --lr-max (0.001)"),
+    (["--seed", "-1"], "--seed must lie in [0,"),
+])
+def test_a_bad_flag_is_one_line_and_writes_nothing(argv, text, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert text in overhead_error(["--smoke", "--out", str(out), *argv], capsys)
+    assert not out.exists()  # no overhead-*.json/.log pair of a run that never was
+
+
+def test_an_out_that_is_a_file_is_one_line_and_kept(tmp_path, capsys):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("precious")
+    assert f"--out {mine} is not a folder" in overhead_error(["--smoke", "--out", str(mine)], capsys)
+    assert mine.read_text() == "precious"
+
+
+def test_help_shows_no_library_warning():
+    """fastai's import warns that torch.jit.script is deprecated: nothing a user of the bench can act on."""
+    done = subprocess.run([sys.executable, "bench/overhead.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "" and "--threads" in done.stdout

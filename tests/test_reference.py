@@ -4,9 +4,10 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import predict
+from customresnet import CustomResNet
 from conftest import REPO, real_subset
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -14,15 +15,23 @@ import reference  # noqa: E402
 
 RECIPE_CONFIG = {"epochs": 24, "peak_epoch": 5.0, "bs": 512, "lr_min": 1e-4, "lr_max": 1e-3, "lr_source": "lr_find.json",
                  "wd": 0.01, "aug": "gpu", "precision": "bf16", "width": 64, "subset": None, "seed": 0,
+                 "label_smoothing": 0.0, "tta": False, "target_acc": None, "preset": "seed",
                  "data": "/data/cifar10", "test_images": 10000}
+SUMMARY = {"final_accuracy": 0.93, "fit_seconds": 9.5, "device": "gpu", "versions": {"torch": "x"}, "epochs": 24,
+           "stopped_early": False}
 
 
 @pytest.fixture
 def recipe_run(run_dir):
-    """test_predict's thin run folder, with the config and summary a 24-epoch recipe run leaves."""
+    """test_predict's run folder, its model widened to the recipe's 64 (its head still always says
+    "cat"), with the config and summary a 24-epoch recipe run leaves."""
+    model = CustomResNet(width=64)
+    with torch.no_grad():
+        model.head[2].weight.zero_()
+        model.head[2].bias.copy_(load_file(run_dir / "model.safetensors")["head.2.bias"])
+    save_file(model.state_dict(), run_dir / "model.safetensors")
     (run_dir / "config.json").write_text(json.dumps(RECIPE_CONFIG))
-    (run_dir / "summary.json").write_text(json.dumps({"final_accuracy": 0.93, "fit_seconds": 9.5, "device": "gpu",
-                                                      "versions": {"torch": "x"}}))
+    (run_dir / "summary.json").write_text(json.dumps(SUMMARY))
     return run_dir
 
 
@@ -44,13 +53,48 @@ def test_writes_fp16_weights_and_their_json_and_predict_uses_them(recipe_run, im
 
 @pytest.mark.parametrize("change,message", [({"epochs": 2}, "is not the recipe (epochs=2"),
                                             ({"width": 8}, "is not the recipe (width=8"),
-                                            ({"subset": 5000}, "is not the recipe (subset=5000")])
+                                            ({"subset": 5000}, "is not the recipe (subset=5000"),
+                                            ({"target_acc": 0.94}, "is not the recipe (target_acc=0.94"),
+                                            ({"label_smoothing": 0.5}, "is not the recipe (label_smoothing=0.5"),
+                                            ({"bs": 256, "wd": 0.1}, "is not the recipe (bs=256, wd=0.1"),
+                                            ({"preset": "fast"}, "is not the recipe (preset=fast")])
 def test_refuses_a_run_that_is_not_the_recipe(recipe_run, tmp_path, capsys, change, message):
     (recipe_run / "config.json").write_text(json.dumps({**RECIPE_CONFIG, **change}))
-    with pytest.raises(SystemExit) as e:
-        reference.main([str(recipe_run), "--models", str(tmp_path / "models")])
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert message in reference_error([str(recipe_run), "--models", str(tmp_path / "models")], capsys)
     assert not (tmp_path / "models").exists()
+
+
+def reference_error(argv, capsys):
+    """The one line reference.py ends with on bad input, with exit status 2."""
+    with pytest.raises(SystemExit) as e:
+        reference.main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("change", [{"stopped_early": True, "epochs": 9}, {"epochs": 23}])
+def test_refuses_a_run_that_stopped_early(recipe_run, tmp_path, capsys, change):
+    (recipe_run / "summary.json").write_text(json.dumps({**SUMMARY, **change}))
+    line = reference_error([str(recipe_run), "--models", str(tmp_path / "models")], capsys)
+    assert f"stopped after {change['epochs']} of its 24 epochs" in line
+    assert not (tmp_path / "models").exists()
+
+
+def test_refuses_weights_of_another_width_than_the_config_says(recipe_run, run_dir, tmp_path, capsys):
+    save_file(CustomResNet(width=4).state_dict(), recipe_run / "model.safetensors")
+    line = reference_error([str(recipe_run), "--models", str(tmp_path / "models")], capsys)
+    assert "holds weights of width 4, but its config.json says 64" in line
+    assert not (tmp_path / "models").exists()
+
+
+def test_bad_arguments_are_one_line(recipe_run, tmp_path, capsys):
+    assert "run_dir" in reference_error([], capsys)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("precious")
+    assert f"--models {mine} is not a folder" in reference_error([str(recipe_run), "--models", str(mine)], capsys)
+    assert mine.read_text() == "precious"
+    assert "is not a finished training run" in reference_error([str(tmp_path / "nope")], capsys)
 
 
 def test_never_overwrites_a_reference(recipe_run, tmp_path, capsys):
