@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -21,6 +22,13 @@ from outputs import write_curves
 from settings import UsageError
 
 TRAINER = Path(__file__).with_name("train_fastai.py")
+
+
+def trainer_as_run():
+    """train_fastai.py as the user ran it (the path they typed, which may pass through links), or
+    this checkout's where it was called from Python (the bench, the tests)."""
+    script = getattr(sys.modules["__main__"], "__file__", None)
+    return Path(script) if script and Path(script).name == TRAINER.name else TRAINER
 
 
 class Interrupted(Exception):
@@ -74,7 +82,7 @@ def save_checkpoint(run_dir, snapshot, rows, fit_seconds, resumed):
         return "interrupted before the first epoch was saved: nothing to resume; start the run again"
     done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
     return (f"interrupted; epochs 1-{done} are saved in {run_dir}. Resume with: "
-            f"{command_to_retype(TRAINER)} --resume {run_dir}")
+            f"{command_to_retype(trainer_as_run())} --resume {run_dir}")
 
 
 def load_checkpoint(learn, run_dir):
