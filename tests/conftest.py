@@ -160,3 +160,13 @@ def train(folder, out, *flags):
 
 def history_values(run_dir):
     return pd.read_csv(run_dir / "history.csv").drop(columns="time")
+
+
+def one_line_error(cli, argv, capsys):
+    """The one line `cli(argv)` ends with on bad input, after checking it is all stderr holds, that
+    it starts with `error: ` and that the exit status is 2."""
+    with pytest.raises(SystemExit) as e:
+        cli(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]

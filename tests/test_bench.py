@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, one_line_error
 
 sys.path.insert(0, str(REPO / "bench"))
 import airbench94  # noqa: E402
@@ -73,15 +73,6 @@ def test_smoke_needs_an_out_folder(capsys):
     assert e.value.code == 2 and "never written into bench/results" in capsys.readouterr().err
 
 
-def bench_error(argv, capsys):
-    """The one line the bench ends with on bad input, with exit status 2."""
-    with pytest.raises(SystemExit) as e:
-        bench.main(argv)
-    err = capsys.readouterr().err.splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
 @pytest.mark.parametrize("argv,text", [
     (["--rows", "bogus"], "--rows: unknown row bogus"),
     (["--seeds", "0"], "--seeds must be from 1 to 100, not 0"),
@@ -96,21 +87,21 @@ def bench_error(argv, capsys):
     (["--lr-max", "1e-3", "--lr-min", "0"], "--lr-min must be positive, not 0.0"),
 ])
 def test_a_bad_flag_is_one_line(argv, text, capsys):
-    assert text in bench_error(argv, capsys)
+    assert text in one_line_error(bench.main, argv, capsys)
 
 
 def test_bad_data_or_out_is_one_line_and_keeps_the_users_file(tmp_path, capsys):
-    assert "does not exist" in bench_error(["--smoke", "--out", str(tmp_path / "results"), "--data",
+    assert "does not exist" in one_line_error(bench.main, ["--smoke", "--out", str(tmp_path / "results"), "--data",
                                             str(tmp_path / "nope")], capsys)
     mine = tmp_path / "mine.txt"
     mine.write_text("precious")
-    assert f"--out {mine} is not a folder" in bench_error(["--smoke", "--out", str(mine)], capsys)
+    assert f"--out {mine} is not a folder" in one_line_error(bench.main, ["--smoke", "--out", str(mine)], capsys)
     assert mine.read_text() == "precious"
 
 
 def test_the_full_bench_without_a_gpu_is_refused_as_bad_input(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert "the bench needs a CUDA GPU" in bench_error([], capsys)
+    assert "the bench needs a CUDA GPU" in one_line_error(bench.main, [], capsys)
 
 
 def test_the_bench_shows_no_library_warning():

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, one_line_error
 from customresnet import CustomResNet
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -106,15 +106,6 @@ def test_smoke_needs_an_out_folder(capsys):
     assert e.value.code == 2 and "never written into bench/results" in capsys.readouterr().err
 
 
-def overhead_error(argv, capsys):
-    """The one line overhead.py ends with on bad input, with exit status 2."""
-    with pytest.raises(SystemExit) as e:
-        overhead.main(argv)
-    err = capsys.readouterr().err.splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
 @pytest.mark.parametrize("argv,text", [
     (["--width", "0"], "--width must be positive, not 0"),
     (["--width", "x"], "--width: invalid int value: 'x'"),
@@ -126,14 +117,14 @@ def overhead_error(argv, capsys):
 ])
 def test_a_bad_flag_is_one_line_and_writes_nothing(argv, text, tmp_path, capsys):
     out = tmp_path / "results"
-    assert text in overhead_error(["--smoke", "--out", str(out), *argv], capsys)
+    assert text in one_line_error(overhead.main, ["--smoke", "--out", str(out), *argv], capsys)
     assert not out.exists()  # no overhead-*.json/.log pair of a run that never was
 
 
 def test_an_out_that_is_a_file_is_one_line_and_kept(tmp_path, capsys):
     mine = tmp_path / "mine.txt"
     mine.write_text("precious")
-    assert f"--out {mine} is not a folder" in overhead_error(["--smoke", "--out", str(mine)], capsys)
+    assert f"--out {mine} is not a folder" in one_line_error(overhead.main, ["--smoke", "--out", str(mine)], capsys)
     assert mine.read_text() == "precious"
 
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 import predict
 from customresnet import CustomResNet
-from conftest import REPO, real_subset
+from conftest import REPO, one_line_error, real_subset
 
 sys.path.insert(0, str(REPO / "bench"))
 import reference  # noqa: E402
@@ -60,41 +60,32 @@ def test_writes_fp16_weights_and_their_json_and_predict_uses_them(recipe_run, im
                                             ({"preset": "fast"}, "is not the recipe (preset=fast")])
 def test_refuses_a_run_that_is_not_the_recipe(recipe_run, tmp_path, capsys, change, message):
     (recipe_run / "config.json").write_text(json.dumps({**RECIPE_CONFIG, **change}))
-    assert message in reference_error([str(recipe_run), "--models", str(tmp_path / "models")], capsys)
+    assert message in one_line_error(reference.main, [str(recipe_run), "--models", str(tmp_path / "models")], capsys)
     assert not (tmp_path / "models").exists()
-
-
-def reference_error(argv, capsys):
-    """The one line reference.py ends with on bad input, with exit status 2."""
-    with pytest.raises(SystemExit) as e:
-        reference.main(argv)
-    err = capsys.readouterr().err.splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.mark.parametrize("change", [{"stopped_early": True, "epochs": 9}, {"epochs": 23}])
 def test_refuses_a_run_that_stopped_early(recipe_run, tmp_path, capsys, change):
     (recipe_run / "summary.json").write_text(json.dumps({**SUMMARY, **change}))
-    line = reference_error([str(recipe_run), "--models", str(tmp_path / "models")], capsys)
+    line = one_line_error(reference.main, [str(recipe_run), "--models", str(tmp_path / "models")], capsys)
     assert f"stopped after {change['epochs']} of its 24 epochs" in line
     assert not (tmp_path / "models").exists()
 
 
 def test_refuses_weights_of_another_width_than_the_config_says(recipe_run, run_dir, tmp_path, capsys):
     save_file(CustomResNet(width=4).state_dict(), recipe_run / "model.safetensors")
-    line = reference_error([str(recipe_run), "--models", str(tmp_path / "models")], capsys)
+    line = one_line_error(reference.main, [str(recipe_run), "--models", str(tmp_path / "models")], capsys)
     assert "holds weights of width 4, but its config.json says 64" in line
     assert not (tmp_path / "models").exists()
 
 
 def test_bad_arguments_are_one_line(recipe_run, tmp_path, capsys):
-    assert "run_dir" in reference_error([], capsys)
+    assert "run_dir" in one_line_error(reference.main, [], capsys)
     mine = tmp_path / "mine.txt"
     mine.write_text("precious")
-    assert f"--models {mine} is not a folder" in reference_error([str(recipe_run), "--models", str(mine)], capsys)
+    assert f"--models {mine} is not a folder" in one_line_error(reference.main, [str(recipe_run), "--models", str(mine)], capsys)
     assert mine.read_text() == "precious"
-    assert "is not a finished training run" in reference_error([str(tmp_path / "nope")], capsys)
+    assert "is not a finished training run" in one_line_error(reference.main, [str(tmp_path / "nope")], capsys)
 
 
 def test_never_overwrites_a_reference(recipe_run, tmp_path, capsys):
