@@ -83,7 +83,8 @@ def test_bad_arguments_are_one_line(recipe_run, tmp_path, capsys):
     assert "run_dir" in one_line_error(reference.main, [], capsys)
     mine = tmp_path / "mine.txt"
     mine.write_text("precious")
-    assert f"--models {mine} is not a folder" in one_line_error(reference.main, [str(recipe_run), "--models", str(mine)], capsys)
+    line = one_line_error(reference.main, [str(recipe_run), "--models", str(mine)], capsys)
+    assert f"--models {mine} is not a folder" in line
     assert mine.read_text() == "precious"
     assert "is not a finished training run" in one_line_error(reference.main, [str(tmp_path / "nope")], capsys)
 

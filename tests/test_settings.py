@@ -1,11 +1,12 @@
 """The settings of a run: presets, and flags checked before torch and fastai load."""
+import json
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
-from settings import PRESETS, parse_args
+from settings import PRESETS, member, parse_args
 
 
 def test_presets_fill_the_flags_left_unset_and_given_flags_win():
@@ -60,3 +61,17 @@ def test_predict_and_compare_read_a_tilde_as_home(monkeypatch, tmp_path, capsys)
         with pytest.raises(SystemExit):
             cli(argv)
         assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_a_resumed_run_takes_back_its_name_and_its_place_in_a_group(tmp_path):
+    run_dir = tmp_path / "runs" / "20260101-000000-lr-lr_max=0.004-seed1"
+    run_dir.mkdir(parents=True)
+    config = {"epochs": 2, "bs": 16, "width": 8, "seed": 1, "lr_max": 0.004, "name": "lr-lr_max=0.004-seed1",
+              "tta": True, "target_acc": 0.9, "group": "20260101-000000-lr-group", "sweep_point": "lr_max=0.004"}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "checkpoint.json").write_text(json.dumps({"epochs_done": 1, "history": [["0"]], "lrs": [1e-4],
+                                                         "moms": [0.95], "fit_seconds": 1.0}))
+    args = parse_args(["--resume", str(run_dir)])
+    resumed = member(args, args.points[0])
+    for key in ("name", "tta", "target_acc", "group", "sweep_point", "seed", "lr_max"):
+        assert getattr(resumed, key) == config[key], key
