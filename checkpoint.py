@@ -19,6 +19,7 @@ from data import SPLITS, image_files
 from errors import command_to_retype
 from files import atomic, write_json
 from outputs import write_curves
+from recording import sync_debug_lifted_after
 from settings import UsageError
 
 TRAINER = Path(__file__).with_name("train_fastai.py")
@@ -55,7 +56,7 @@ def fit(learn, schedule, run_dir, resumed, cbs=()):
     start = time.perf_counter()
     try:
         on_cpu = learn.dls.device.type == "cpu"  # torch's SyncBatchNorm needs GPUs
-        with sigterm_as_ctrl_c(), learn.distrib_ctx(sync_bn=not on_cpu, cpu=on_cpu):
+        with sigterm_as_ctrl_c(), sync_debug_lifted_after(learn), learn.distrib_ctx(sync_bn=not on_cpu, cpu=on_cpu):
             learn.fit_one_cycle(**schedule, cbs=[logger, snapshot, divergence, *cbs],
                                 start_epoch=resumed.get("epochs_done", 0))
     except KeyboardInterrupt:

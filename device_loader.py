@@ -42,25 +42,31 @@ class DeviceDataLoader(TfmdDL):
         if self.images is None or num_distrib() > 1:
             return super().get_idxs()
         if not self.shuffle:
-            return torch.arange(len(self.images), device=self.images.device)
+            # In order, a range: each batch is a slice of the images, a view, with no index to
+            # gather by. It stays on the host, as fastai's own order does: get_preds reorders the
+            # predictions it has gathered on the host by it, which an order on the device cannot.
+            return range(len(self.images))
         return torch.randperm(len(self.images), generator=self.generator, device=self.images.device)
 
     def sample(self):
         # fastai's sample() hands on get_idxs' order (which its __iter__ keeps in a private
-        # attribute) one Python int at a time; an order on the device goes on whole.
+        # attribute) one Python int at a time; an order on the device, or a range, goes on whole.
         order = self._DataLoader__idxs
-        return order if torch.is_tensor(order) else super().sample()
+        return order if torch.is_tensor(order) or isinstance(order, range) else super().sample()
 
     def create_batches(self, samps):
         if self.images is None:
             yield from super().create_batches(samps)
             return
         # Under several processes the order comes as Python ints (see get_idxs): one copy an epoch.
-        order = samps if torch.is_tensor(samps) else torch.tensor(list(samps), device=self.images.device)
+        order = samps if torch.is_tensor(samps) or isinstance(samps, range) else \
+            torch.tensor(list(samps), device=self.images.device)
         for start in range(0, len(order), self.bs):
             idxs = order[start:start + self.bs]
             if self.drop_last and len(idxs) < self.bs:
                 break
+            if isinstance(idxs, range):
+                idxs = slice(idxs.start, idxs.stop)
             yield TensorImage(self.images[idxs]), TensorCategory(self.labels[idxs])
 
 

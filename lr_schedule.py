@@ -78,6 +78,7 @@ def find_lr(learn, run_dir, num_it):
                       suggest_funcs=None)
     curve = pd.DataFrame({"lr": learn.recorder.lrs, "loss": torch.stack(learn.recorder.losses).tolist(),
                           "batch_loss": torch.stack(batch_losses.losses).tolist()})
+    learn.recorder.losses = list(curve.loss)  # on the host, as fastai's own Recorder keeps them: its plot reads them
     write_csv(run_dir / "lr_find.csv", curve)
     (run_dir / learn.model_dir).rmdir()  # lr_find parks the weights there and leaves it empty
     lr_min, lr_max = lr_bounds(usable_curve(curve, num_it))

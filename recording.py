@@ -7,8 +7,9 @@ comment. On a GPU each of those is a synchronisation: the host stops queueing th
 the GPU has finished the last one, so the host's time adds to the GPU's instead of overlapping it.
 Here the running values stay on the device and the Recorder reads them once an epoch, as it logs
 the epoch's line; the bars show progress without the loss. fastai's Recorder, CSVLogger,
-`lr_find` and `fit_one_cycle` run unchanged around them. (`lr_find` still compares the smoothed
-loss with its best every iteration: about 100 reads, once a run.)
+`lr_find` and `fit_one_cycle` run unchanged around them. (fastai's LRFinder still reads the smoothed
+loss twice an iteration, to keep its best and to stop on divergence: 200 reads in the default 100
+iterations, once a run.)
 
 Where the output is no terminal (a log file, CI, a job scheduler), there are no bars: one line
 per epoch, instead of the bars' carriage-return updates.
@@ -22,11 +23,15 @@ from fastai.vision.all import (AvgLoss, AvgMetric, AvgSmoothLoss, Callback, Prog
 
 
 class DeviceSmoothLoss(AvgSmoothLoss):
-    """fastai's exponentially smoothed training loss, left on the device."""
+    """fastai's exponentially smoothed training loss, left on the device. It starts from a zero made
+    on the loss's device (fastai's reset leaves a CPU zero, which a CUDA lerp refuses)."""
 
     def accumulate(self, learn):
+        loss = to_detach(learn.loss.mean(), cpu=False)
+        if self.count == 0:
+            self.val = torch.zeros_like(loss)
         self.count += 1
-        self.val = torch.lerp(to_detach(learn.loss.mean(), cpu=False), self.val, self.beta)
+        self.val = torch.lerp(loss, self.val, self.beta)
 
 
 class DeviceAvgLoss(AvgLoss):
@@ -148,3 +153,16 @@ class FailOnHostSync(Callback):
             torch.cuda.set_sync_debug_mode("default")
 
     after_cancel_train = after_fit = after_train
+
+
+@contextmanager
+def sync_debug_lifted_after(learn):
+    """Whatever ends the block, a fit with FailOnHostSync, the host may read the GPU after it: when
+    Ctrl-C or an error stops the training batches, fastai runs none of after_train,
+    after_cancel_train and after_fit, and the checkpoint then saved copies the weights to the host,
+    which the "error" mode would refuse."""
+    try:
+        yield
+    finally:
+        for callback in learn.cbs.filter(lambda cb: isinstance(cb, FailOnHostSync)):
+            callback.after_train()

@@ -46,6 +46,15 @@ def test_training_drops_the_ragged_last_batch_and_validation_keeps_its_order():
                                                                 list(range(20, 25))]
 
 
+def test_the_test_order_is_a_range_on_the_host_that_get_preds_reorders_by():
+    """fastai's get_preds gathers the predictions on the host and reorders them by get_idxs()'s
+    order: an order on the GPU would index host tensors with a device index, which CUDA refuses."""
+    dl = numbered_loader(25, bs=10, shuffle=False)
+    assert dl.get_idxs() == range(25)
+    x, _ = next(iter(dl))
+    assert x.untyped_storage().data_ptr() == dl.images.untyped_storage().data_ptr()  # a slice: a view
+
+
 @pytest.mark.parametrize("shuffle", [True, False], ids=["train", "valid"])
 def test_fastai_distributed_loader_shares_out_every_image_once(monkeypatch, shuffle):
     """Under two processes fastai's DistributedDL sends rank 0's order, a list of Python ints, to
