@@ -28,13 +28,16 @@ def resolve_device(name):
     return device
 
 
-def resolve_precision(precision, device):
+def resolve_precision(precision, device, sync_debug=False):
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
             raise UsageError(f"--precision {precision} needs a CUDA GPU (fastai's mixed precision); use fp32 on {device}")
         return "fp32"
     if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if precision == "fp16" and sync_debug:
+            raise UsageError(f"--sync-debug: {torch.cuda.get_device_name(device)} has no bf16, and fp16's gradient "
+                             "scaler reads the GPU at every step by design: add --precision fp32")
     return precision
 
 

@@ -274,5 +274,8 @@ def invalid_settings(args):
     if args.name and len(args.name.encode()) > NAME_LIMIT:
         yield (f"--name is {len(args.name.encode())} bytes long: a folder name holds 255, the run's timestamp and "
                f"suffixes included; give at most {NAME_LIMIT}")
+    if args.sync_debug and args.precision == "fp16":
+        yield ("--sync-debug and --precision fp16 do not go together: fp16's gradient scaler reads the GPU at every "
+               "step by design (to skip steps that overflow); use --precision bf16 or fp32")
     if args.finder_iters < 10:
         yield f"--finder-iters must be at least 10, not {args.finder_iters}"

@@ -113,7 +113,7 @@ def run(args):
     main_process = rank_distrib() == 0
     if args.bs % processes:
         raise UsageError(f"--bs {args.bs} does not split evenly over {processes} processes: give a multiple of {processes}")
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, args.sync_debug)
     seed_everything(args.seed, args.deterministic)
 
     # Data: CIFAR-10 through fastai's DataBlock, the augmentation on the device.

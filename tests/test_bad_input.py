@@ -494,6 +494,8 @@ CASES = {
     "CUDA without a GPU": ("train", flags("--device", "cuda"), REFUSE, "no CUDA GPU", None),
     "not a device": ("train", flags("--device", "toaster"), REFUSE, "is not a device", None),
     "bf16 on the CPU": ("train", flags("--precision", "bf16"), REFUSE, "needs a CUDA GPU", None),
+    "sync debug with fp16": ("train", flags("--precision", "fp16", "--sync-debug"), REFUSE,
+                             "fp16's gradient scaler reads the GPU at every step", None),
     "no full batch": ("train", flags("--subset", "3", "--bs", "16"), REFUSE, "make no full batch", None),
     "unwritable output folder": ("train", unwritable_out, REFUSE, "choose a writable folder", None),
     "--resume with another configuration": ("train", resume_other_config, REFUSE, "was run with --epochs 2, not 5",
