@@ -10,14 +10,19 @@ Both are training-only (`split_idx = 0`): fastai never applies them to the valid
 The GPU transforms run after `Normalize`, so Cutout fills with 0, which is the data set mean;
 the per-image path works on uint8 pixels before normalisation and fills with the mean pixel.
 """
+import os
 from functools import cache
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.vision.all import PILImage, TensorImage, Transform
+
+# albumentations asks PyPI for a newer version when it is imported, and its name lookup has no
+# timeout: on a machine without network (a GPU node, CI) every process could stall on it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
 
 PAD = 4
 CUTOUT_SIZE = 8

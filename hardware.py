@@ -5,6 +5,7 @@ import functools
 import os
 import platform
 import time
+from importlib import metadata
 
 import numpy as np
 import torch
@@ -59,11 +60,9 @@ def device_name(device):
 
 
 def library_versions():
-    import albumentations
-    import fastai
-    import torchvision
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "fastai": fastai.__version__, "albumentations": albumentations.__version__, "numpy": np.__version__,
+    """The versions a run ran with, as installed (read without importing what the run did not)."""
+    installed = {name: metadata.version(name) for name in ("torchvision", "fastai", "albumentations")}
+    return {"python": platform.python_version(), "torch": torch.__version__, **installed, "numpy": np.__version__,
             "cuda": torch.version.cuda}
 
 

@@ -17,6 +17,9 @@ from safetensors.torch import save_file
 
 from customresnet import CustomResNet
 
+# What augment.py sets for the tools, for the tests' own imports of albumentations: no update check on PyPI.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TGZ = REPO.parent / "shared" / "data" / "cifar10-jpeg.tgz"

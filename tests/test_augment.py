@@ -1,4 +1,8 @@
 """Each augmentation step checked on its own, with one checker per property for both backends."""
+import os
+import subprocess
+import sys
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ from fastai.vision.all import PILImage, Pipeline, TensorImage
 
 from augment import (CUTOUT_SIZE, PAD, AlbumentationsTransform, Cutout, FlipLR, PadCrop, albumentations_pipeline,
                      gpu_augmentations)
+from conftest import REPO
 
 N = 64
 MEAN = (0.5, 0.25, 0.75)
@@ -143,3 +148,13 @@ def test_albumentations_workers_get_different_streams_and_a_seed_repeats():
 
     assert all(np.array_equal(a, b) for a, b in zip(stream(1), stream(1)))
     assert not all(np.array_equal(a, b) for a, b in zip(stream(1), stream(2)))
+
+
+def test_importing_the_augmentations_never_asks_pypi_for_albumentations_updates(tmp_path):
+    """albumentations looks for a newer version on PyPI when imported, its name lookup unbounded: on a
+    machine without network (a GPU node, CI) each process could stall there."""
+    looked_up = "import socket, sys; socket.getaddrinfo = lambda host, *a, **k: sys.exit(f'looked up {host}')"
+    env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run([sys.executable, "-c", f"{looked_up}; import augment"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
