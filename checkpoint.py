@@ -91,8 +91,8 @@ def save_checkpoint(run_dir, snapshot, rows, fit_seconds, curves=True):
     resumed run keeps the checkpoint it started from)."""
     if snapshot.state is None:
         return
-    with atomic(run_dir / "checkpoint.pth") as tmp, open(tmp, "wb") as file:
-        torch.save(snapshot.state, file)  # through a Python file: a full disk raises an OSError with its errno
+    with atomic(run_dir / "checkpoint.pth") as tmp:
+        torch.save(snapshot.state, tmp)
     done = snapshot.progress_so_far["epochs_done"]
     write_json(run_dir / "checkpoint.json", {**snapshot.progress_so_far, "history": rows[:done],
                                              "fit_seconds": fit_seconds})
