@@ -12,6 +12,11 @@ from functools import cache
 from errors import BadInput
 
 
+# What torch's zip writer (torch.save) says when a write fails: "PytorchStreamWriter failed writing
+# file ...", or a check of the bytes written in inline_container.cc; the errno is gone.
+TORCH_WRITER = re.compile(r"PytorchStreamWriter|inline_container")
+
+
 @cache
 def new_file_mode():
     """The mode open() gives a new file: 0666 less the umask, which can only be read by setting it."""
@@ -50,8 +55,8 @@ def write_failure(error, path, tmp):
     if type(error).__name__ == "SafetensorError":  # safetensors holds the errno in its message only
         found = re.search(r"\(os error (\d+)\)", str(error))
         number = int(found[1]) if found else None
-    elif isinstance(error, RuntimeError) and drive_full(path):  # torch's own writer (fastai's export) loses it
-        number = errno.ENOSPC
+    elif isinstance(error, RuntimeError) and TORCH_WRITER.search(str(error)):  # torch.save (fastai's export) loses it
+        number = errno.ENOSPC if drive_full(path) else errno.EIO
     else:
         return None
     return OSError(number, os.strerror(number), str(path)) if number else None

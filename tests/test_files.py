@@ -60,16 +60,16 @@ def test_safetensors_error_on_a_full_disk_is_the_oserror_it_holds(tmp_path):
                                                              str(tmp_path / "model.safetensors"))
 
 
-def test_torchs_writer_failing_on_a_full_drive_is_a_full_disk_and_elsewhere_its_own_error(tmp_path, monkeypatch):
+def test_torchs_writer_failing_is_a_full_disk_on_a_full_drive_and_an_io_error_elsewhere(tmp_path, monkeypatch):
     """torch.save to a path (fastai's export) fails with a RuntimeError that has lost the errno."""
     cut_short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: SimpleNamespace(free=4096))
     error = failed_write(tmp_path / "export.pkl", cut_short)
-    assert (error.errno, error.filename, error.__cause__) == (errno.ENOSPC, str(tmp_path / "export.pkl"), cut_short)
-    monkeypatch.undo()
-    with pytest.raises(RuntimeError):
+    assert (error.errno, error.filename, error.__cause__) == (errno.EIO, str(tmp_path / "export.pkl"), cut_short)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: SimpleNamespace(free=4096))
+    assert failed_write(tmp_path / "export.pkl", cut_short).errno == errno.ENOSPC
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is ours, and keeps its traceback
         with atomic(tmp_path / "export.pkl"):
-            raise cut_short
+            raise RuntimeError("a bug")
 
 
 def test_an_open_refused_names_the_file_not_its_temporary_name(tmp_path, monkeypatch):
