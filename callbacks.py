@@ -12,16 +12,21 @@ ACCURACY_MILESTONES = (0.90, 0.93, 0.94)
 
 class TimeToAccuracy(Callback):
     """The first epoch, and the seconds since the fit began, at which test accuracy reached each
-    milestone; with a `target`, stops the fit at the end of the epoch that reaches it. A resumed
-    fit counts from `start_epoch`: the epochs before it were trained by the interrupted run."""
+    milestone; with a `target`, stops the fit at the end of the epoch that reaches it. A fit
+    resumed from an interruption counts from there: the epochs before were trained by the
+    interrupted run. One resumed after its end takes back what it had reached (`state()`, saved
+    in the checkpoint)."""
     order = Recorder.order + 1  # the Recorder's after_epoch has the epoch's accuracy and logs its line
 
-    def __init__(self, milestones=ACCURACY_MILESTONES, target=None, start_epoch=0):
+    def __init__(self, milestones=ACCURACY_MILESTONES, target=None, resumed=None):
+        resumed = resumed or {}
         self.milestones = sorted({*milestones, *([target] if target else [])})
-        self.target, self.start_epoch = target, start_epoch
+        self.target, self.start_epoch = target, resumed.get("epochs_done", 0)
+        self.earlier = resumed.get("time_to_accuracy", {"reached": {}, "stopped_early": False})
 
     def before_fit(self):
-        self.start, self.reached, self.stopped_early = time.perf_counter(), {}, False
+        self.start, self.stopped_early = time.perf_counter(), self.earlier["stopped_early"]
+        self.reached = {float(milestone): tuple(when) for milestone, when in self.earlier["reached"].items()}
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:
@@ -41,6 +46,11 @@ class TimeToAccuracy(Callback):
             results[f"first_epoch_{100 * milestone:g}"] = epoch
             results[f"seconds_to_{100 * milestone:g}"] = seconds
         return {**results, "target_acc": self.target, "stopped_early": self.stopped_early}
+
+    def state(self):
+        """What the fit reached, as JSON: {"reached": {milestone: [epoch, seconds]}, "stopped_early"}."""
+        return {"reached": {str(milestone): list(when) for milestone, when in self.reached.items()},
+                "stopped_early": self.stopped_early}
 
 
 class StopOnDivergence(Callback):
@@ -73,7 +83,7 @@ class StopOnDivergence(Callback):
 class EpochSnapshot(Callback):
     """An in-memory copy of the weights and optimizer state as the last finished epoch left them:
     what an interruption writes as the checkpoint (a copy on the device costs little; a file
-    every epoch would not)."""
+    every epoch would not, so the fit writes one only every lifecycle.CHECKPOINT_EVERY_S)."""
     order = Recorder.order + 1  # after the recorder has logged the epoch
 
     def __init__(self, resumed):
@@ -102,7 +112,11 @@ class HistoryLogger(CSVLogger):
         if log[0] < len(self.earlier_rows):
             log = self.earlier_rows[log[0]]
         self.rows.append([str(v) for v in log])
-        super()._write_line(log)
+        try:
+            super()._write_line(log)
+        except OSError as e:  # a write names no file: this one (a full disk, say)
+            e.filename = e.filename or str(self.path / self.fname)
+            raise
 
 
 class FlipInputs(Callback):

@@ -1,103 +1,138 @@
-"""Interruption and resume: Ctrl-C or SIGTERM during the fit writes the last finished epoch as a
-checkpoint, and `--resume` continues from it on the same one-cycle schedule."""
+"""Interruption and resume: the fit keeps what it has done in checkpoint.json (with
+checkpoint.pth, or model.safetensors once the fit is done), and `--resume` continues from it on the
+same one-cycle schedule.
+
+Three moments write it: Ctrl-C or SIGTERM during the fit (the last finished epoch's weights and
+optimizer state, from a copy kept in memory); an epoch's end once lifecycle.CHECKPOINT_EVERY_S of
+fitting have passed since the last one (the same, for a run killed outright); and the fit's end,
+whatever comes after: the weights as model.safetensors (what the outputs would write anyway) and
+checkpoint.json marked fit_done, so that nothing after the fit (a signal, a full disk, a crash while
+the outputs are written) loses it: --resume of such a run writes the outputs without training. The
+run deletes both files once it is whole."""
 import hashlib
 import json
 import os
-import signal
-import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import torch
 from fastai.learner import load_model
+from fastai.vision.all import Callback
+from safetensors.torch import load_file
 
-from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence
+from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence, TimeToAccuracy
 from data import SPLITS, image_files
-from errors import command_to_retype
 from files import atomic, write_json
-from outputs import write_curves
+from lifecycle import CHECKPOINT_EVERY_S
+from outputs import plain_model, write_curves, write_weights
 from recording import sync_debug_lifted_after
 from settings import UsageError
 
-TRAINER = Path(__file__).with_name("train_fastai.py")
-
-
-def trainer_as_run():
-    """train_fastai.py as the user ran it (the path they typed, which may pass through links), or
-    this checkout's where it was called from Python (the bench, the tests)."""
-    script = getattr(sys.modules["__main__"], "__file__", None)
-    return Path(script) if script and Path(script).name == TRAINER.name else TRAINER
-
-
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM during training, after the checkpoint is written: says how to resume."""
-
-
-@contextmanager
-def sigterm_as_ctrl_c():
-    """SIGTERM (what a scheduler sends before killing a job) ends training as Ctrl-C does."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
 
 def fit(learn, schedule, run_dir, resumed, cbs=()):
-    """fit_one_cycle from the start or, resumed, from the checkpoint's epoch on the same schedule;
-    returns the fit's seconds, those before an interruption included."""
+    """fit_one_cycle from the start or, resumed, from the checkpoint's epoch on the same schedule,
+    the fit's end kept at once; returns the fit's seconds, those before an interruption included. A
+    resumed fit that was done trains nothing: fastai skips its epochs, logging their lines again."""
+    done, fit_was_done = resumed.get("epochs_done", 0), resumed.get("fit_done", False)
     logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
-    start = time.perf_counter()
+    periodic = PeriodicCheckpoint(run_dir, snapshot, logger, resumed)
+    if fit_was_done:
+        print(f"the fit was done ({done} epochs): writing its outputs, training nothing")
+        schedule = {**schedule, "n_epoch": done}
+    start, finished = time.perf_counter(), False
+
+    def seconds():
+        return resumed.get("fit_seconds", 0) + (0 if fit_was_done else time.perf_counter() - start)
+
     try:
         on_cpu = learn.dls.device.type == "cpu"  # torch's SyncBatchNorm needs GPUs
-        with sigterm_as_ctrl_c(), sync_debug_lifted_after(learn), learn.distrib_ctx(sync_bn=not on_cpu, cpu=on_cpu):
-            learn.fit_one_cycle(**schedule, cbs=[logger, snapshot, divergence, *cbs],
-                                start_epoch=resumed.get("epochs_done", 0))
+        with sync_debug_lifted_after(learn), learn.distrib_ctx(sync_bn=not on_cpu, cpu=on_cpu):
+            learn.fit_one_cycle(**schedule, cbs=[logger, snapshot, periodic, divergence, *cbs], start_epoch=done)
+        if divergence.problem:
+            raise UsageError(divergence.problem)
+        finished = True
+        if learn.dls.device.type == "cuda":
+            torch.cuda.synchronize(learn.dls.device)
+        fit_seconds = seconds()
+        if not fit_was_done:
+            keep_finished_fit(learn, run_dir, logger.rows, fit_seconds, resumed, cbs)
     except KeyboardInterrupt:
-        seconds = resumed.get("fit_seconds", 0) + time.perf_counter() - start
-        raise Interrupted(save_checkpoint(run_dir, snapshot, logger.rows, seconds, resumed)) from None
-    if divergence.problem:
-        raise UsageError(divergence.problem)
-    if learn.dls.device.type == "cuda":
-        torch.cuda.synchronize(learn.dls.device)
-    return resumed.get("fit_seconds", 0) + time.perf_counter() - start
+        if not finished:
+            save_checkpoint(run_dir, snapshot, logger.rows, seconds())
+        elif not fit_was_done:  # the signal came while the fit was kept: kept again, whole
+            keep_finished_fit(learn, run_dir, logger.rows, seconds(), resumed, cbs)
+        raise
+    return fit_seconds
 
 
-def save_checkpoint(run_dir, snapshot, rows, fit_seconds, resumed):
-    """Write the last finished epoch's weights and optimizer state (fastai's save_model format)
-    and what the resumed run needs to join up; returns the message for the user."""
-    if snapshot.state is not None:
-        with atomic(run_dir / "checkpoint.pth") as tmp:
-            torch.save(snapshot.state, tmp)
-        done = snapshot.progress_so_far["epochs_done"]
-        write_json(run_dir / "checkpoint.json",
-                   {**snapshot.progress_so_far, "history": rows[:done], "fit_seconds": fit_seconds})
+class PeriodicCheckpoint(Callback):
+    """At an epoch's end, once CHECKPOINT_EVERY_S of fitting have passed since the fit began or the
+    last checkpoint, the epoch's snapshot as the checkpoint (without the curves: a figure costs more)."""
+    order = EpochSnapshot.order + 1  # the snapshot holds the epoch
+
+    def __init__(self, run_dir, snapshot, logger, resumed):
+        self.run_dir, self.snapshot, self.logger, self.resumed = run_dir, snapshot, logger, resumed
+
+    def before_fit(self):
+        self.start = self.last = time.perf_counter()
+
+    def after_epoch(self):
+        trained = self.epoch >= self.resumed.get("epochs_done", 0)
+        if trained and self.epoch + 1 < self.n_epoch and time.perf_counter() - self.last >= CHECKPOINT_EVERY_S:
+            seconds = self.resumed.get("fit_seconds", 0) + time.perf_counter() - self.start
+            save_checkpoint(self.run_dir, self.snapshot, self.logger.rows, seconds, curves=False)
+            self.last = time.perf_counter()
+
+
+def save_checkpoint(run_dir, snapshot, rows, fit_seconds, curves=True):
+    """The last finished epoch's weights and optimizer state (fastai's save_model format) and what
+    the resumed run needs to join up; nothing where no epoch has finished since the fit began (a
+    resumed run keeps the checkpoint it started from)."""
+    if snapshot.state is None:
+        return
+    with atomic(run_dir / "checkpoint.pth") as tmp:
+        torch.save(snapshot.state, tmp)
+    done = snapshot.progress_so_far["epochs_done"]
+    write_json(run_dir / "checkpoint.json", {**snapshot.progress_so_far, "history": rows[:done],
+                                             "fit_seconds": fit_seconds})
+    if curves:
         write_curves(pd.read_csv(run_dir / "history.csv").iloc[:done], run_dir)
-    elif not resumed:
-        return "interrupted before the first epoch was saved: nothing to resume; start the run again"
-    done = json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"]
-    return (f"interrupted; epochs 1-{done} are saved in {run_dir}. Resume with: "
-            f"{command_to_retype(trainer_as_run())} --resume {run_dir}")
+
+
+def keep_finished_fit(learn, run_dir, rows, fit_seconds, resumed, cbs):
+    """The fit's end: its weights as model.safetensors, and checkpoint.json marked fit_done with
+    what the outputs need (the whole schedule, the history, the time to accuracy). The epoch
+    checkpoint goes once that is written: nothing trains after."""
+    write_weights(plain_model(learn), run_dir)
+    hps = learn.recorder.hps
+    timers = [cb.state() for cb in cbs if isinstance(cb, TimeToAccuracy)]
+    write_json(run_dir / "checkpoint.json",
+               {"epochs_done": len(rows), "fit_done": True, "history": rows, "fit_seconds": fit_seconds,
+                "lrs": [*resumed.get("lrs", []), *map(float, hps["lr"])],
+                "moms": [*resumed.get("moms", []), *map(float, hps["mom"])],
+                **({"time_to_accuracy": timers[0]} if timers else {})})
+    (run_dir / "checkpoint.pth").unlink(missing_ok=True)
 
 
 def load_checkpoint(learn, run_dir):
-    """Weights and optimizer state into `learn` (weights_only: the file cannot run code), and the
-    progress saved with them."""
+    """The progress saved in checkpoint.json, and into `learn` the weights and optimizer state of
+    checkpoint.pth (weights_only: the file cannot run code) or, once the fit was done, the weights
+    of model.safetensors."""
+    progress = json.loads((run_dir / "checkpoint.json").read_text())
+    weights = run_dir / ("model.safetensors" if progress.get("fit_done") else "checkpoint.pth")
     learn.create_opt()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("error", "Could not load the optimizer state")  # fastai only warns
-            load_model(run_dir / "checkpoint.pth", learn.model, learn.opt, device=learn.dls.device)
+        if progress.get("fit_done"):
+            plain_model(learn).load_state_dict(load_file(weights, device=str(learn.dls.device)))
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", "Could not load the optimizer state")  # fastai only warns
+                load_model(weights, learn.model, learn.opt, device=learn.dls.device)
     except Exception as e:
-        raise UsageError(f"{run_dir / 'checkpoint.pth'} cannot be loaded ({type(e).__name__}): "
-                         "start a new run") from None
-    return json.loads((run_dir / "checkpoint.json").read_text())
+        raise UsageError(f"{weights} cannot be loaded ({type(e).__name__}): start a new run") from None
+    return progress
 
 
 def data_fingerprint(folder):

@@ -54,14 +54,16 @@ def headline(summary):
 def append_to_index(out, run_dir, config, summary):
     """Add the run's row to <out>/index.csv. Under a lock, the whole table is read, extended and
     written through a temporary file, so concurrent runs and crashes lose no row, and a new setting
-    becomes a new column (empty in older rows)."""
+    becomes a new column (empty in older rows). A run has one row: one resumed after its row was
+    written (stopped before it deleted its checkpoint) replaces it."""
     index = Path(out) / "index.csv"
     settings = {key: json.dumps(value) if isinstance(value, (list, dict)) else value for key, value in config.items()}
     row = pd.DataFrame([{"run": run_dir.name, "finished": datetime.now().isoformat(timespec="seconds"),
                          "git_commit": summary.get("git_commit"), **settings, **headline(summary)}])
     with FileLock(index.with_name(".index.csv.lock")):
         if index.exists():  # read as text, so that every earlier value is written back unchanged
-            row = pd.concat([read_index(index), row], ignore_index=True)
+            earlier = read_index(index)
+            row = pd.concat([earlier[earlier.run != run_dir.name], row], ignore_index=True)
         with atomic(index) as tmp:
             row.to_csv(tmp, index=False)
 

@@ -1,11 +1,20 @@
 """What the tools tell a user about their input: one `warning:` line for what they repaired, and
 for what they refuse one line `error: <the problem>: <the fix>` with exit status 2, no traceback
 (`--debug` shows it); and the interpreter for a command they are told to run."""
+import errno
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 DEBUG_HINT = "rerun with --debug for the traceback"
+# The fix for a failure of the file system, by its errno; OS_FIX where the errno does not tell.
+OS_FIX = "fix the path or its permissions, or free disk space"
+OS_FIXES = {errno.ENOSPC: "free disk space on its drive", errno.EDQUOT: "free space within your disk quota",
+            errno.EROFS: "its drive is read-only: choose a folder on a writable one",
+            **dict.fromkeys([errno.EACCES, errno.EPERM], "fix its permissions, or choose a folder you can write to"),
+            **dict.fromkeys([errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG],
+                            "fix the path")}
 
 
 class BadInput(Exception):
@@ -23,10 +32,11 @@ def warn(message):
 def command_to_retype(script):
     """The interpreter and `script` as the user would retype them from the current folder: each by
     its path from here where it lies below (.venv/bin/python train_fastai.py); elsewhere the
-    interpreter by its name, as found on the PATH, and the script by its whole path."""
+    interpreter by its name, as found on the PATH, and the script by its whole path. Quoted for a
+    POSIX shell, so that a path with spaces pastes and runs."""
     executable, script = Path(sys.executable), Path(script).absolute()
     interpreter = from_here(executable) or executable.name or "python"  # sys.executable may be empty
-    return f"{interpreter} {from_here(script) or script}"
+    return shlex.join([interpreter, from_here(script) or str(script)])
 
 
 def from_here(path):
@@ -45,7 +55,8 @@ def unexpected_line(error):
     files are checked where they are read."""
     if isinstance(error, OSError):
         path = error.filename or "a file"
-        return f"{path}: {error.strerror or error}: fix the path or its permissions, or free disk space ({DEBUG_HINT})"
+        then = "".join(f"; {note}" for note in getattr(error, "__notes__", ()))  # what was kept, how to go on
+        return f"{path}: {error.strerror or error}: {OS_FIXES.get(error.errno, OS_FIX)}{then} ({DEBUG_HINT})"
     if isinstance(error, (UnicodeEncodeError, UnicodeDecodeError)):  # the two that hold their text
         return f"{error.object[:80]!r}: {error.reason}: use UTF-8 names and files ({DEBUG_HINT})"
     return None

@@ -1,12 +1,20 @@
 """Files written so that a crash never leaves half of one: under a temporary name in the same
 folder, then renamed into place (a rename within a folder is atomic on POSIX file systems); and
 new names that never take an existing one's place."""
+import errno
 import json
 import os
+import re
+import shutil
 from contextlib import contextmanager
 from functools import cache
 
 from errors import BadInput
+
+
+# What torch's zip writer (torch.save) says when a write fails: "PytorchStreamWriter failed writing
+# file ...", or a check of the bytes written in inline_container.cc; the errno is gone.
+TORCH_WRITER = re.compile(r"PytorchStreamWriter|inline_container")
 
 
 @cache
@@ -20,15 +28,46 @@ def new_file_mode():
 @contextmanager
 def atomic(path):
     """A temporary name to write `path` under; renamed to `path` once written, with the mode a
-    file that open() creates gets (safetensors writes its files 0600)."""
+    file that open() creates gets (safetensors writes its files 0600). A write that fails leaves
+    nothing behind, and is an OSError that names `path` (see write_failure)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         yield tmp
         if tmp.exists():  # fastai's export writes nothing in all but the main process
             os.chmod(tmp, new_file_mode())
             os.replace(tmp, path)
+    except Exception as e:
+        failure = write_failure(e, path, tmp)
+        if failure is None or failure is e:
+            raise
+        raise failure from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_failure(error, path, tmp):
+    """The OSError, naming `path`, of a write to `tmp` that failed with `error`; None where that was
+    no failure of the machine."""
+    if isinstance(error, OSError):
+        if error.filename in (None, str(tmp)):  # a write names no file, an open the temporary one
+            error.filename = str(path)
+        return error
+    if type(error).__name__ == "SafetensorError":  # safetensors holds the errno in its message only
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        number = int(found[1]) if found else None
+    elif isinstance(error, RuntimeError) and TORCH_WRITER.search(str(error)):  # torch.save (fastai's export) loses it
+        number = errno.ENOSPC if drive_full(path) else errno.EIO
+    else:
+        return None
+    return OSError(number, os.strerror(number), str(path)) if number else None
+
+
+def drive_full(path, room=2**20):
+    """Whether the drive of `path` has less than `room` bytes left for this user."""
+    try:
+        return shutil.disk_usage(path.parent).free < room
+    except OSError:
+        return False
 
 
 def write_json(path, obj):

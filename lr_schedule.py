@@ -1,5 +1,7 @@
 """The LR range test, the rule that reads LRMIN and LRMAX off its curve, and the one-cycle
 schedule they make."""
+import shutil
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -73,14 +75,16 @@ def find_lr(learn, run_dir, num_it):
     takes) and write lr_find.csv, lr_find.png and lr_find.json."""
     print(f"LR range test: {num_it} iterations, LR {FINDER_START_LR:g} to {FINDER_END_LR:g}", flush=True)
     batch_losses = BatchLosses()
-    with quiet(learn), learn.added_cbs(batch_losses):
-        learn.lr_find(start_lr=FINDER_START_LR, end_lr=FINDER_END_LR, num_it=num_it, show_plot=False,
-                      suggest_funcs=None)
+    try:
+        with quiet(learn), learn.added_cbs(batch_losses):
+            learn.lr_find(start_lr=FINDER_START_LR, end_lr=FINDER_END_LR, num_it=num_it, show_plot=False,
+                          suggest_funcs=None)
+    finally:  # lr_find parks the weights there, and leaves them if it is interrupted
+        shutil.rmtree(run_dir / learn.model_dir, ignore_errors=True)
     curve = pd.DataFrame({"lr": learn.recorder.lrs, "loss": torch.stack(learn.recorder.losses).tolist(),
                           "batch_loss": torch.stack(batch_losses.losses).tolist()})
     learn.recorder.losses = list(curve.loss)  # on the host, as fastai's own Recorder keeps them: its plot reads them
     write_csv(run_dir / "lr_find.csv", curve)
-    (run_dir / learn.model_dir).rmdir()  # lr_find parks the weights there and leaves it empty
     lr_min, lr_max = lr_bounds(usable_curve(curve, num_it))
     plot_lr_find(learn, run_dir, curve, lr_min, lr_max)
     write_json(run_dir / "lr_find.json", {"lr_min": lr_min, "lr_max": lr_max, "rule": LR_RULE,

@@ -80,14 +80,24 @@ def write_interpretation(learn, run_dir, shown=10):
         save_figure(plt.gcf(), run_dir / "misclassified.png")
 
 
-def write_weights(learn, run_dir, stats):
-    """model.safetensors and classes.json: what predict.py loads without unpickling anything.
-    Floating-point tensors are stored as fp32 whatever the training precision; BatchNorm's
-    integer batch counts keep their type."""
+def plain_model(learn):
+    """The module under a compiled one (the same parameters): what is saved and exported, so that
+    the weights keep their names and the export loads without the compiler."""
+    return getattr(learn.model, "_orig_mod", learn.model)
+
+
+def write_weights(model, run_dir):
+    """model.safetensors, what predict.py loads without unpickling anything (with classes.json),
+    written the moment the fit ends (checkpoint.keep_finished_fit). Floating-point tensors are
+    stored as fp32 whatever the training precision; BatchNorm's integer batch counts keep their type."""
     state = {name: (tensor.float() if tensor.is_floating_point() else tensor).detach().contiguous().cpu()
-             for name, tensor in learn.model.state_dict().items()}
+             for name, tensor in model.state_dict().items()}
     with atomic(run_dir / "model.safetensors") as tmp:
         save_file(state, tmp, metadata={"format": "pt", "model": "CustomResNet"})
+
+
+def write_classes(learn, run_dir, stats):
+    """classes.json: the class names and the normalisation that go with model.safetensors."""
     write_json(run_dir / "classes.json", {"classes": list(learn.dls.vocab), "mean": stats[0], "std": stats[1]})
 
 

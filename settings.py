@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 
+import lifecycle
 from errors import BadInput
 
 # The recipe (Myrtle's DAWNBench ResNet): the values a flag left unset takes. "seed" is the spec.
@@ -134,10 +135,15 @@ def resume_settings(p, argv, args):
     """Take the run's settings from RUN_DIR/config.json; a flag given again must say the same."""
     run_dir = Path(args.resume)
     if not (run_dir / "checkpoint.json").is_file():
-        p.error(f"{run_dir} holds no checkpoint.json: give the folder of an interrupted run")
+        p.error(lifecycle.nothing_to_resume(run_dir))
     saved = read_run_file(p, run_dir / "config.json")
     check_saved_values(p, run_dir / "config.json", saved)
     check_checkpoint(p, run_dir / "checkpoint.json", saved.get("epochs"))
+    try:
+        lifecycle.refuse_if_held(run_dir)
+    except (BadInput, OSError) as e:
+        p.error(str(e) if isinstance(e, BadInput) else f"{run_dir} cannot be resumed ({e.strerror}): a resumed run "
+                "writes into its folder; make it writable")
     given = p.parse_args(argv, namespace=argparse.Namespace(**{key: UNSET for key in vars(args)}))
     for key in RESUMED:
         value = getattr(given, key)
@@ -183,6 +189,26 @@ def check_checkpoint(p, checkpoint, epochs):
             and type(seconds) in (int, float) and seconds >= 0):
         p.error(f"{checkpoint} lacks the lines, LRs or seconds of its {done} epochs: the checkpoint is damaged; "
                 "start a new run")
+    if not (type(saved.get("fit_done", False)) is bool and time_to_accuracy(saved.get("time_to_accuracy"))):
+        p.error(f"{checkpoint} holds a fit_done or time_to_accuracy that a run cannot write: the checkpoint is "
+                "damaged; start a new run")
+
+
+def time_to_accuracy(state):
+    """Whether `state` is absent or as callbacks.TimeToAccuracy.state() writes it: the milestones
+    reached (as text) with their [epoch, seconds], and whether the fit stopped early."""
+    if state is None:
+        return True
+    reached = state.get("reached") if isinstance(state, dict) else None
+    return (isinstance(reached, dict) and type(state.get("stopped_early")) is bool
+            and all(number_text(milestone) and numbers(when) and len(when) == 2 for milestone, when in reached.items()))
+
+
+def number_text(text):
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def numbers(values):

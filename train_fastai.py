@@ -19,8 +19,7 @@ import signal
 import sys
 
 import settings
-
-NOTHING_TO_RESUME = "interrupted before training: nothing to resume"
+from lifecycle import NOTHING_TO_RESUME
 
 
 def exit_before_training(signum, frame):
@@ -30,7 +29,8 @@ def exit_before_training(signum, frame):
 
 if __name__ == "__main__":
     settings.parse_args(sys.argv[1:], __doc__)  # --help and bad flags answer before torch and fastai load
-    signal.signal(signal.SIGINT, exit_before_training)  # Ctrl-C while they load: one line, no traceback
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or SIGTERM while they load: one line, no traceback
+        signal.signal(signum, exit_before_training)
 
 # The rest loads in seconds: it comes after the flags are checked.
 import json
@@ -45,7 +45,7 @@ from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy, num_distr
 
 import compare
 from callbacks import TimeToAccuracy, flip_tta_accuracy
-from checkpoint import Interrupted, data_fingerprint, fit, load_checkpoint, resumed_config
+from checkpoint import data_fingerprint, fit, load_checkpoint, resumed_config
 from customresnet import CustomResNet
 from data import cifar10_dataloaders, cifar10_folder
 from distributed import as_if_alone, join_processes, scratch_folder, split_batches
@@ -53,31 +53,26 @@ from errors import one_line_errors
 from files import figures_to_files, write_json
 from hardware import (device_name, print_cpu_estimate, reports_out_of_memory, resolve_device, resolve_precision,
                       seed_everything)
+from lifecycle import hold, stops_cleanly
 from lr_schedule import find_lr, one_cycle
 from optimizer import fused_adamw
 from recording import FailOnHostSync, record_on_device
-from outputs import (new_run_dir, summarize, write_curves, write_export, write_interpretation,
-                     write_schedule, write_weights)
+from outputs import (new_run_dir, plain_model, summarize, write_classes, write_curves, write_export,
+                     write_interpretation, write_schedule)
 from report import write_report
 from settings import UsageError, member
 
 
 def main(argv=None):
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C saves what the fit has done
     figures_to_files()
     args = settings.parse_args(argv, __doc__)
-    with one_line_errors(args.debug):  # bad input, the machine's included: one line, exit status 2
-        try:
-            if len(args.points) * args.runs == 1:
-                run(member(args, args.points[0]))
-            else:
-                run_group(args)
-        except Interrupted as e:
-            print(e, file=sys.stderr)
-            sys.exit(130)
-        except KeyboardInterrupt:
-            print(NOTHING_TO_RESUME, file=sys.stderr)
-            sys.exit(130)
+    # Bad input, the machine's included: one line, exit status 2. Ctrl-C or SIGTERM at any moment:
+    # one line saying what the run kept and how to go on, exit status 130.
+    with one_line_errors(args.debug), stops_cleanly(args.resume):
+        if len(args.points) * args.runs == 1:
+            run(member(args, args.points[0]))
+        else:
+            run_group(args)
 
 
 def make_learner(dls, args, run_dir, precision):
@@ -98,12 +93,6 @@ def make_learner(dls, args, run_dir, precision):
     if args.compile:
         learn.model = torch.compile(learn.model)
     return learn
-
-
-def plain_model(learn):
-    """The module under a compiled one (the same parameters): what is saved and exported, so that
-    the weights keep their names and the export loads without the compiler."""
-    return getattr(learn.model, "_orig_mod", learn.model)
 
 
 @reports_out_of_memory
@@ -131,6 +120,7 @@ def run(args):
         run_dir = scratch_folder()
     else:
         run_dir = Path(args.resume) if args.resume else new_run_dir(args.out, args.name)
+        hold(run_dir)  # one process at a time: a --resume of it meanwhile is refused (a resumed one is held already)
     learn = make_learner(dls, args, run_dir, precision)
     # Every setting, resolved; finder_iters joins them if the range test runs.
     config = {**{key: value for key, value in vars(args).items() if key != "finder_iters"}, "lr_source": "flags",
@@ -173,12 +163,12 @@ def run(args):
           f"-> {lr_min:.3e}, Adam, wd {args.wd}, bs {args.bs}, {precision}, on {device_name(device)}"
           + (f", data-parallel: {processes} processes x {args.bs // processes} = an effective batch of {args.bs}"
              if processes > 1 else ""))
-    time_to_accuracy = TimeToAccuracy(target=args.target_acc, start_epoch=resumed.get("epochs_done", 0))
+    time_to_accuracy = TimeToAccuracy(target=args.target_acc, resumed=resumed)
     split_batches(learn, processes)
-    fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy])
+    fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy])  # keeps the weights as it ends
     learn.model = plain_model(learn)
 
-    # Outputs: figures, summary, weights, the exported learner, the report, the index row.
+    # Outputs: figures, summary, class names, the exported learner, the report, the index row.
     history = pd.read_csv(run_dir / "history.csv")
     write_schedule(learn, run_dir, lr_min, lr_max, resumed)
     write_curves(history, run_dir)
@@ -187,13 +177,13 @@ def run(args):
     if args.tta:
         summary["tta_accuracy"] = flip_tta_accuracy(learn)
     write_json(run_dir / "summary.json", summary)
-    write_weights(learn, run_dir, stats)
+    write_classes(learn, run_dir, stats)
     write_export(learn, run_dir)
-    for name in ("checkpoint.pth", "checkpoint.json"):
-        (run_dir / name).unlink(missing_ok=True)  # the run is whole: model.safetensors supersedes it
     write_report(run_dir)
     if main_process:  # the run folder's parent is its --out, also for a run resumed from another folder
         compare.append_to_index(run_dir.parent, run_dir, config, summary)
+    for name in ("checkpoint.pth", "checkpoint.json"):  # last: a run stopped before it resumes
+        (run_dir / name).unlink(missing_ok=True)
     tta = f" ({100 * summary['tta_accuracy']:.2f}% with flip TTA)" if args.tta else ""
     stopped = f", stopped at --target-acc {args.target_acc}" if summary["stopped_early"] else ""
     print(f"final test accuracy {100 * summary['final_accuracy']:.2f}%{tta} after {summary['epochs']} epochs"

@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 import compare
 import predict
 from conftest import CLASSES, GIVEN_LRS, write_folder, write_python_batches, write_tgz
 from data import DataError, cifar10_dataloaders, cifar10_folder
 from errors import unexpected_line
+from lifecycle import resume_command
 from train_fastai import main
 
 MARKER = "pwned"  # what a malicious pickle would create
@@ -189,9 +191,15 @@ def resume_with_runs(tmp, folder, run):
     return ["--resume", str(interrupted_run(tmp, epochs=2)), "--runs", "2"]
 
 
-def resume_finished_run(tmp, folder, run):
-    (interrupted_run(tmp, epochs=2) / "checkpoint.json").unlink()
-    return ["--resume", str(tmp / "interrupted")]
+def resume_without_checkpoint(files=None):
+    """--resume of a run folder with no checkpoint.json, and `files` ({name: text}) beside its config.json."""
+    def make(tmp, folder, run):
+        run_dir = interrupted_run(tmp, epochs=2)
+        (run_dir / "checkpoint.json").unlink()
+        for name, text in (files or {}).items():
+            (run_dir / name).write_text(text)
+        return ["--resume", str(run_dir)]
+    return make
 
 
 # Issue 9, train side: resume, memory, values that are not numbers, names, files midway -------
@@ -200,11 +208,15 @@ def resume_with_sweep(tmp, folder, run):
     return ["--resume", str(interrupted_run(tmp, epochs=2)), "--sweep", "lr_max=1e-3,2e-3"]
 
 
-def config_saying(**values):
+def config_saying(checkpoint=True, **values):
+    """--resume of an interrupted run whose config.json says `values`; without its checkpoint.json
+    unless `checkpoint`."""
     def make(tmp, folder, run):
         run_dir = interrupted_run(tmp, epochs=2)
         config = json.loads((run_dir / "config.json").read_text())
         (run_dir / "config.json").write_text(json.dumps({**config, **values}))
+        if not checkpoint:
+            (run_dir / "checkpoint.json").unlink()
         return ["--resume", str(run_dir)]
     return make
 
@@ -500,7 +512,9 @@ CASES = {
     "unwritable output folder": ("train", unwritable_out, REFUSE, "choose a writable folder", None),
     "--resume with another configuration": ("train", resume_other_config, REFUSE, "was run with --epochs 2, not 5",
                                             None),
-    "--resume a run with no checkpoint": ("train", resume_finished_run, REFUSE, "holds no checkpoint.json", None),
+    "--resume a run with no checkpoint": ("train", resume_without_checkpoint(), REFUSE,
+                                          "holds no checkpoint.json: its run stopped before its first epoch finished; "
+                                          "nothing to resume: start a new run", None),
     "--resume with --runs": ("train", resume_with_runs, REFUSE, "--resume continues one run", None),
     "zero runs": ("train", flags("--runs", "0"), REFUSE, "--runs must be positive", None),
     "sweep of a setting that cannot be swept": ("train", flags("--sweep", "momentum=0.9,0.95"), REFUSE,
@@ -559,6 +573,24 @@ CASES = {
                                                     "index.csv is damaged (no column run)", None),
     "index.csv that is a folder": ("train", index_that_is_a_folder, REFUSE,
                                    "index.csv: Is a directory: fix the path", None),
+    # Issue 17, class 1: a resume says why there is nothing to resume
+    "--resume a run killed before it saved a checkpoint": (
+        "train", resume_without_checkpoint({"history.csv": "epoch,accuracy\n0,0.1\n1,0.2\n"}), REFUSE,
+        "its run was killed (SIGKILL, out of memory, power loss) or crashed after 2 epoch(s), before it saved one "
+        "(a run saves one on Ctrl-C or SIGTERM, and every 60 s of fitting); nothing to resume: start a new run", None),
+    "--resume a finished run": ("train", resume_without_checkpoint({"report.html": "<html></html>"}), REFUSE,
+                                "its run finished, so there is nothing to resume", None),
+    "--resume an LR range test": ("train", config_saying(find_lr=True, checkpoint=None), REFUSE,
+                                  "it is an LR range test (--find-lr), which has nothing to resume", None),
+    "--resume a folder that is not a run": ("train", lambda tmp, folder, run: ["--resume", str(folder)], REFUSE,
+                                            "holds no checkpoint.json and no config.json: give the folder of an "
+                                            "interrupted run", None),
+    "checkpoint.json with a fit_done that is not true or false": ("train", checkpoint_saying(fit_done=1), REFUSE,
+                                                                  "holds a fit_done or time_to_accuracy that a run "
+                                                                  "cannot write", None),
+    "checkpoint.json with a milestone that is not a number": (
+        "train", checkpoint_saying(time_to_accuracy={"reached": {"ninety": [1, 2.0]}, "stopped_early": False}),
+        REFUSE, "holds a fit_done or time_to_accuracy that a run cannot write", None),
     # predict inputs
     "missing run folder": ("predict", no_run_folder, REFUSE, "is not a folder", None),
     "model file that is not safetensors": ("predict", not_safetensors, REFUSE, "does not hold CustomResNet", None),
@@ -755,21 +787,42 @@ def test_out_of_memory_in_the_fit_names_width_and_bs(tmp_path, tiny_folder, monk
 
 def test_a_file_system_failure_midway_is_one_line_and_keeps_what_the_run_finished(tmp_path, tiny_folder, monkeypatch,
                                                                                    capsys):
-    """A folder made read-only after the weights were written: the run says so in one line, and
-    keeps its summary and weights; --debug shows where it happened."""
+    """A folder made read-only after the weights were written: the run says so in one line, with
+    how to resume it once that is mended, and keeps its summary and weights; --debug shows where
+    it happened."""
     denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "runs" / "x" / "export.pkl"))
     with pytest.raises(SystemExit) as e:
         train_until(monkeypatch, "write_export", denied, tmp_path, tiny_folder)
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        f"error: {denied.filename}: Permission denied: fix the path or its permissions, or free disk space (rerun "
-        "with --debug for the traceback)")
     run_dir, = (tmp_path / "runs").iterdir()
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: {denied.filename}: Permission denied: fix its permissions, or choose a folder you can write to; then "
+        f"resume the run, which is saved: {resume_command(run_dir)} (rerun with --debug for the traceback)")
     for name in ("config.json", "history.csv", "curves.png", "summary.json", "model.safetensors"):
         assert (run_dir / name).is_file(), name
     with pytest.raises(PermissionError):
         train_until(monkeypatch, "write_export", denied, tmp_path, tiny_folder, "--debug")
+
+
+# Issue 17, class 2: the machine's failures name the path and the fix -------------------------
+
+def test_a_full_disk_while_the_weights_are_written_is_one_line_naming_them_and_leaves_no_part(tmp_path, tiny_folder,
+                                                                                            monkeypatch, capsys):
+    """safetensors' own error (not an OSError) on a full drive: what it says, as it says it."""
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("outputs.save_file", full_disk)
+    with pytest.raises(SystemExit) as e:
+        main(["--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16", *GIVEN_LRS,
+              "--epochs", "1"])
+    err = capsys.readouterr().err
+    run_dir, = (tmp_path / "runs").iterdir()
+    assert e.value.code == 2 and "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: {run_dir / 'model.safetensors'}: No space left on device: free disk space on its drive (rerun with "
+        "--debug for the traceback)")
+    assert not [path.name for path in run_dir.iterdir() if "tmp" in path.name]
 
 
 def test_a_programming_error_keeps_its_traceback(tmp_path, tiny_folder, monkeypatch):

@@ -1,11 +1,13 @@
+import errno
+import os
 import re
 
 import pytest
 import torch
 from fastai.test_utils import synth_learner
-from fastai.vision.all import CrossEntropyLossFlat, DataLoaders, Learner
+from fastai.vision.all import Callback, CrossEntropyLossFlat, DataLoaders, Learner
 
-from callbacks import TimeToAccuracy, flip_tta_accuracy
+from callbacks import HistoryLogger, TimeToAccuracy, flip_tta_accuracy
 from conftest import train
 
 
@@ -61,3 +63,39 @@ def test_a_diverging_loss_stops_the_run_naming_the_lr(tmp_path, tiny_folder, cap
     assert 10 <= float(re.search(r"LRs up to ([0-9.e+-]+):", message).group(1)) <= 1000
     run_dir, = (tmp_path / "runs").iterdir()
     assert (run_dir / "config.json").is_file() and (run_dir / "history.csv").is_file()
+
+
+def test_time_to_accuracy_takes_back_what_a_done_fit_reached():
+    """A fit resumed after its end trains nothing; its milestones and early stop are the ones it saved."""
+    def accuracy(pred, targ):
+        return torch.tensor(0.95)
+
+    learn = synth_learner(n_trn=8, metrics=accuracy)
+    done = TimeToAccuracy(target=0.9)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(3, lr=1e-3, cbs=[done])
+    resumed = TimeToAccuracy(target=0.9, resumed={"epochs_done": 1, "time_to_accuracy": done.state()})
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, lr=1e-3, cbs=[resumed], start_epoch=1)
+    assert resumed.results() == done.results() and done.results()["stopped_early"]
+
+
+class FullDisk:
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_under_the_history_names_history_csv(tmp_path):
+    logger = HistoryLogger([])
+
+    class DiskFills(Callback):
+        order = logger.order + 1
+
+        def before_fit(self):
+            logger.file.close()
+            logger.file = FullDisk()
+
+    learn = synth_learner(n_trn=8, path=tmp_path)
+    with pytest.raises(OSError) as e, learn.no_bar():
+        learn.fit(1, lr=1e-3, cbs=[logger, DiskFills()])
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "history.csv"))

@@ -186,3 +186,12 @@ def test_a_group_that_did_not_finish_names_its_finished_runs(finished_sweep, tmp
     assert compare_error([str(group)], capsys) == (
         f"error: {group} is a group whose runs did not all finish (no summary.json): compare its finished runs "
         f"instead: {runs[0]} {runs[1]}")
+
+
+def test_a_run_has_one_row_however_often_it_finishes(tmp_path):
+    """A resumed run stopped after its row was written, before it deleted its checkpoint: resumed
+    again, it writes its row again, in place of the first."""
+    compare.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
+    compare.append_to_index(tmp_path, tmp_path / "b", {"seed": 1}, {"final_accuracy": 0.6})
+    compare.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
+    assert list(pd.read_csv(tmp_path / "index.csv").run) == ["b", "a"]

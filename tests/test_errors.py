@@ -1,4 +1,7 @@
 """errors.one_line_errors: bad input ends in one line; a programming error keeps its traceback."""
+import errno
+import os
+import shlex
 import sys
 
 import pytest
@@ -50,3 +53,27 @@ def test_the_command_to_retype_is_the_one_the_user_ran_from_here(tmp_path, monke
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # a run started as python3 ../train_fastai.py
     assert command_to_retype(tmp_path / "train_fastai.py") == f"python3 {tmp_path / 'train_fastai.py'}"
+
+
+def test_a_failure_of_the_machine_gets_the_fix_its_errno_calls_for(capsys):
+    """A full disk, a read-only drive, a path that is not a folder (`--data /dev/null`): each its fix."""
+    for number, path, fix in ((errno.ENOSPC, "runs/r/model.safetensors", "free disk space on its drive"),
+                              (errno.EROFS, "runs/r", "its drive is read-only: choose a folder on a writable one"),
+                              (errno.ENOTDIR, "/dev/null", "fix the path")):
+        assert ended_with(OSError(number, os.strerror(number), path), capsys) == (
+            f"error: {path}: {os.strerror(number)}: {fix} (rerun with --debug for the traceback)\n")
+
+
+def test_what_was_kept_follows_the_fix(capsys):
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/r/export.pkl")
+    error.add_note("then resume the run, which is saved: python train_fastai.py --resume runs/r")
+    assert ended_with(error, capsys) == ("error: runs/r/export.pkl: No space left on device: free disk space on its "
+                                         "drive; then resume the run, which is saved: python train_fastai.py --resume "
+                                         "runs/r (rerun with --debug for the traceback)\n")
+
+
+def test_the_command_to_retype_is_quoted_for_a_shell(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "my env" / "bin" / "python"))
+    command = command_to_retype(tmp_path / "my code" / "train_fastai.py")
+    assert shlex.split(command) == ["my env/bin/python", "my code/train_fastai.py"]

@@ -1,9 +1,14 @@
 """files.atomic: every file of a run is written under a temporary name, renamed into place, and
-gets the mode any new file gets."""
+gets the mode any new file gets; a write that fails names the file and leaves no part of it."""
+import errno
 import os
 import stat
+from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import files
@@ -29,3 +34,49 @@ def test_a_written_file_gets_the_mode_open_gives_even_from_a_writer_that_makes_i
     (tmp_path / "plain.txt").write_text("")  # open() gives 0666 less the umask
     modes = {path.name: stat.S_IMODE(os.stat(path).st_mode) for path in tmp_path.iterdir()}
     assert modes["model.safetensors"] == modes["plain.txt"]
+
+
+# Issue 17, class 2: a write the machine refuses names the file, and leaves nothing behind ----------
+
+def failed_write(path, error):
+    """What atomic(`path`) raises when its write raises `error`, after checking nothing is left."""
+    with pytest.raises(OSError) as raised:
+        with atomic(path) as tmp:
+            tmp.write_bytes(b"half of it")
+            raise error
+    assert list(path.parent.iterdir()) == []
+    return raised.value
+
+
+def test_a_write_that_names_no_file_names_the_one_it_was_writing(tmp_path):
+    error = failed_write(tmp_path / "summary.json", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert (error.errno, error.filename) == (errno.ENOSPC, str(tmp_path / "summary.json"))
+
+
+def test_safetensors_error_on_a_full_disk_is_the_oserror_it_holds(tmp_path):
+    error = failed_write(tmp_path / "model.safetensors",
+                         SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert (error.errno, error.strerror, error.filename) == (errno.ENOSPC, os.strerror(errno.ENOSPC),
+                                                             str(tmp_path / "model.safetensors"))
+
+
+def test_torchs_writer_failing_is_a_full_disk_on_a_full_drive_and_an_io_error_elsewhere(tmp_path, monkeypatch):
+    """torch.save to a path (fastai's export) fails with a RuntimeError that has lost the errno."""
+    cut_short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    error = failed_write(tmp_path / "export.pkl", cut_short)
+    assert (error.errno, error.filename, error.__cause__) == (errno.EIO, str(tmp_path / "export.pkl"), cut_short)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda folder: SimpleNamespace(free=4096))
+    assert failed_write(tmp_path / "export.pkl", cut_short).errno == errno.ENOSPC
+    with pytest.raises(RuntimeError, match="a bug"):  # any other RuntimeError is ours, and keeps its traceback
+        with atomic(tmp_path / "export.pkl"):
+            raise RuntimeError("a bug")
+
+
+def test_an_open_refused_names_the_file_not_its_temporary_name(tmp_path, monkeypatch):
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / ".classes.json.tmp"))
+
+    monkeypatch.setattr(Path, "write_text", refused)
+    with pytest.raises(PermissionError) as raised:
+        files.write_json(tmp_path / "classes.json", {})
+    assert raised.value.filename == str(tmp_path / "classes.json")

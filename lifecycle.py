@@ -1,0 +1,197 @@
+"""A run's life in its folder: one process at a time, and a stop at any moment that says what it kept.
+
+The process that trains a run folder holds it through a lock file in it (.lock, which names the
+process): a second `--resume` of the same run is refused, naming the first, instead of both
+training into one folder. The kernel drops the lock when the process ends, however it ends.
+
+Ctrl-C, or SIGTERM as a job scheduler sends it, stops a run at any moment with one line and exit
+status 130 (for both signals: one status that says "stopped, and this is what was kept"). The
+line is read off the run folder, not off the phase the signal came in, so it is true however far
+the run got: a checkpoint.json of the finished fit (--resume writes the outputs without training),
+one of the last finished epoch (--resume continues from it), or none (nothing to resume). The first
+signal stops the run; later ones are ignored while it saves what it has, so that a second Ctrl-C
+cannot cut a checkpoint short. A failure of the machine (a full disk, a folder made read-only)
+once a checkpoint exists says how to resume too.
+
+Nothing here loads torch: `--resume` of a folder in use is refused before anything loads.
+"""
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from errors import BadInput, command_to_retype
+
+TRAINER = Path(__file__).with_name("train_fastai.py")
+LOCK = ".lock"
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C or SIGTERM
+NOTHING_TO_RESUME = "interrupted before training: nothing to resume"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How often, at most, the fit writes a checkpoint at an epoch's end with no signal to ask for one:
+# what a run killed outright (SIGKILL, out of memory, power loss) resumes from. A GPU run of the
+# recipe (24 epochs in seconds) never writes one, where a file of weights and Adam state (75 MiB:
+# three fp32 copies of 6.6 M parameters) at every epoch would add to each epoch of well under a
+# second (how much: not measured yet). A CPU run, minutes an epoch, loses at most this much.
+CHECKPOINT_EVERY_S = 60
+
+
+class RunFolderInUse(BadInput):
+    """Another process holds the run folder."""
+
+
+class Held:
+    """The run folder this process holds (one at a time) and its lock."""
+    run_dir = lock = None
+
+
+def trainer_as_run():
+    """train_fastai.py as the user ran it (the path they typed, which may pass through links), or
+    this checkout's where it was called from Python (the bench, the tests)."""
+    script = getattr(sys.modules["__main__"], "__file__", None)
+    return Path(script) if script and Path(script).name == TRAINER.name else TRAINER
+
+
+def resume_command(run_dir):
+    """The command that resumes `run_dir`, quoted for a POSIX shell: it pastes and runs as printed."""
+    return f"{command_to_retype(trainer_as_run())} --resume {shlex.quote(str(run_dir))}"
+
+
+def main_process():
+    """Whether this is the one process of a run, or the main one of several (the others write to
+    scratch folders, and hold none)."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def hold(run_dir):
+    """Hold `run_dir` for this process, letting go of the one it held before (a group trains its
+    runs one after another); refused, naming the holder, where another process holds it."""
+    if not main_process() or Held.run_dir == Path(run_dir):
+        return
+    let_go()
+    lock = FileLock(Path(run_dir) / LOCK, blocking=False, on_acquired=write_holder)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = (Path(run_dir) / LOCK).read_text().strip() or "another process"
+        raise RunFolderInUse(f"{run_dir} is in use by {holder}: one process at a time trains a run folder; "
+                             "wait for that one to end, or stop it, then resume") from None
+    except OSError as e:
+        e.filename = e.filename or str(Path(run_dir) / LOCK)
+        raise
+    Held.run_dir, Held.lock = Path(run_dir), lock
+
+
+def write_holder(fd):
+    """The lock file's text, for a process refused it: who holds the folder, and since when."""
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()} (since {datetime.now():%Y-%m-%d %H:%M:%S})\n"
+             .encode())
+
+
+def let_go():
+    """Let go of the run folder this process holds, if any. The lock file goes first, while held: a
+    process that opened it meanwhile finds it gone and starts again on a new one (filelock checks)."""
+    if Held.lock is not None:
+        (Held.run_dir / LOCK).unlink(missing_ok=True)
+        Held.lock.release()
+    Held.run_dir = Held.lock = None
+
+
+def refuse_if_held(run_dir):
+    """Refuse at once a run folder another process holds (the run holds it for good once set up)."""
+    hold(run_dir)
+    let_go()
+
+
+def read_progress(run_dir):
+    """checkpoint.json of `run_dir`, or None where there is none. (It is written whole, by a rename.)"""
+    path = Path(run_dir) / "checkpoint.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_range_test(run_dir):
+    """Whether `run_dir` is a --find-lr run's, by its config.json (which may be damaged: then not)."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text()).get("find_lr") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def epochs_logged(run_dir):
+    history = Path(run_dir) / "history.csv"
+    return max(len(history.read_text().splitlines()) - 1, 0) if history.is_file() else 0
+
+
+def what_it_kept(run_dir):
+    """One line: what `run_dir` keeps of a run stopped now, and how to go on."""
+    if run_dir is None:
+        return NOTHING_TO_RESUME
+    progress = read_progress(run_dir)
+    if progress and progress.get("fit_done"):
+        return (f"interrupted after the fit: its {progress['epochs_done']} epochs and weights are saved in {run_dir}, "
+                f"not yet all its outputs. Resume with: {resume_command(run_dir)}")
+    if progress:
+        return f"interrupted; epochs 1-{progress['epochs_done']} are saved in {run_dir}. Resume with: " \
+               f"{resume_command(run_dir)}"
+    if (run_dir / "report.html").is_file():
+        return f"interrupted after {run_dir} was finished: it is whole"
+    if is_range_test(run_dir):
+        return f"interrupted in the LR range test: nothing to resume in {run_dir}; start it again"
+    return f"interrupted before its first epoch finished: nothing to resume in {run_dir}; start the run again"
+
+
+def nothing_to_resume(run_dir):
+    """Why `run_dir`, which holds no checkpoint.json, cannot be resumed, and what to do instead."""
+    if not (run_dir / "config.json").is_file():
+        return f"{run_dir} holds no checkpoint.json and no config.json: give the folder of an interrupted run"
+    if (run_dir / "report.html").is_file():
+        return f"{run_dir} holds no checkpoint.json: its run finished, so there is nothing to resume"
+    if is_range_test(run_dir):
+        return f"{run_dir} holds no checkpoint.json: it is an LR range test (--find-lr), which has nothing to resume"
+    epochs = epochs_logged(run_dir)
+    if epochs:
+        return (f"{run_dir} holds no checkpoint.json: its run was killed (SIGKILL, out of memory, power loss) or "
+                f"crashed after {epochs} epoch(s), before it saved one (a run saves one on Ctrl-C or SIGTERM, and every "
+                f"{CHECKPOINT_EVERY_S} s of fitting); nothing to resume: start a new run")
+    return (f"{run_dir} holds no checkpoint.json: its run stopped before its first epoch finished; nothing to "
+            "resume: start a new run")
+
+
+def stop(signum, frame):
+    """The first Ctrl-C or SIGTERM stops the run where it is; the ones after are ignored, so that
+    none cuts short what it saves."""
+    for each in STOP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def stops_cleanly(resumed=None):
+    """Inside: Ctrl-C or SIGTERM ends the process with one line saying what its run folder kept and
+    how to go on, exit status 130; a failure of the machine (an OSError) in a run that can be
+    resumed says how, in its error line. A `resumed` run folder is held from the start, a new one
+    once made (hold); it is let go of at the end, however the run ends."""
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        if resumed:
+            hold(Path(resumed))
+        yield
+    except KeyboardInterrupt:
+        if main_process():  # one line from a run of several processes: the main one's
+            print(what_it_kept(Held.run_dir), file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except OSError as e:
+        if Held.run_dir is not None and read_progress(Held.run_dir):
+            e.add_note(f"then resume the run, which is saved: {resume_command(Held.run_dir)}")
+        raise
+    finally:
+        let_go()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
