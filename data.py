@@ -5,18 +5,16 @@ Sources, in the order they are looked for:
   URLs.CIFAR layout (train/<class>/*, test/<class>/*, any image format), or the official python
   version (the cifar-10-batches-py/ folder or cifar-10-python.tar.gz);
 - otherwise fastai's `untar_data(URLs.CIFAR)` download.
-Archives are unpacked, and python batches written out as PNG files in that layout, once, into
-the cache folder (CIFAR10_CACHE, default ~/.cache/cifar10-fast, also when empty). The decoded
+Archives are unpacked (archives.py), and python batches written out as PNG files in that layout,
+once, into the cache folder (cache.py: CIFAR10_CACHE, default ~/.cache/cifar10-fast, also when
+empty). The decoded
 uint8 pixels are cached there too, so the next run starts in seconds.
 
 The validation set is the official 10,000-image test split. Images are normalised with the
 channel statistics of the training images in use.
 """
-import hashlib
 import os
-import shutil
 import socket
-import tarfile
 import tempfile
 import threading
 from functools import partial
@@ -29,7 +27,9 @@ from fastai.vision.all import (CategoryBlock, DataBlock, FuncSplitter, ImageBloc
                                URLs, fastai_path, parent_label, untar_data)
 from PIL import Image
 
+from archives import unpack
 from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
+from cache import build_once, cache_root, entry_name
 from device_loader import DeviceDataLoader, valid_batch_size
 from errors import DataError, warn
 from images import IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32
@@ -39,11 +39,6 @@ CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")
 DOWNLOAD_TIMEOUT_S = 30
 REACH_TIMEOUT_S = 3
-
-
-def cache_root():
-    # An empty CIFAR10_CACHE is unset, as an empty CIFAR10_DATA is: not the current folder.
-    return Path(os.environ.get("CIFAR10_CACHE") or Path.home() / ".cache" / "cifar10-fast").expanduser()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,69 +91,6 @@ def download():
                         "pass --data PATH or set CIFAR10_DATA to a local copy") from None
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def source_key(path):
-    """Names a cache entry after the source's path, size and modification time."""
-    stat = path.stat()
-    text = f"{path.absolute()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return f"{path.name.split('.')[0]}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
-
-
-def build_once(target, build):
-    """Run `build(tmp_dir)` and move the result to `target`, so that an interrupted build never
-    leaves a half-written cache entry behind."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.exists():
-                raise
-            # Another process (two runs started together) built the same entry first: use theirs.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def refuse_unsafe_members(member, dest_path):
-    """tarfile's "data" filter, which refuses members that would land outside the folder (through
-    `..`, a link or a device file), and also absolute names, which it would unpack inside the
-    folder with the leading / dropped: tar drops it when it makes an archive unless told not to
-    (-P), so an archive that keeps it was made to write elsewhere."""
-    if member.name.startswith("/"):
-        raise tarfile.AbsolutePathError(member)
-    return tarfile.data_filter(member, dest_path)
-
-
-def damaged_archive(archive, error):
-    return DataError(f"{archive} is damaged ({error}): download it again")
-
-
-def unpack(archive):
-    try:
-        is_archive = tarfile.is_tarfile(archive)
-    except EOFError as e:  # a .tgz cut off before the end of tar's first header
-        raise damaged_archive(archive, e) from e
-    if not is_archive:
-        raise DataError(f"{archive} is not a folder or a .tgz/.tar.gz archive: point --data at one of those")
-
-    def extract(tmp):
-        print(f"unpacking {archive} into the cache (once)")
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter=refuse_unsafe_members)
-        except tarfile.FilterError as e:
-            raise DataError(f"{archive} is refused as unsafe ({e}): unpack only a CIFAR-10 archive you trust, "
-                            "or download it again") from e
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise damaged_archive(archive, e) from e
-
-    return build_once(cache_root() / "unpacked" / source_key(archive), extract)
 
 
 def layout_folder(path):
@@ -247,7 +179,8 @@ def python_batches_to_folder(batches):
             for i, (image, label) in enumerate(zip(images, labels)):
                 Image.fromarray(image).save(tmp / split / classes[label] / f"{name}-{i:05d}.png")
 
-    return build_once(cache_root() / "converted" / source_key(batches / "test_batch"), write)
+    return build_once(cache_root() / "converted" / entry_name(batches / "test_batch"), write,
+                      f"writing out the python batches in {batches}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +252,7 @@ def file_stamps(paths):
 def decoded_images(folder, paths):
     """uint8 (N, 3, 32, 32) pixels of `paths` and which of them could be read, decoded once per
     folder and cached by file name, size and modification time."""
-    cache = cache_root() / "decoded" / f"{source_key(folder)}.npz"
+    cache = cache_root() / "decoded" / f"{entry_name(folder)}.npz"
     names = [str(p)[len(str(folder)) + 1:] for p in paths]  # relative_to() is slow at 60k
     stamps = file_stamps(paths)
     if cache.exists():

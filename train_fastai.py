@@ -45,6 +45,7 @@ from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy, num_distr
 
 import compare
 from callbacks import TimeToAccuracy, flip_tta_accuracy
+from cache import SetUpInterrupted
 from checkpoint import Interrupted, data_fingerprint, fit, load_checkpoint, resumed_config
 from customresnet import CustomResNet
 from data import cifar10_dataloaders, cifar10_folder
@@ -72,7 +73,7 @@ def main(argv=None):
                 run(member(args, args.points[0]))
             else:
                 run_group(args)
-        except Interrupted as e:
+        except (Interrupted, SetUpInterrupted) as e:
             print(e, file=sys.stderr)
             sys.exit(130)
         except KeyboardInterrupt:

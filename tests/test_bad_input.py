@@ -11,7 +11,9 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -779,3 +781,50 @@ def test_text_in_another_encoding_is_one_line_naming_it():
     error = UnicodeDecodeError("utf-8", b"\xffcat.png", 0, 1, "invalid start byte")
     assert unexpected_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
                                "for the traceback)")
+
+
+# Issue 17, data side: interruptions and the machine's failures while the data is set up ----
+
+def test_sigterm_while_unpacking_is_one_line_saying_what_was_kept(tmp_path, tiny_folder, isolated_cache, monkeypatch,
+                                                                  capsys):
+    import archives
+    archive = write_tgz(tiny_folder, tmp_path / "x.tgz", "cifar10")
+
+    def sigterm(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+
+    monkeypatch.setattr(archives, "extract_with_tar", sigterm)
+    monkeypatch.setattr(archives, "extract_with_tarfile", sigterm)
+    unhandled = signal.signal(signal.SIGTERM, lambda *args: pytest.fail("SIGTERM reached no handler of unpack's"))
+    try:
+        with pytest.raises(SystemExit) as e:
+            main([*data(archive), "--out", str(tmp_path / "runs")])
+    finally:
+        signal.signal(signal.SIGTERM, unhandled)
+    assert e.value.code == 130 and capsys.readouterr().err.splitlines() == [
+        f"interrupted while unpacking {archive}: nothing of it is kept; run the same command again to start it over"]
+    assert [p.name for p in (isolated_cache / "unpacked").iterdir()] == [] and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("code,line", [
+    (errno.EROFS, "cannot write the cache folder {} (Read-only file system): set CIFAR10_CACHE to a folder you can "
+                  "write to"),
+    (errno.ENOSPC, "the disk holding {} is full (No space left on device): free space on it, or set CIFAR10_CACHE to "
+                   "a folder on a disk with room (CIFAR-10 takes about 0.5 GB there)")])
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it(tmp_path, tiny_folder, isolated_cache, monkeypatch,
+                                                              capsys, code, line):
+    """Unpacking needs the cache: a read-only one (a read-only home) or a full disk stops the run."""
+    archive = write_tgz(tiny_folder, tmp_path / "x.tgz", "cifar10")
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(isolated_cache)):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(SystemExit) as e:
+        main([*data(archive), "--out", str(tmp_path / "runs")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == ["error: " + line.format(isolated_cache / "unpacked")]

@@ -121,21 +121,6 @@ def test_no_data_and_no_route_to_the_download_fails_within_seconds(tmp_path, mon
     assert time.perf_counter() - start < 10
 
 
-def test_a_cache_entry_built_by_another_process_meanwhile_is_used(tmp_path):
-    """Two runs started together unpack the same archive; the one that finishes second keeps the
-    first one's entry instead of failing on a folder that is not empty."""
-    target = tmp_path / "entry"
-
-    def build_while_another_process_finishes(tmp):
-        (tmp / "mine.txt").write_text("mine")
-        target.mkdir()
-        (target / "theirs.txt").write_text("theirs")
-
-    assert data.build_once(target, build_while_another_process_finishes) == target
-    assert [p.name for p in target.iterdir()] == ["theirs.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # no partial build left behind
-
-
 def test_the_per_item_path_serves_files_without_device_images(tiny_folder):
     _, dls, stats = load(tiny_folder)
     files = sorted((tiny_folder / "test").rglob("*.png"))
