@@ -1,8 +1,6 @@
 """Interruption and resume: Ctrl-C or SIGTERM during the fit writes the last finished epoch as a
 checkpoint, and `--resume` continues from it on the same one-cycle schedule."""
-import hashlib
 import json
-import os
 import signal
 import sys
 import time
@@ -15,7 +13,6 @@ import torch
 from fastai.learner import load_model
 
 from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence
-from data import SPLITS, image_files
 from errors import command_to_retype
 from files import atomic, write_json
 from outputs import write_curves
@@ -97,17 +94,6 @@ def load_checkpoint(learn, run_dir):
         raise UsageError(f"{run_dir / 'checkpoint.pth'} cannot be loaded ({type(e).__name__}): "
                          "start a new run") from None
     return json.loads((run_dir / "checkpoint.json").read_text())
-
-
-def data_fingerprint(folder):
-    """What identifies the data wherever it lies (another CIFAR10_CACHE unpacks it elsewhere): the
-    number of images the loader reads under train/ and test/, and a hash of their relative names
-    and sizes. What the loader ignores is left out, and so never followed: a link that loops back
-    up the tree or leads nowhere, a folder inside a class folder, a file that is not an image."""
-    start = len(str(folder)) + 1
-    listing = sorted(f"{path[start:]}\t{os.stat(path).st_size}\n" for split in SPLITS
-                     for path in image_files(Path(folder), split))
-    return {"data_files": len(listing), "data_sha256": hashlib.sha256("".join(listing).encode()).hexdigest()}
 
 
 def resumed_config(run_dir, config):
