@@ -57,6 +57,9 @@ def cifar10_folder(data=None):
         raise DataError(f"{path} does not exist: point --data or CIFAR10_DATA at a CIFAR-10 folder or .tgz")
     if path.is_file():
         path = unpack(path)
+    elif not path.is_dir():
+        raise DataError(f"{path} is neither a folder nor a regular file (a device, a pipe or a socket): point --data "
+                        "or CIFAR10_DATA at a CIFAR-10 folder or .tgz")
     return layout_folder(path)
 
 

@@ -22,6 +22,7 @@ from cache import cache_problem, cache_root, entry_name, interruptible, remove_a
 from errors import DataError, warn
 from images import (IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32, read_rgb32_all,
                     reading_processes)
+from python_batches import differing_only_in_case
 
 CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")
@@ -63,10 +64,17 @@ class DecodedFolder:
         listing = sorted(f"{name}\t{size}\n" for name, size in zip(self.names, self.sizes.tolist()))
         return {"data_files": len(listing), "data_sha256": hashlib.sha256("".join(listing).encode()).hexdigest()}
 
+    def check_subset(self, subset):
+        training = int((~self.is_test).sum())
+        if subset is not None and subset > training:
+            raise DataError(f"--subset {subset} is more than the {training} training images of {self.folder}: give "
+                            f"at most {training}, or leave --subset out to train on all of them")
+
     def rows(self, subset=None):
         """The rows a run uses: the training images class-interleaved (so that the first `subset`
         hold every class), then the test images. An unreadable training image is left out and
         counted in a warning; an unreadable test image is refused: the test set must stay whole."""
+        self.check_subset(subset)
         train = np.flatnonzero(~self.is_test)  # by class, in the classes' order
         rank_in_class = np.concatenate([np.arange(n) for n in np.bincount(self.labels[train])])
         train = train[np.argsort(rank_in_class, kind="stable")][:subset]
@@ -229,6 +237,10 @@ def check_classes(folder):
     if test_classes != classes:
         raise DataError(f"{folder}: train/ and test/ have different class folders "
                         f"({', '.join(classes)} vs {', '.join(test_classes)}): give both the same classes")
+    clash = differing_only_in_case(classes)
+    if clash:
+        raise DataError(f"{folder / 'train'} has class folders {clash[0]!r} and {clash[1]!r}, whose names differ only "
+                        "in case: one folder on a disk that ignores case (macOS, Windows); rename one of them")
     if len(classes) != CIFAR10_CLASSES:
         warn(f"{folder / 'train'} has {len(classes)} class folders, not CIFAR-10's {CIFAR10_CLASSES}: "
              f"training a {len(classes)}-class model")

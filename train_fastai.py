@@ -208,7 +208,9 @@ def run_group(args):
     if num_distrib() > 1:
         raise UsageError("--runs and --sweep run one process at a time: launch each run with accelerate, "
                          "or drop accelerate launch for the group")
-    data = cifar10_data(args.data)  # set up once for every run
+    data = cifar10_data(args.data)  # set up once for every run, each checked before the first
+    for point in args.points:
+        data.check_subset(member(args, point).subset)
     group_dir = new_run_dir(args.out, f"{args.name}-group" if args.name else "group")
     print(f"group folder: {group_dir}: {len(args.points)} configuration(s) x {args.runs} seed(s)")
     members = []

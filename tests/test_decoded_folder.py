@@ -12,8 +12,9 @@ import pytest
 import decoded_folder as decoded
 import images
 from cache import SetUpInterrupted
-from conftest import CLASSES, class_image
+from conftest import CLASSES, class_image, write_folder
 from decoded_folder import decoded_folder
+from errors import DataError
 
 
 def cached_files(cache):
@@ -44,6 +45,15 @@ def test_the_rows_of_a_run_are_the_class_interleaved_training_images_then_the_te
     train, test = data.rows(subset=15)
     assert [CLASSES[k] for k in data.labels[train]] == CLASSES + CLASSES[:5] and data.is_test[test].all()
     assert len(data.rows()[0]) == 80 and len(test) == 20
+    with pytest.raises(DataError, match="--subset 81 is more than the 80 training images of .*: give at most 80, or "
+                                        "leave --subset out"):
+        data.rows(subset=81)
+
+
+def test_class_folders_that_differ_only_in_case_are_refused(tmp_path):
+    folder = write_folder(tmp_path / "cifar10", n_train=1, n_test=1, classes=["Cat", "cat", "dog"])
+    with pytest.raises(DataError, match="has class folders 'Cat' and 'cat', whose names differ only in case"):
+        decoded_folder(folder)
 
 
 def no_space_while_saving(tmp_path, monkeypatch, code=errno.ENOSPC):
