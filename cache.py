@@ -64,6 +64,8 @@ def cache_problem(error, path):
 def disk_is_full(path):
     """Whether the disk holding `path` has no room left for another file: under FULL_BELOW bytes,
     or no free inodes (on file systems that count them)."""
+    if not hasattr(os, "statvfs"):  # Windows
+        return False
     disk = os.statvfs(path)
     return disk.f_bavail * disk.f_frsize < FULL_BELOW or (disk.f_files > 0 and disk.f_favail == 0)
 
@@ -123,6 +125,8 @@ def remove_abandoned(folder):
 
 
 def process_exists(pid):
+    if os.name != "posix":  # elsewhere os.kill(pid, 0) would end the process: say it runs
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
