@@ -9,9 +9,7 @@ whatever comes after: the weights as model.safetensors (what the outputs would w
 checkpoint.json marked fit_done, so that nothing after the fit (a signal, a full disk, a crash while
 the outputs are written) loses it: --resume of such a run writes the outputs without training. The
 run deletes both files once it is whole."""
-import hashlib
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +21,6 @@ from fastai.vision.all import Callback
 from safetensors.torch import load_file
 
 from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence, TimeToAccuracy
-from data import SPLITS, image_files
 from files import atomic, write_json
 from lifecycle import CHECKPOINT_EVERY_S
 from outputs import plain_model, write_curves, write_weights
@@ -133,17 +130,6 @@ def load_checkpoint(learn, run_dir):
     except Exception as e:
         raise UsageError(f"{weights} cannot be loaded ({type(e).__name__}): start a new run") from None
     return progress
-
-
-def data_fingerprint(folder):
-    """What identifies the data wherever it lies (another CIFAR10_CACHE unpacks it elsewhere): the
-    number of images the loader reads under train/ and test/, and a hash of their relative names
-    and sizes. What the loader ignores is left out, and so never followed: a link that loops back
-    up the tree or leads nowhere, a folder inside a class folder, a file that is not an image."""
-    start = len(str(folder)) + 1
-    listing = sorted(f"{path[start:]}\t{os.stat(path).st_size}\n" for split in SPLITS
-                     for path in image_files(Path(folder), split))
-    return {"data_files": len(listing), "data_sha256": hashlib.sha256("".join(listing).encode()).hexdigest()}
 
 
 def resumed_config(run_dir, config):

@@ -5,49 +5,47 @@ Sources, in the order they are looked for:
   URLs.CIFAR layout (train/<class>/*, test/<class>/*, any image format), or the official python
   version (the cifar-10-batches-py/ folder or cifar-10-python.tar.gz);
 - otherwise fastai's `untar_data(URLs.CIFAR)` download.
-Archives are unpacked, and python batches written out as PNG files in that layout, once, into
-the cache folder (CIFAR10_CACHE, default ~/.cache/cifar10-fast, also when empty). The decoded
-uint8 pixels are cached there too, so the next run starts in seconds.
+Archives are unpacked (archives.py), and python batches written out as PNG files in that layout,
+once, into the cache folder (cache.py: CIFAR10_CACHE, default ~/.cache/cifar10-fast, also when
+empty). The folder is then listed and decoded once (decoded_folder.py), for a run or for every
+run of a group, and each run gets fastai DataLoaders over it through one DataBlock.
 
 The validation set is the official 10,000-image test split. Images are normalised with the
 channel statistics of the training images in use.
 """
-import hashlib
 import os
-import shutil
 import socket
-import tarfile
-import tempfile
 import threading
-from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from fastai.vision.all import (CategoryBlock, DataBlock, FuncSplitter, ImageBlock, Normalize, Resize, ResizeMethod,
-                               URLs, fastai_path, parent_label, untar_data)
+from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, Normalize, Resize, ResizeMethod, URLs,
+                               fastai_path, parent_label, untar_data)
 from PIL import Image
 
+from archives import unpack
 from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
+from cache import build_once, cache_root, entry_name
+from decoded_folder import SPLITS, DecodedFolder, as_nchw, decoded_folder
 from device_loader import DeviceDataLoader, valid_batch_size
-from errors import DataError, warn
-from images import IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32
+from errors import DataError
+from images import IMAGE_SIZE
 from python_batches import PYTHON_BATCHES, python_class_names, read_python_batch
 
-CIFAR10_CLASSES = 10
-SPLITS = ("train", "test")
 DOWNLOAD_TIMEOUT_S = 30
 REACH_TIMEOUT_S = 3
 
 
-def cache_root():
-    # An empty CIFAR10_CACHE is unset, as an empty CIFAR10_DATA is: not the current folder.
-    return Path(os.environ.get("CIFAR10_CACHE") or Path.home() / ".cache" / "cifar10-fast").expanduser()
-
-
 # ---------------------------------------------------------------------------------------------
 # Sources: turn whatever the user has into a folder in fastai's layout.
+
+def cifar10_data(data=None):
+    """CIFAR-10 from `data`, CIFAR10_DATA or the download, listed and decoded: what a run, or every
+    run of a group, sets up once."""
+    return decoded_folder(cifar10_folder(data))
+
 
 def cifar10_folder(data=None):
     """The folder (train/<class>/*, test/<class>/*) for `data`, CIFAR10_DATA or the download."""
@@ -59,6 +57,9 @@ def cifar10_folder(data=None):
         raise DataError(f"{path} does not exist: point --data or CIFAR10_DATA at a CIFAR-10 folder or .tgz")
     if path.is_file():
         path = unpack(path)
+    elif not path.is_dir():
+        raise DataError(f"{path} is neither a folder nor a regular file (a device, a pipe or a socket): point --data "
+                        "or CIFAR10_DATA at a CIFAR-10 folder or .tgz")
     return layout_folder(path)
 
 
@@ -98,138 +99,17 @@ def download():
         socket.setdefaulttimeout(previous)
 
 
-def source_key(path):
-    """Names a cache entry after the source's path, size and modification time."""
-    stat = path.stat()
-    text = f"{path.absolute()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return f"{path.name.split('.')[0]}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
-
-
-def build_once(target, build):
-    """Run `build(tmp_dir)` and move the result to `target`, so that an interrupted build never
-    leaves a half-written cache entry behind."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.exists():
-                raise
-            # Another process (two runs started together) built the same entry first: use theirs.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def refuse_unsafe_members(member, dest_path):
-    """tarfile's "data" filter, which refuses members that would land outside the folder (through
-    `..`, a link or a device file), and also absolute names, which it would unpack inside the
-    folder with the leading / dropped: tar drops it when it makes an archive unless told not to
-    (-P), so an archive that keeps it was made to write elsewhere."""
-    if member.name.startswith("/"):
-        raise tarfile.AbsolutePathError(member)
-    return tarfile.data_filter(member, dest_path)
-
-
-def damaged_archive(archive, error):
-    return DataError(f"{archive} is damaged ({error}): download it again")
-
-
-def unpack(archive):
-    try:
-        is_archive = tarfile.is_tarfile(archive)
-    except EOFError as e:  # a .tgz cut off before the end of tar's first header
-        raise damaged_archive(archive, e) from e
-    if not is_archive:
-        raise DataError(f"{archive} is not a folder or a .tgz/.tar.gz archive: point --data at one of those")
-
-    def extract(tmp):
-        print(f"unpacking {archive} into the cache (once)")
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter=refuse_unsafe_members)
-        except tarfile.FilterError as e:
-            raise DataError(f"{archive} is refused as unsafe ({e}): unpack only a CIFAR-10 archive you trust, "
-                            "or download it again") from e
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise damaged_archive(archive, e) from e
-
-    return build_once(cache_root() / "unpacked" / source_key(archive), extract)
-
-
 def layout_folder(path):
     """Find fastai's layout in `path`, in the one folder an archive usually wraps it in, or make
-    it from the python batches; either way it is checked (a converted one too: damaged batches
-    can still make a folder that trains nothing useful, such as one with a single class)."""
+    it from the python batches. Its listing checks it (a converted one too: damaged batches can
+    still make a folder that trains nothing useful, such as one with a single class)."""
     for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
         if all((candidate / split).is_dir() for split in SPLITS):
-            folder = candidate
-        elif all((candidate / name).is_file() for name in PYTHON_BATCHES):
-            folder = python_batches_to_folder(candidate)
-        else:
-            continue
-        check_layout(folder)
-        return folder
+            return candidate
+        if all((candidate / name).is_file() for name in PYTHON_BATCHES):
+            return python_batches_to_folder(candidate)
     raise DataError(f"{path} holds neither train/ and test/ class folders nor the python batches "
                     f"({', '.join(PYTHON_BATCHES)}): point --data at a CIFAR-10 copy")
-
-
-def class_names(folder, split="train"):
-    return sorted(p.name for p in (folder / split).iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def class_folder_contents(class_folder):
-    """(image files, other files, subfolders) directly in a class folder, hidden names left out.
-    Images lie directly in train/<class>/ and test/<class>/: subfolders are not read, so a copy
-    kept in one, or a link that loops back up the tree, never enters the data twice."""
-    images, others, subfolders = [], [], []
-    with os.scandir(class_folder) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                is_folder, is_file = entry.is_dir(), entry.is_file()
-            except OSError:  # a link to itself: neither
-                is_folder = is_file = False
-            if is_folder:
-                subfolders.append(entry.path)
-            elif is_file and has_image_extension(entry.name):
-                images.append(entry.path)
-            else:
-                others.append(entry.path)
-    return images, others, subfolders
-
-
-def check_layout(folder):
-    classes = class_names(folder)
-    if len(classes) < 2:
-        raise DataError(f"{folder / 'train'} has {len(classes)} class folders: expected train/<class>/<image> "
-                        f"files for the {CIFAR10_CLASSES} CIFAR-10 classes")
-    test_classes = class_names(folder, "test")
-    if test_classes != classes:
-        raise DataError(f"{folder}: train/ and test/ have different class folders "
-                        f"({', '.join(classes)} vs {', '.join(test_classes)}): give both the same classes")
-    if len(classes) != CIFAR10_CLASSES:
-        warn(f"{folder / 'train'} has {len(classes)} class folders, not CIFAR-10's {CIFAR10_CLASSES}: "
-             f"training a {len(classes)}-class model")
-    others, subfolders = [], []  # one listing of the 60,000 files: this runs at every start
-    for split in SPLITS:
-        for name in classes:
-            images, other_files, folders = class_folder_contents(folder / split / name)
-            if not images:
-                raise DataError(f"{folder / split / name} has no image files directly in it (subfolders are not "
-                                "read): add images or remove the folder from train/ and test/")
-            others += other_files
-            subfolders += folders
-    if others:
-        warn(f"ignoring {len(others)} files in {folder} that are not images (such as {others[0]})")
-    if subfolders:
-        warn(f"ignoring {len(subfolders)} folders inside class folders of {folder} (such as {subfolders[0]}): "
-             "images are read only directly in train/<class>/ and test/<class>/; move them there to use them")
 
 
 def python_batches_to_folder(batches):
@@ -247,152 +127,50 @@ def python_batches_to_folder(batches):
             for i, (image, label) in enumerate(zip(images, labels)):
                 Image.fromarray(image).save(tmp / split / classes[label] / f"{name}-{i:05d}.png")
 
-    return build_once(cache_root() / "converted" / source_key(batches / "test_batch"), write)
+    return build_once(cache_root() / "converted" / entry_name(batches / "test_batch"), write,
+                      f"writing out the python batches in {batches}")
 
 
 # ---------------------------------------------------------------------------------------------
 # The DataBlock.
 
-def cifar10_items(folder, subset=None, skip=frozenset()):
-    """Training images, class-interleaved (so the first N hold every class), then test images;
-    none of `skip`."""
-    train = split_images(folder, "train")
-    rank_in_class, seen = [], {}
-    for path in train:
-        seen[path.parent.name] = seen.get(path.parent.name, -1) + 1
-        rank_in_class.append(seen[path.parent.name])
-    train = [train[i] for i in np.argsort(rank_in_class, kind="stable")]
-    return [p for p in train[:subset] + split_images(folder, "test") if p not in skip]
-
-
-def split_images(folder, split):
-    """The image files of train/ or test/, sorted: those directly in its class folders."""
-    return sorted(map(Path, image_files(folder, split)))
-
-
-def image_files(folder, split):
-    """The paths, as strings, of the image files directly in the class folders of train/ or test/:
-    all the loader reads."""
-    return [path for name in class_names(folder, split) for path in class_folder_contents(folder / split / name)[0]]
-
-
-def in_test_folder(path):
-    # GrandparentSplitter does the same but parses each path again: seconds at 60k images.
-    return path.parent.parent.name == "test"
-
-
-def cifar10_block(classes, subset=None, item_tfms=(), skip=frozenset()):
-    """ImageBlock and CategoryBlock, split by the train/ and test/ folders, labelled by the parent
-    folder. Resize squashes any other size to 32x32 in the exported learner, as the decoded pixels
-    and predict.py do (images.read_rgb32); fastai's default would crop."""
+def cifar10_block(classes, items, n_train, item_tfms=()):
+    """ImageBlock and CategoryBlock over `items` (the training images, then the test images: the
+    folder's listing, never a second one), split by that order, labelled by the parent folder.
+    Resize squashes any other size to 32x32 in the exported learner, as the decoded pixels and
+    predict.py do (images.read_rgb32); fastai's default would crop."""
     return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)),
-                     get_items=partial(cifar10_items, subset=subset, skip=skip),
-                     splitter=FuncSplitter(in_test_folder),
+                     get_items=lambda folder: items,
+                     splitter=lambda items: (list(range(n_train)), list(range(n_train, len(items)))),
                      get_y=parent_label,
                      item_tfms=[Resize(IMAGE_SIZE, method=ResizeMethod.Squish), *item_tfms])
 
 
-def decode(paths):
-    """uint8 (N, 32, 32, 3) pixels of `paths`, zeros where a file cannot be read, and which could.
-    Conversions are counted and reported once, when the pixels are decoded for the cache."""
-    images = np.zeros((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    readable = np.ones(len(paths), dtype=bool)
-    repairs = {}
-    for i, path in enumerate(paths):
-        try:
-            images[i], changes = read_rgb32(path)
-        except UnreadableImage:
-            readable[i] = False
-            continue
-        for change in changes:
-            repairs.setdefault(change.split()[0], []).append(change)
-    for kind, changes in repairs.items():
-        what = "converted to RGB" if kind == "mode" else "resized to 32x32"
-        warn(f"{len(changes)} images {what} (such as {sorted(set(changes))[:3]})")
-    return images, readable
-
-
-def file_stamps(paths):
-    return np.array([(s.st_size, s.st_mtime_ns) for s in map(os.stat, paths)], dtype=np.int64)
-
-
-def decoded_images(folder, paths):
-    """uint8 (N, 3, 32, 32) pixels of `paths` and which of them could be read, decoded once per
-    folder and cached by file name, size and modification time."""
-    cache = cache_root() / "decoded" / f"{source_key(folder)}.npz"
-    names = [str(p)[len(str(folder)) + 1:] for p in paths]  # relative_to() is slow at 60k
-    stamps = file_stamps(paths)
-    if cache.exists():
-        with np.load(cache) as cached:
-            row = {name: i for i, name in enumerate(cached["names"])}
-            rows = [row.get(name, -1) for name in names]
-            if -1 not in rows and "readable" in cached and np.array_equal(cached["stamps"][rows], stamps):
-                return torch.from_numpy(cached["images"][rows]).permute(0, 3, 1, 2), cached["readable"][rows]
-    print(f"decoding {len(paths)} images from {folder} (cached for later runs)")
-    images, readable = decode(paths)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as f:
-        np.savez(f, names=np.array(names), stamps=stamps, images=images, readable=readable)
-    os.replace(f.name, cache)
-    return torch.from_numpy(images).permute(0, 3, 1, 2), readable
-
-
-def channel_stats(images):
-    """Per-channel mean and std in [0, 1] of uint8 (N, 3, H, W) images, exactly, from each
-    channel's histogram of the 256 pixel values (no float copy of the data set)."""
-    values = torch.arange(256, dtype=torch.float64) / 255
-    means, stds = [], []
-    for channel in images.unbind(1):
-        counts = torch.bincount(channel.flatten(), minlength=256).double()
-        mean = (counts * values).sum() / counts.sum()
-        var = (counts * (values - mean) ** 2).sum() / (counts.sum() - 1)
-        means.append(mean.item())
-        stds.append(var.sqrt().item())
-    return means, stds
-
-
-def normalisation_stats(train_images):
-    """channel_stats of the training images, refused where a channel's std is 0: Normalize divides
-    by it, and the first batch's loss would be nan, reported as a divergence."""
-    means, stds = channel_stats(train_images)
+def normalisation_stats(data, train):
+    """The channel statistics of the training images in use, refused where a channel's std is 0:
+    Normalize divides by it, and the first batch's loss would be nan, reported as a divergence."""
+    means, stds = data.channel_stats(train)
     constant = [colour for colour, std in zip(("red", "green", "blue"), stds) if std == 0]
     if constant:
-        raise DataError(f"the {len(train_images)} training images in use have std 0 in the {', '.join(constant)} "
+        raise DataError(f"the {len(train)} training images in use have std 0 in the {', '.join(constant)} "
                         f"channel{'s' * (len(constant) > 1)} (every pixel the same), which normalising divides by: "
                         "train on more, or more varied, images (a larger --subset)")
     return means, stds
 
 
-def skip_unreadable(folder, dsets, readable, classes, subset):
-    """A corrupt training image is left out and counted; the test set must stay whole."""
-    unreadable = [p for p, ok in zip(dsets.items, readable) if not ok]
-    for path in filter(in_test_folder, unreadable):
-        try:
-            read_rgb32(path)
-        except UnreadableImage as e:
-            raise DataError(str(e)) from e  # train_fastai.py reports a DataError in one line
-    warn(f"skipped {len(unreadable)} unreadable training images (such as {unreadable[0]}): "
-         "remove or replace them to silence this")
-    block = cifar10_block(classes, subset, skip=frozenset(unreadable))
-    return block, block.datasets(folder)
-
-
-def cifar10_dataloaders(folder, bs=512, aug="gpu", device=None, subset=None, workers=None, seed=None):
-    """fastai DataLoaders over the folder; returns (dls, stats) with stats = (mean, std)."""
-    classes = class_names(folder)
-    block = cifar10_block(classes, subset)
-    dsets = block.datasets(folder)
-    images, readable = decoded_images(folder, dsets.items)
-    if not readable.all():
-        block, dsets = skip_unreadable(folder, dsets, readable, classes, subset)
-        images = images[torch.from_numpy(readable)]
-    train_idx, test_idx = dsets.splits
-    stats = normalisation_stats(images[train_idx])
+def cifar10_dataloaders(data, bs=512, aug="gpu", device=None, subset=None, workers=None, seed=None):
+    """fastai DataLoaders over `data`, a DecodedFolder (which a group's runs share) or a folder;
+    returns (dls, stats) with stats = (mean, std)."""
+    data = data if isinstance(data, DecodedFolder) else decoded_folder(data)
+    train, test = data.rows(subset)
+    block = cifar10_block(data.classes, [data.paths[row] for row in np.concatenate([train, test]).tolist()], len(train))
+    dsets = block.datasets(data.folder)
+    stats = normalisation_stats(data, train)
     batch_tfms = [*block.batch_tfms, Normalize.from_stats(*stats)]
-    val_bs = valid_batch_size(len(test_idx), bs)
-    if aug == "gpu":
-        labels = torch.tensor([classes.index(p.parent.name) for p in dsets.items])
-        splits_kwargs = [dict(images=images[idx], labels=labels[idx]) for idx in (train_idx, test_idx)]
+    val_bs = valid_batch_size(len(test), bs)
+    if aug == "gpu":  # the images as NCHW views of NHWC memory: the channels-last layout a GPU convolves fastest
+        splits_kwargs = [dict(images=as_nchw(data.images[rows]), labels=torch.from_numpy(data.labels[rows]))
+                         for rows in (train, test)]
         dls = dsets.dataloaders(bs=bs, val_bs=val_bs, device=device, seed=seed, dl_type=DeviceDataLoader,
                                 dl_kwargs=splits_kwargs, after_item=block.item_tfms,
                                 after_batch=[*batch_tfms, *gpu_augmentations()])

@@ -109,12 +109,12 @@ def out_of_memory(error):
 
 
 def reports_out_of_memory(run):
-    """`run(args)`, where running out of memory, on the GPU or the CPU, from the model's creation
+    """`run(args, ...)`, where running out of memory, on the GPU or the CPU, from the model's creation
     to the last test pass, is one line naming the two flags that size the run."""
     @functools.wraps(run)
-    def checked_run(args):
+    def checked_run(args, *rest):
         try:
-            return run(args)
+            return run(args, *rest)
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not out_of_memory(e):
                 raise

@@ -1,6 +1,11 @@
-"""Any image file as the 32x32 RGB uint8 pixels the model takes, and what had to change."""
+"""Any image file as the 32x32 RGB uint8 pixels the model takes, and what had to change; many
+files read with all of the machine's cores."""
 import mimetypes
+import mmap
+import multiprocessing
 import os
+import signal
+import sys
 import warnings
 
 import numpy as np
@@ -13,6 +18,9 @@ IMAGE_SIZE = 32
 # mime.types), without importing fastai: predict.py must start fast.
 mimetypes.init()
 IMAGE_EXTENSIONS = frozenset(ext for ext, kind in mimetypes.types_map.items() if kind.startswith("image/"))
+# Files a process reads at a time: enough that handing them out costs nothing, few enough that
+# every core gets its share of a small set.
+CHUNK = 500
 
 
 class UnreadableImage(BadInput):
@@ -57,3 +65,64 @@ def read_rgb32(path):
         repairs.append("size {}x{}".format(*rgb.size))
         rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
     return np.asarray(rgb), repairs
+
+
+def read_rgb32_all(paths):
+    """(uint8 (N, 32, 32, 3) pixels, which files could be read, every repair made (as "mode L",
+    "size 40x20")): `read_rgb32` of each of `paths`, zeros where a file cannot be read.
+
+    One core reads 60,000 CIFAR-10 JPEGs in 15-30 s, so on Linux the files are shared out among
+    forked processes, one per usable core, which write the pixels straight into memory shared with
+    this process. Forked, they start at once with what is imported already (spawned, each would
+    import torch again). Elsewhere, and for a few hundred files, they are read in this process."""
+    pixels = IMAGE_SIZE * IMAGE_SIZE * 3
+    images = np.frombuffer(mmap.mmap(-1, max(1, len(paths)) * pixels), np.uint8)  # shared with forked children
+    images = images[:len(paths) * pixels].reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 3)
+    starts = range(0, len(paths), CHUNK)
+    processes = reading_processes(len(paths))
+    try:
+        if processes > 1:
+            with multiprocessing.get_context("fork").Pool(processes, start_reader, (images, paths)) as pool:
+                read = pool.map(read_chunk, starts)  # on Ctrl-C or SIGTERM, leaving the block ends the workers
+        else:
+            reading.update(images=images, paths=paths)
+            read = list(map(read_chunk, starts))
+    finally:
+        reading.clear()
+    readable = np.concatenate([np.ones(0, bool), *(chunk_readable for chunk_readable, _ in read)])
+    return images, readable, [change for _, repairs in read for change in repairs]
+
+
+def reading_processes(n_files):
+    """How many processes read `n_files` files: a chunk each at least, one per usable core at most;
+    one where processes are not forked."""
+    if sys.platform != "linux":
+        return 1
+    cores = len(os.sched_getaffinity(0))  # those this process may use
+    return max(1, min(cores, -(-n_files // CHUNK)))
+
+
+reading = {}  # the files being read and the pixels they go into, in each reading process
+
+
+def start_reader(images, paths):
+    """A forked reader ignores Ctrl-C and dies of SIGTERM: the parent decides what an interruption
+    does, and a reader never prints a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    reading.update(images=images, paths=paths)
+
+
+def read_chunk(start):
+    """Reads the CHUNK files from `start` into the pixels; returns which could be read, and the repairs."""
+    paths, images = reading["paths"][start:start + CHUNK], reading["images"]
+    readable = np.ones(len(paths), dtype=bool)
+    repairs = []
+    for i, path in enumerate(paths):
+        try:
+            images[start + i], changes = read_rgb32(path)
+        except UnreadableImage:
+            readable[i] = False
+            continue
+        repairs += changes
+    return readable, repairs

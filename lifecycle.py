@@ -27,6 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from cache import SetUpInterrupted
 from errors import BadInput, command_to_retype
 
 TRAINER = Path(__file__).with_name("train_fastai.py")
@@ -164,6 +165,14 @@ def nothing_to_resume(run_dir):
             "resume: start a new run")
 
 
+def stop_line(stopped):
+    """The line for a run `stopped` (a KeyboardInterrupt, or SetUpInterrupted from its data set-up):
+    what its run folder kept where that holds a checkpoint, else how far the set-up got."""
+    if isinstance(stopped, SetUpInterrupted) and not (Held.run_dir and read_progress(Held.run_dir)):
+        return str(stopped)
+    return what_it_kept(Held.run_dir)
+
+
 def stop(signum, frame):
     """The first Ctrl-C or SIGTERM stops the run where it is; the ones after are ignored, so that
     none cuts short what it saves."""
@@ -183,9 +192,9 @@ def stops_cleanly(resumed=None):
         if resumed:
             hold(Path(resumed))
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SetUpInterrupted) as e:
         if main_process():  # one line from a run of several processes: the main one's
-            print(what_it_kept(Held.run_dir), file=sys.stderr)
+            print(stop_line(e), file=sys.stderr)
         sys.exit(INTERRUPTED)
     except OSError as e:
         if Held.run_dir is not None and read_progress(Held.run_dir):

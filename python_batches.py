@@ -2,8 +2,9 @@
 batch, batches.meta), read and checked before data.py writes it out in fastai's layout.
 
 The files are pickles, and a pickle can name code to run; their class names become folders, and
-a name can lead anywhere (`../..`). So the unpickler takes arrays only, and every name, label and
-count is checked: a damaged or hostile copy ends in one line that names its file.
+a name can lead anywhere (`../..`) or, differing from another only in case, share its folder on a
+disk that ignores case. So the unpickler takes arrays only, and every name, label and count is
+checked: a damaged or hostile copy ends in one line that names its file.
 """
 import pickle
 
@@ -67,7 +68,8 @@ def labels_problem(labels, n_images, n_classes):
 def python_class_names(batches):
     """The class names of batches.meta, or CIFAR-10's without one. Each becomes a folder under the
     cache, so a name that is not a plain folder name could write anywhere (`../..`) or go unseen
-    (`.hidden`), and two equal names would merge two classes."""
+    (`.hidden`), and two equal names would merge two classes, as two that differ only in case
+    would on a disk that ignores case."""
     meta = batches / "batches.meta"
     if not meta.is_file():
         return CIFAR10_NAMES
@@ -79,7 +81,21 @@ def python_class_names(batches):
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise DataError(f"{meta} names class {twice[0]!r} more than once: {DOWNLOAD_PYTHON_AGAIN}")
+    clash = differing_only_in_case(names)
+    if clash:
+        raise DataError(f"{meta} names classes {clash[0]!r} and {clash[1]!r}, which differ only in case: one folder on "
+                        f"a disk that ignores case (macOS, Windows); {DOWNLOAD_PYTHON_AGAIN}")
     return names
+
+
+def differing_only_in_case(names):
+    """The first two of `names` that differ only in case (as "Cat" and "cat"), or None."""
+    seen = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            return other, name
+    return None
 
 
 def read_label_names(meta):

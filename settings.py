@@ -117,7 +117,9 @@ def parse_args(argv=None, description=None):
     if args.resume:
         resume_settings(p, argv, args)
     else:
-        args.data_given = args.data or os.environ.get("CIFAR10_DATA")  # as typed, beside the folder it resolves to
+        # The data as given, beside the folder it resolves to; absolute, so that it holds from any folder.
+        given = args.data or os.environ.get("CIFAR10_DATA")
+        args.data_given = str(Path(given).expanduser().absolute()) if given else None
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -156,8 +158,9 @@ def resume_settings(p, argv, args):
         p.error(f"{run_dir} belongs to --out {run_dir.parent}, not {given.out}: drop --out to resume it")
     args.out, args.data_given = saved.get("out", args.out), saved.get("data_given")
     args.group, args.sweep_point = saved.get("group"), saved.get("sweep_point")  # a member of a group stays one
-    if not (args.data or os.environ.get("CIFAR10_DATA")):
-        args.data = saved.get("data")  # the folder it resolved to; the run compares the data by content
+    if not args.data:  # the run's own data, which it compares by content; CIFAR10_DATA is a new run's default
+        # The folder it resolved to or, where that is gone (a cache cleaned since), the data it was given.
+        args.data = saved["data"] if saved.get("data") and Path(saved["data"]).exists() else args.data_given
 
 
 def check_saved_values(p, config, saved):

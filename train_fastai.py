@@ -45,9 +45,9 @@ from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy, num_distr
 
 import compare
 from callbacks import TimeToAccuracy, flip_tta_accuracy
-from checkpoint import data_fingerprint, fit, load_checkpoint, resumed_config
+from checkpoint import fit, load_checkpoint, resumed_config
 from customresnet import CustomResNet
-from data import cifar10_dataloaders, cifar10_folder
+from data import cifar10_data, cifar10_dataloaders
 from distributed import as_if_alone, join_processes, scratch_folder, split_batches
 from errors import one_line_errors
 from files import figures_to_files, write_json
@@ -96,7 +96,7 @@ def make_learner(dls, args, run_dir, precision):
 
 
 @reports_out_of_memory
-def run(args):
+def run(args, data=None):
     # Settings: the device, the processes, the precision, the seed.
     processes, device = join_processes(resolve_device(args.device))
     main_process = rank_distrib() == 0
@@ -105,9 +105,9 @@ def run(args):
     precision = resolve_precision(args.precision, device, args.sync_debug)
     seed_everything(args.seed, args.deterministic)
 
-    # Data: CIFAR-10 through fastai's DataBlock, the augmentation on the device.
-    folder = cifar10_folder(args.data)
-    dls, stats = cifar10_dataloaders(folder, bs=args.bs, aug=args.aug, device=device, subset=args.subset,
+    # Data: CIFAR-10 through fastai's DataBlock, the augmentation on the device; a group's runs share `data`.
+    data = data or cifar10_data(args.data)
+    dls, stats = cifar10_dataloaders(data, bs=args.bs, aug=args.aug, device=device, subset=args.subset,
                                      workers=args.workers, seed=args.seed)
     if len(dls.train) == 0:
         raise UsageError(f"{len(dls.train_ds)} training images make no full batch of --bs {args.bs}: "
@@ -124,7 +124,7 @@ def run(args):
     learn = make_learner(dls, args, run_dir, precision)
     # Every setting, resolved; finder_iters joins them if the range test runs.
     config = {**{key: value for key, value in vars(args).items() if key != "finder_iters"}, "lr_source": "flags",
-              "data": str(folder), **data_fingerprint(folder), "device": str(device), "precision": precision,
+              "data": str(data.folder), **data.fingerprint, "device": str(device), "precision": precision,
               "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
               "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir), "processes": processes,
               "bs_per_process": args.bs // processes}
@@ -197,12 +197,15 @@ def run_group(args):
     if num_distrib() > 1:
         raise UsageError("--runs and --sweep run one process at a time: launch each run with accelerate, "
                          "or drop accelerate launch for the group")
+    data = cifar10_data(args.data)  # set up once for every run, each checked before the first
+    for point in args.points:
+        data.check_subset(member(args, point).subset)
     group_dir = new_run_dir(args.out, f"{args.name}-group" if args.name else "group")
     print(f"group folder: {group_dir}: {len(args.points)} configuration(s) x {args.runs} seed(s)")
     members = []
     for point in args.points:
         for seed in range(args.seed, args.seed + args.runs):
-            members.append(run(member(args, point, seed, group_dir.name))[0])
+            members.append(run(member(args, point, seed, group_dir.name), data)[0])
             # The members so far, at once: a group stopped by a later member still lists them.
             group = {"members": [m.name for m in members], "sweep": args.sweep, "runs": args.runs}
             write_json(group_dir / "summary.json", group)

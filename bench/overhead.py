@@ -56,7 +56,7 @@ import train_fastai  # noqa: E402
 from augment import gpu_augmentations  # noqa: E402
 from bench import Tee, check_out_folder, check_training_flags, results_stem  # noqa: E402
 from customresnet import CustomResNet  # noqa: E402
-from data import channel_stats  # noqa: E402
+from decoded_folder import channel_stats  # noqa: E402
 from errors import one_line_errors  # noqa: E402
 from files import write_json  # noqa: E402
 from hardware import library_versions, seed_everything  # noqa: E402

@@ -11,7 +11,7 @@ from fastai.vision.all import set_seed
 import settings
 from augment import albumentations_pipeline
 from customresnet import CustomResNet
-from data import channel_stats
+from decoded_folder import channel_stats
 from measure import peak_memory, synchronize
 from tensors import data_tensors
 

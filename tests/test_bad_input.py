@@ -11,7 +11,9 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -445,6 +447,25 @@ def first_training_image_without_red(tmp, folder, run):
     return [*data(folder), "--subset", "1", "--bs", "1"]
 
 
+# Issue 17, data side: what is recorded is what happened -----------------------------------
+
+def classes_differing_in_case(tmp, folder, run):
+    (folder / "train" / "cat").rename(folder / "train" / "Dog")
+    (folder / "test" / "cat").rename(folder / "test" / "Dog")
+    return data(folder)
+
+
+def resume_after_the_cache_was_cleaned(tmp, folder, run):
+    """An interrupted run in --out tmp/runs whose folder in the cache is gone, as is the archive it
+    was given."""
+    (tmp / "runs").mkdir()
+    run_dir = interrupted_run(tmp / "runs", epochs=2)
+    config = json.loads((run_dir / "config.json").read_text())
+    given = {"data": str(tmp / "cache" / "unpacked" / "x-0123456789ab" / "cifar10"), "data_given": str(tmp / "x.tgz")}
+    (run_dir / "config.json").write_text(json.dumps({**config, **given}))
+    return ["--resume", str(run_dir)]
+
+
 # Repairs: what the data looks like afterwards ----------------------------------------------
 
 def train_images(n):
@@ -712,6 +733,22 @@ CASES = {
         data_files(100)),
     "training images with a constant channel": ("train", first_training_image_without_red, REFUSE,
                                                 "have std 0 in the red channel", None),
+    # issue 17, data side
+    "--data that is neither a folder nor a regular file": ("train", lambda tmp, folder, run: data("/dev/null"),
+                                                            REFUSE, "/dev/null is neither a folder nor a regular file",
+                                                            None),
+    "class folders that differ only in case": ("train", classes_differing_in_case, REFUSE,
+                                               "has class folders 'Dog' and 'dog', whose names differ only in case",
+                                               None),
+    "class names in batches.meta that differ only in case": (
+        "train", meta_holding({b"label_names": [b"Cat", *(c.encode() for c in CLASSES[1:])]}), REFUSE,
+        "batches.meta names classes 'Cat' and 'cat', which differ only in case", None),
+    "--subset above the training images": ("train", flags("--subset", "81"), REFUSE,
+                                           "--subset 81 is more than the 80 training images", None),
+    "a sweep with a --subset above the training images": ("train", flags("--sweep", "subset=40,81"), REFUSE,
+                                                          "--subset 81 is more than the 80 training images", None),
+    "--resume after the cache was cleaned, its archive gone": ("train", resume_after_the_cache_was_cleaned, REFUSE,
+                                                               "x.tgz does not exist: point --data", None),
 }
 
 
@@ -834,3 +871,62 @@ def test_text_in_another_encoding_is_one_line_naming_it():
     error = UnicodeDecodeError("utf-8", b"\xffcat.png", 0, 1, "invalid start byte")
     assert unexpected_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
                                "for the traceback)")
+
+
+# Issue 17, data side: interruptions and the machine's failures while the data is set up ----
+
+def test_a_sweep_refused_for_its_subset_is_refused_before_any_folder(tmp_path, tiny_folder, capsys):
+    run_cli("train", [*data(tiny_folder), *ONE_EPOCH, "--sweep", "subset=40,81"], tmp_path, REFUSE)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_resume_after_the_cache_was_cleaned_names_the_data_it_was_given(tmp_path, tiny_folder, capsys):
+    argv = resume_after_the_cache_was_cleaned(tmp_path, tiny_folder, None)
+    run_cli("train", argv, tmp_path, REFUSE)
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'x.tgz'} does not exist: point --data or CIFAR10_DATA at a CIFAR-10 folder or .tgz"]
+
+
+def test_sigterm_while_unpacking_is_one_line_saying_what_was_kept(tmp_path, tiny_folder, isolated_cache, monkeypatch,
+                                                                  capsys):
+    import archives
+    archive = write_tgz(tiny_folder, tmp_path / "x.tgz", "cifar10")
+
+    def sigterm(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+
+    monkeypatch.setattr(archives, "extract_with_tar", sigterm)
+    monkeypatch.setattr(archives, "extract_with_tarfile", sigterm)
+    unhandled = signal.signal(signal.SIGTERM, lambda *args: pytest.fail("SIGTERM reached no handler of unpack's"))
+    try:
+        with pytest.raises(SystemExit) as e:
+            main([*data(archive), "--out", str(tmp_path / "runs")])
+    finally:
+        signal.signal(signal.SIGTERM, unhandled)
+    assert e.value.code == 130 and capsys.readouterr().err.splitlines() == [
+        f"interrupted while unpacking {archive}: nothing of it is kept; run the same command again to start it over"]
+    assert [p.name for p in (isolated_cache / "unpacked").iterdir()] == [] and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("code,line", [
+    (errno.EROFS, "cannot write the cache folder {} (Read-only file system): set CIFAR10_CACHE to a folder you can "
+                  "write to"),
+    (errno.ENOSPC, "the disk holding {} is full (No space left on device): free space on it, or set CIFAR10_CACHE to "
+                   "a folder on a disk with room (CIFAR-10 takes about 0.5 GB there)")])
+def test_a_cache_that_cannot_be_written_is_one_line_naming_it(tmp_path, tiny_folder, isolated_cache, monkeypatch,
+                                                              capsys, code, line):
+    """Unpacking needs the cache: a read-only one (a read-only home) or a full disk stops the run."""
+    archive = write_tgz(tiny_folder, tmp_path / "x.tgz", "cifar10")
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(isolated_cache)):
+            raise OSError(code, os.strerror(code), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(SystemExit) as e:
+        main([*data(archive), "--out", str(tmp_path / "runs")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == ["error: " + line.format(isolated_cache / "unpacked")]

@@ -27,8 +27,7 @@ class SigtermAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_path, tiny_folder, isolated_cache,
-                                                                         monkeypatch, capsys):
+def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_path, tiny_folder, monkeypatch, capsys):
     out = tmp_path / "runs"
     archive = write_tgz(tiny_folder, tmp_path / "cifar10.tgz", "cifar10")
     whole = train(archive, out, *GIVEN_LRS, "--epochs", 2, "--name", "whole")
@@ -36,10 +35,13 @@ def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_pa
     real_make_learner = train_fastai.make_learner
     monkeypatch.setattr(train_fastai, "make_learner",
                         lambda *a: real_make_learner(*a).add_cb(SigtermAt(epoch=1, iteration=2)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR10_CACHE", "relative-cache")  # the folder it unpacks to is recorded whole
     with pytest.raises(SystemExit) as e:
         train(archive, out, *GIVEN_LRS, "--epochs", 2, "--name", "cut", "--tta", "--target-acc", 0.99)
     assert e.value.code == 130
     cut, = out.glob("*-cut")
+    assert json.loads((cut / "config.json").read_text())["data"].startswith(str(tmp_path / "relative-cache"))
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message.endswith(f"Resume with: {command_to_retype(REPO / 'train_fastai.py')} --resume {cut}")
     assert len(pd.read_csv(cut / "history.csv")) == 1  # epoch 1 finished, epoch 2 did not
@@ -54,12 +56,13 @@ def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_pa
         main(["--resume", str(cut), "--data", str(write_folder(tmp_path / "other", n_train=9))])
     assert e.value.code == 2 and f"{cut} was run on other data" in capsys.readouterr().err
 
-    # From another folder, with another cache: the same archive is the same data, compared by
-    # content; the index row goes to the run's own --out, which config.json keeps.
-    shutil.rmtree(isolated_cache)
+    # From another folder, the cache cleaned meanwhile and another one set: the run unpacks the
+    # archive it was given again, the same data, compared by content; the index row goes to the
+    # run's own --out, which config.json keeps.
+    shutil.rmtree(tmp_path / "relative-cache")
     monkeypatch.setenv("CIFAR10_CACHE", str(tmp_path / "another-cache"))
     monkeypatch.chdir(tmp_path / "other")
-    main(["--resume", str(cut), "--data", str(archive)])
+    main(["--resume", str(cut)])
     # The estimate counts the one epoch left (5 batches of 16), its test pass, the interpretation's
     # and flip TTA's two (--tta, taken back from config.json).
     printed = capsys.readouterr().out

@@ -11,7 +11,8 @@ from PIL import Image
 import data
 import images
 from conftest import CLASSES, class_value, write_folder, write_python_batches, write_tgz
-from data import channel_stats, cifar10_dataloaders, cifar10_folder, cifar10_items
+from data import cifar10_dataloaders, cifar10_folder
+from decoded_folder import channel_stats
 
 
 def check_labels_match_pixels(dl, stats):
@@ -65,15 +66,17 @@ def test_training_batches_are_augmented_and_test_batches_are_not(tiny_folder):
 def test_decoded_pixels_are_cached_and_refreshed_when_a_file_changes(tiny_folder, monkeypatch):
     load(tiny_folder)
     calls = []
-    real_read = data.read_rgb32
-    monkeypatch.setattr(data, "read_rgb32", lambda p: calls.append(p) or real_read(p))
+    real_read = images.read_rgb32
+    monkeypatch.setattr(images, "read_rgb32", lambda p: calls.append(p) or real_read(p))
     load(tiny_folder)
     assert calls == []
     changed = tiny_folder / "test" / "cat" / "0000.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(changed)
     os.utime(changed, ns=(1, 1))
-    load(tiny_folder)
-    assert len(calls) == 100  # the whole folder again
+    _, dls, _ = load(tiny_folder)
+    assert calls == [str(changed)]  # that file alone
+    row = dls.valid_ds.items.index(changed)
+    assert (dls.valid.images[row] == 0).all()
 
 
 def test_archives_are_unpacked_once(tmp_path, isolated_cache):
@@ -85,13 +88,12 @@ def test_archives_are_unpacked_once(tmp_path, isolated_cache):
 
 
 def test_subset_takes_the_first_n_training_images_of_every_class(tiny_folder):
-    items = cifar10_items(tiny_folder, subset=20)
-    train = [p for p in items if p.parent.parent.name == "train"]
-    assert len(train) == 20 and len(items) == 40
-    assert sorted(p.parent.name for p in train) == sorted(CLASSES * 2)
-    assert {p.name for p in train} == {"0000.png", "0001.png"}
     _, dls, _ = load(tiny_folder, subset=20)
-    assert (len(dls.train_ds), len(dls.valid_ds)) == (20, 20)
+    train = dls.train_ds.items
+    assert (len(train), len(dls.valid_ds)) == (20, 20)
+    assert all(p.parent.parent.name == "train" for p in train)
+    assert [p.parent.name for p in train] == CLASSES * 2  # class-interleaved
+    assert {p.name for p in train} == {"0000.png", "0001.png"}
 
 
 def test_channel_stats_are_exact():
@@ -119,21 +121,6 @@ def test_no_data_and_no_route_to_the_download_fails_within_seconds(tmp_path, mon
     with pytest.raises(data.DataError, match="cannot be reached: pass --data PATH or set CIFAR10_DATA"):
         cifar10_folder()
     assert time.perf_counter() - start < 10
-
-
-def test_a_cache_entry_built_by_another_process_meanwhile_is_used(tmp_path):
-    """Two runs started together unpack the same archive; the one that finishes second keeps the
-    first one's entry instead of failing on a folder that is not empty."""
-    target = tmp_path / "entry"
-
-    def build_while_another_process_finishes(tmp):
-        (tmp / "mine.txt").write_text("mine")
-        target.mkdir()
-        (target / "theirs.txt").write_text("theirs")
-
-    assert data.build_once(target, build_while_another_process_finishes) == target
-    assert [p.name for p in target.iterdir()] == ["theirs.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["entry"]  # no partial build left behind
 
 
 def test_the_per_item_path_serves_files_without_device_images(tiny_folder):

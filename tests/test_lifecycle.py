@@ -17,6 +17,7 @@ from fastai.callback.core import Callback
 import checkpoint
 import lifecycle
 import train_fastai
+from cache import interruptible
 from conftest import GIVEN_LRS, REPO, TINY, history_values, train
 from errors import command_to_retype, one_line_errors
 from settings import parse_args
@@ -152,13 +153,15 @@ def test_a_second_ctrl_c_while_the_checkpoint_is_written_neither_cuts_it_nor_say
 
 
 def test_a_run_killed_outright_resumes_from_its_last_periodic_checkpoint(tmp_path, tiny_folder, monkeypatch, capsys):
-    monkeypatch.setattr(checkpoint, "CHECKPOINT_EVERY_S", 0)  # one at every epoch's end but the last
-    with_callback(monkeypatch, KillAt(epoch=1))
-    with pytest.raises(Killed):
-        train(tiny_folder, tmp_path / "runs", *GIVEN_LRS, "--epochs", 2, "--name", "killed")
+    """...on the data it was run on, whatever CIFAR10_DATA now says (a new run's default)."""
+    with pytest.MonkeyPatch.context() as killing:
+        killing.setattr(checkpoint, "CHECKPOINT_EVERY_S", 0)  # one at every epoch's end but the last
+        with_callback(killing, KillAt(epoch=1))
+        with pytest.raises(Killed):
+            train(tiny_folder, tmp_path / "runs", *GIVEN_LRS, "--epochs", 2, "--name", "killed")
     run_dir, = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"] == 1
-    monkeypatch.undo()
+    monkeypatch.setenv("CIFAR10_DATA", str(tmp_path / "other-data.tgz"))
     main(["--resume", str(run_dir)])
     assert len(history_values(run_dir)) == 2 and (run_dir / "report.html").is_file()
     assert not (run_dir / "checkpoint.pth").exists()
@@ -174,11 +177,19 @@ def interrupted_run(tmp_path):
     return run_dir
 
 
-def test_ctrl_c_while_a_resumed_run_sets_up_its_data_says_its_checkpoint_is_there(tmp_path, monkeypatch, capsys):
-    def ctrl_c(*args):
+def ctrl_c_while_decoding(*args):
+    with interruptible("decoding the images: nothing decoded is cached yet; run the same command again"):
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_fastai, "cifar10_folder", ctrl_c)
+
+def test_ctrl_c_while_a_run_sets_up_its_data_says_how_far_it_got(tmp_path, tiny_folder, monkeypatch, capsys):
+    monkeypatch.setattr(train_fastai, "cifar10_data", ctrl_c_while_decoding)
+    assert stopped(["--data", tiny_folder, "--out", tmp_path / "runs"], capsys) == (
+        "interrupted while decoding the images: nothing decoded is cached yet; run the same command again")
+
+
+def test_ctrl_c_while_a_resumed_run_sets_up_its_data_says_its_checkpoint_is_there(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_fastai, "cifar10_data", ctrl_c_while_decoding)
     run_dir = interrupted_run(tmp_path)
     assert stopped(["--resume", run_dir], capsys) == (f"interrupted; epochs 1-1 are saved in {run_dir}. Resume with: "
                                                       f"{lifecycle.resume_command(run_dir)}")

@@ -194,6 +194,18 @@ def test_a_group_stopped_by_a_later_member_still_lists_the_runs_it_finished(tmp_
     assert len(members) == 1 and (out / members[0] / "report.html").is_file()
 
 
+def test_a_group_sets_its_data_up_once_and_each_run_takes_its_subset(tmp_path, tiny_folder, monkeypatch):
+    import decoded_folder
+    listings, real_list = [], decoded_folder.list_folder
+    monkeypatch.setattr(decoded_folder, "list_folder", lambda folder: listings.append(folder) or real_list(folder))
+    cli("--data", tiny_folder, "--out", tmp_path / "runs", *TINY, *GIVEN_LRS, "--epochs", 1, "--sweep", "subset=32,80")
+    assert listings == [tiny_folder]
+    first, second = (json.loads((run / "config.json").read_text()) for run in run_dirs(tmp_path / "runs")
+                     if not run.name.endswith("-group"))
+    assert (first["train_images"], second["train_images"]) == (32, 80)
+    assert first["data_sha256"] == second["data_sha256"] and first["normalize_mean"] != second["normalize_mean"]
+
+
 def test_ctrl_c_while_torch_loads_is_one_line(tmp_path, tiny_folder):
     import signal
     import time

@@ -1,0 +1,268 @@
+"""A CIFAR-10 folder set up once: listed and checked, its files' sizes and modification times read,
+its images decoded with every core and cached in CIFAR10_CACHE, so that a run on a warm cache sets
+its data up in about a second, and a --runs/--sweep group once for all its runs.
+
+The one listing gives all that a run takes from the files: the items (the image files directly in
+train/<class>/ and test/<class>/; folders inside a class folder are never read, so a copy in one,
+or a link that loops back up the tree, never enters the data twice), their labels and split, and
+the data's fingerprint. The cache holds each file's pixels by its name, size and modification
+time, so that a changed file is noticed and decoded again, alone.
+"""
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache import cache_problem, cache_root, entry_name, interruptible, remove_abandoned, write_atomically
+from errors import DataError, warn
+from images import (IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32, read_rgb32_all,
+                    reading_processes)
+from python_batches import differing_only_in_case
+
+CIFAR10_CLASSES = 10
+SPLITS = ("train", "test")
+
+
+@dataclass
+class DecodedFolder:
+    """A folder in fastai's layout, listed and decoded: what every run on it shares."""
+    folder: Path
+    classes: list
+    names: list  # the image files, relative to the folder, by split, class and file name
+    sizes: np.ndarray
+    labels: np.ndarray  # each file's class, as an index into classes
+    is_test: np.ndarray
+    images: np.ndarray  # uint8 (N, 32, 32, 3), zeros where a file cannot be read
+    readable: np.ndarray
+    train_stats: tuple = None  # channel_stats of every readable training image, cached with the pixels
+
+    @cached_property
+    def paths(self):
+        """Each file's Path, fastai's items: made once for all the runs on the folder (60,000 Paths
+        take a few tenths of a second)."""
+        return list(map(self.folder.joinpath, self.names))
+
+    def channel_stats(self, rows):
+        """channel_stats of the images at `rows`; of all the readable training images, from the cache."""
+        every_training_image = np.flatnonzero(~self.is_test & self.readable)
+        if not np.array_equal(np.sort(rows), every_training_image):
+            return channel_stats(as_nchw(self.images[rows]))
+        if self.train_stats is None:
+            self.train_stats = channel_stats(as_nchw(self.images[every_training_image]))
+        return self.train_stats
+
+    @cached_property
+    def fingerprint(self):
+        """What identifies the data wherever it lies (another CIFAR10_CACHE unpacks it elsewhere),
+        for a --resume to compare: the number of image files the loader reads and a hash of their
+        relative names and sizes. What it ignores is left out, and so never followed."""
+        listing = sorted(f"{name}\t{size}\n" for name, size in zip(self.names, self.sizes.tolist()))
+        return {"data_files": len(listing), "data_sha256": hashlib.sha256("".join(listing).encode()).hexdigest()}
+
+    def check_subset(self, subset):
+        training = int((~self.is_test).sum())
+        if subset is not None and subset > training:
+            raise DataError(f"--subset {subset} is more than the {training} training images of {self.folder}: give "
+                            f"at most {training}, or leave --subset out to train on all of them")
+
+    def rows(self, subset=None):
+        """The rows a run uses: the training images class-interleaved (so that the first `subset`
+        hold every class), then the test images. An unreadable training image is left out and
+        counted in a warning; an unreadable test image is refused: the test set must stay whole."""
+        self.check_subset(subset)
+        train = np.flatnonzero(~self.is_test)  # by class, in the classes' order
+        rank_in_class = np.concatenate([np.arange(n) for n in np.bincount(self.labels[train])])
+        train = train[np.argsort(rank_in_class, kind="stable")][:subset]
+        test = np.flatnonzero(self.is_test)
+        for row in test[~self.readable[test]][:1]:
+            refuse_unreadable(self.folder / self.names[row])
+        unreadable = train[~self.readable[train]]
+        if len(unreadable):
+            example = self.folder / self.names[unreadable[0]]
+            warn(f"skipped {len(unreadable)} unreadable training images (such as {example}): remove or replace them "
+                 "to silence this")
+        return train[self.readable[train]], test
+
+
+def as_nchw(images):
+    """uint8 (N, 3, 32, 32) torch images, a view of the (N, 32, 32, 3) numpy pixels."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def refuse_unreadable(path):
+    try:
+        read_rgb32(path)
+    except UnreadableImage as e:
+        raise DataError(str(e)) from e  # train_fastai.py reports a DataError in one line
+    raise DataError(f"cannot read image {path}: replace it with an image PIL reads (PNG, JPEG, ...) or remove it")
+
+
+def decoded_folder(folder):
+    """`folder` listed, checked and decoded: from the cache where its files are unchanged."""
+    folder = Path(folder)
+    classes, names, counts = list_folder(folder)
+    stats = [os.stat(f"{folder}/{name}") for name in names]
+    sizes = np.array([s.st_size for s in stats], dtype=np.int64)
+    stamps = np.stack([sizes, np.array([s.st_mtime_ns for s in stats], dtype=np.int64)], axis=1)
+    labels = np.repeat(np.tile(np.arange(len(classes)), len(SPLITS)), counts)  # counts: by split, then class
+    is_test = np.repeat([split == "test" for split in SPLITS for _ in classes], counts)
+    cache = cache_root() / "decoded" / f"{entry_name(folder, stamped=False)}.npz"
+    images, readable, train_stats, fresh = cached(cache, np.array(names), stamps)
+    data = DecodedFolder(folder, classes, names, sizes, labels, is_test, images, readable, train_stats)
+    if not fresh.all():
+        decode(data, np.flatnonzero(~fresh), stamps, cache)
+    return data
+
+
+def decode(data, rows, stamps, cache):
+    """Decode the files at `rows` into `data`, and cache all its pixels with its training images'
+    channel statistics."""
+    processes = reading_processes(len(rows))
+    print(f"decoding {len(rows)} images from {data.folder}{f' in {processes} processes' * (processes > 1)} "
+          "(cached for later runs)")
+    with interruptible(f"decoding the images of {data.folder}: they stay as they are, and nothing decoded is "
+                       "cached yet; run the same command again to decode them"):
+        data.images[rows], data.readable[rows], repairs = read_rgb32_all([f"{data.folder}/{data.names[row]}"
+                                                                           for row in rows.tolist()])
+        warn_of(repairs)
+        training = np.flatnonzero(~data.is_test & data.readable)
+        data.train_stats = channel_stats(as_nchw(data.images[training])) if len(training) else None
+        save(cache, names=np.array(data.names), stamps=stamps, images=data.images, readable=data.readable,
+             train_stats=np.array(data.train_stats or np.zeros(0)))
+
+
+def cached(cache, names, stamps):
+    """(pixels, readable, channel statistics of the training images, fresh) from `cache`: fresh
+    says which files it holds unchanged; the statistics are None unless it holds all of them."""
+    images = np.zeros((len(names), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    readable, fresh = np.ones(len(names), dtype=bool), np.zeros(len(names), dtype=bool)
+    try:
+        with np.load(cache) as saved:
+            saved_names, saved_stamps = saved["names"], saved["stamps"]
+            if np.array_equal(saved_names, names) and np.array_equal(saved_stamps, stamps):
+                train_stats = tuple(saved["train_stats"].tolist()) or None
+                return saved["images"], saved["readable"], train_stats, ~fresh
+            row = {name: i for i, name in enumerate(saved_names.tolist())}
+            rows = np.array([row.get(name, -1) for name in names.tolist()], dtype=np.int64)
+            fresh = (rows >= 0) & (saved_stamps[rows] == stamps).all(1)
+            images[fresh], readable[fresh] = saved["images"][rows[fresh]], saved["readable"][rows[fresh]]
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile):  # damaged: decoded again
+        fresh[:] = False
+    return images, readable, None, fresh
+
+
+def save(cache, **arrays):
+    """Write the cache file whole or not at all. A disk that is full or will not be written costs
+    the next run a decode, not this one: a warning says so."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(cache.parent)
+        write_atomically(cache, write)
+    except OSError as e:
+        problem = cache_problem(e, cache.parent)
+        if problem is None:
+            raise
+        warn(f"the decoded images are not cached, so the next run decodes them again: {problem}")
+
+
+def channel_stats(images):
+    """Per-channel mean and std in [0, 1] of uint8 (N, 3, H, W) images, exactly, from each
+    channel's histogram of the 256 pixel values (no float copy of the data set)."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for channel in images.unbind(1):
+        counts = torch.bincount(channel.flatten(), minlength=256).double()
+        mean = (counts * values).sum() / counts.sum()
+        var = (counts * (values - mean) ** 2).sum() / (counts.sum() - 1)
+        means.append(mean.item())
+        stds.append(var.sqrt().item())
+    return means, stds
+
+
+def warn_of(repairs):
+    """One warning for each kind of repair (a conversion to RGB, a resize), counted, with examples."""
+    for kind, what in (("mode", "converted to RGB"), ("size", "resized to 32x32")):
+        changes = [change for change in repairs if change.split()[0] == kind]
+        if changes:
+            warn(f"{len(changes)} images {what} (such as {sorted(set(changes))[:3]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The listing, and the layout's checks.
+
+def class_names(folder, split="train"):
+    return sorted(p.name for p in (folder / split).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_folder(folder):
+    """(classes, the image files' names relative to `folder`, the number in each split's class
+    folders), from one listing of the class folders, the layout checked on the way."""
+    classes = check_classes(folder)
+    names, counts, others, subfolders = [], [], [], []
+    for split in SPLITS:
+        for name in classes:
+            images, other_files, folders = class_folder_contents(folder / split / name)
+            if not images:
+                raise DataError(f"{folder / split / name} has no image files directly in it (subfolders are not "
+                                "read): add images or remove the folder from train/ and test/")
+            names += [f"{split}/{name}/{image}" for image in sorted(images)]
+            counts.append(len(images))
+            others += other_files
+            subfolders += folders
+    if others:
+        warn(f"ignoring {len(others)} files in {folder} that are not images (such as {others[0]})")
+    if subfolders:
+        warn(f"ignoring {len(subfolders)} folders inside class folders of {folder} (such as {subfolders[0]}): "
+             "images are read only directly in train/<class>/ and test/<class>/; move them there to use them")
+    return classes, names, counts
+
+
+def check_classes(folder):
+    classes = class_names(folder)
+    if len(classes) < 2:
+        raise DataError(f"{folder / 'train'} has {len(classes)} class folders: expected train/<class>/<image> "
+                        f"files for the {CIFAR10_CLASSES} CIFAR-10 classes")
+    test_classes = class_names(folder, "test")
+    if test_classes != classes:
+        raise DataError(f"{folder}: train/ and test/ have different class folders "
+                        f"({', '.join(classes)} vs {', '.join(test_classes)}): give both the same classes")
+    clash = differing_only_in_case(classes)
+    if clash:
+        raise DataError(f"{folder / 'train'} has class folders {clash[0]!r} and {clash[1]!r}, whose names differ only "
+                        "in case: one folder on a disk that ignores case (macOS, Windows); rename one of them")
+    if len(classes) != CIFAR10_CLASSES:
+        warn(f"{folder / 'train'} has {len(classes)} class folders, not CIFAR-10's {CIFAR10_CLASSES}: "
+             f"training a {len(classes)}-class model")
+    return classes
+
+
+def class_folder_contents(class_folder):
+    """(image file names, other files' paths, subfolders' paths) directly in a class folder,
+    hidden names left out."""
+    images, others, subfolders = [], [], []
+    with os.scandir(class_folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_folder, is_file = entry.is_dir(), entry.is_file()
+            except OSError:  # a link to itself: neither
+                is_folder = is_file = False
+            if is_folder:
+                subfolders.append(entry.path)
+            elif is_file and has_image_extension(entry.name):
+                images.append(entry.name)
+            else:
+                others.append(entry.path)
+    return images, others, subfolders

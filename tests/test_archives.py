@@ -1,0 +1,147 @@
+"""Unpacking archives: with the machine's tar and with tarfile, safely, once, and what a full
+disk or an interruption leaves."""
+import errno
+import io
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+import archives
+from archives import unpack
+from cache import SetUpInterrupted
+from conftest import write_folder, write_tgz
+from errors import DataError
+
+EXTRACTORS = ["tar", "tarfile"]
+
+
+def unpacked(cache):
+    """What the cache's folder of unpacked archives holds, partial folders included."""
+    folder = cache / "unpacked"
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture(params=EXTRACTORS)
+def extractor(request, monkeypatch):
+    """Each test twice: with the machine's tar (and tarfile's check beside it), and with tarfile alone."""
+    if request.param == "tar" and archives.system_tar() is None:
+        pytest.skip("no GNU tar or bsdtar on this machine")
+    if request.param == "tarfile":
+        monkeypatch.setattr(archives, "system_tar", lambda: None)
+    return request.param
+
+
+def archive_with(tmp_path, *members):
+    """The tiny data set as a .tgz, with `members` (TarInfo, content) added."""
+    archive = tmp_path / "x.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(write_folder(tmp_path / "cifar10", n_train=1, n_test=1), arcname="cifar10")
+        for member, content in members:
+            member.size = len(content)
+            tar.addfile(member, io.BytesIO(content))
+    return archive
+
+
+def member(name, kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info, b"outside" if kind == tarfile.REGTYPE else b""
+
+
+UNSAFE = {
+    "an absolute name": (member("/evil.txt"), "has an absolute name"),
+    "a name through ..": (member("cifar10/../../evil.txt"), "leads out of its folder through '..'"),
+    "a link to an absolute path": (member("cifar10/evil.txt", tarfile.SYMTYPE, "/etc/passwd"), "links to '/etc/"),
+    "a link up the tree": (member("cifar10/evil.txt", tarfile.SYMTYPE, "../../x"), "outside its folder"),
+    "a hard link up the tree": (member("cifar10/evil.txt", tarfile.LNKTYPE, "../x"), "outside its folder"),
+    "a device file": (member("cifar10/evil.txt", tarfile.CHRTYPE), "is a device file or a pipe"),
+    "a pipe": (member("cifar10/evil.txt", tarfile.FIFOTYPE), "is a device file or a pipe"),
+}
+
+
+@pytest.mark.parametrize("unsafe,reason", UNSAFE.values(), ids=UNSAFE.keys())
+def test_a_member_that_could_write_outside_is_refused(tmp_path, isolated_cache, extractor, unsafe, reason):
+    archive = archive_with(tmp_path, unsafe)
+    with pytest.raises(DataError, match=f"{archive} is refused as unsafe \\(member .*{reason}"):
+        unpack(archive)
+    assert unpacked(isolated_cache) == []  # nothing kept, no partial folder left
+    assert not any(tmp_path.rglob("evil.txt")) and not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_a_link_that_stays_inside_is_unpacked(tmp_path, extractor):
+    folder = unpack(archive_with(tmp_path, member("cifar10/link.png", tarfile.SYMTYPE, "train/cat/0000.png")))
+    assert (folder / "cifar10" / "link.png").resolve() == folder / "cifar10" / "train" / "cat" / "0000.png"
+
+
+@pytest.mark.parametrize("keep", [100, 2000, -50])
+def test_a_damaged_archive_is_named(tmp_path, isolated_cache, extractor, keep):
+    whole = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "whole.tgz", "cifar10").read_bytes()
+    (tmp_path / "x.tgz").write_bytes(whole[:keep])
+    with pytest.raises(DataError, match=f"{tmp_path / 'x.tgz'} is damaged .*: download it again"):
+        unpack(tmp_path / "x.tgz")
+    assert unpacked(isolated_cache) == []
+
+
+def tar_says(stderr):
+    """subprocess.run for tar, failing with `stderr` after writing a file (GNU tar's messages)."""
+    def run(command, **kwargs):
+        (Path(command[command.index("-C") + 1]) / "written.png").write_bytes(b"half")
+        return subprocess.CompletedProcess(command, 2, "", stderr)
+    return run
+
+
+def test_a_full_disk_while_tar_unpacks_names_the_disk(tmp_path, isolated_cache, monkeypatch):
+    if archives.system_tar() is None:
+        pytest.skip("no GNU tar or bsdtar on this machine")
+    archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "x.tgz", "cifar10")
+    full = f"the disk holding {isolated_cache / 'unpacked'} is full \\(No space left on device\\): free space on it"
+    monkeypatch.setattr(archives.subprocess, "run", tar_says("tar: cifar10/train/cat/0003.png: Cannot write: No "
+                                                             "space left on device\ntar: Exiting with failure status"))
+    with pytest.raises(DataError, match=full):
+        unpack(archive)
+    # A file cut short is all tar says of it: the disk tells.
+    monkeypatch.setattr(archives.subprocess, "run", tar_says("tar: cifar10/x.png: Wrote only 512 of 10240 bytes"))
+    monkeypatch.setattr(archives, "disk_is_full", lambda path: True)
+    with pytest.raises(DataError, match=full):
+        unpack(archive)
+    assert unpacked(isolated_cache) == []
+
+
+def test_a_full_disk_while_tarfile_unpacks_names_the_disk(tmp_path, isolated_cache, monkeypatch):
+    monkeypatch.setattr(archives, "system_tar", lambda: None)
+    archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "x.tgz", "cifar10")
+
+    def no_space(self, tarinfo, targetpath):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), targetpath)
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", no_space)
+    with pytest.raises(DataError, match=f"the disk holding {isolated_cache / 'unpacked'} is full"):
+        unpack(archive)
+    assert unpacked(isolated_cache) == []
+
+
+def test_sigterm_while_unpacking_removes_what_was_begun_and_says_so(tmp_path, isolated_cache, extractor):
+    archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "x.tgz", "cifar10")
+
+    def sigterm_midway(*args, **kwargs):
+        partial, = (isolated_cache / "unpacked").glob(".partial-*")
+        (partial / "begun.png").write_bytes(b"half")
+        os.kill(os.getpid(), signal.SIGTERM)  # as a job scheduler sends it
+        time.sleep(10)
+
+    unhandled = signal.signal(signal.SIGTERM, lambda *args: pytest.fail("SIGTERM reached no handler of unpack's"))
+    try:
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(SetUpInterrupted, match=(
+                f"interrupted while unpacking {archive}: nothing of it is kept; run the same command again to start it "
+                "over")):
+            patch.setattr(archives, f"extract_with_{extractor}", sigterm_midway)
+            unpack(archive)
+    finally:
+        signal.signal(signal.SIGTERM, unhandled)
+    assert unpacked(isolated_cache) == []
+    assert unpack(archive).is_dir()  # and the same command goes on
