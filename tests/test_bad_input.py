@@ -678,6 +678,34 @@ CASES = {
         data_files(100)),
     "training images with a constant channel": ("train", first_training_image_without_red, REFUSE,
                                                 "have std 0 in the red channel", None),
+    # issue 17, class 3: refused before any work (tests/test_refusals.py: before torch loads)
+    "--device mps, which torch knows and the recipe does not run on": (
+        "train", flags("--device", "mps"), REFUSE, "--device mps is not a device this tool trains on", None),
+    "--device xla": ("train", flags("--device", "xla"), REFUSE, "--device xla is not a device this tool trains on",
+                     None),
+    "--device meta": ("train", flags("--device", "meta"), REFUSE, "--device meta is not a device this tool trains on",
+                      None),
+    "--device cuda:-1": ("train", flags("--device", "cuda:-1"), REFUSE, "is not a device this tool trains on", None),
+    "fp16 with --device cpu": ("train", flags("--device", "cpu", "--precision", "fp16"), REFUSE,
+                               "--precision fp16 needs a CUDA GPU (fastai's mixed precision), and --device cpu", None),
+    # issue 17, class 4: what is recorded is what happened
+    "a swept value given twice": ("train", flags("--sweep", "lr_max=1e-2,1e-2"), REFUSE,
+                                  "--sweep lr_max=1e-2,1e-2 gives lr_max 0.01 twice", None),
+    "a swept value given twice in two forms": ("train", flags("--sweep", "wd=0.01,1e-2,0.1"), REFUSE,
+                                               "gives wd 0.01 twice", None),
+    "--tta with --find-lr": ("train", flags("--find-lr", "--tta"), REFUSE,
+                             "--find-lr runs only the LR range test, which trains no model to evaluate: drop --tta",
+                             None),
+    "--target-acc with --find-lr": ("train", flags("--find-lr", "--target-acc", "0.9"), REFUSE, "drop --target-acc",
+                                    None),
+    "finder iterations too few for the LR rule": ("train", flags("--finder-iters", "15"), REFUSE,
+                                                  "--finder-iters must be at least 23, not 15", None),
+    "a weight decay that flips the weights at LRMAX": ("train", flags("--lr-max", "1e-3", "--wd", "1e308"), REFUSE,
+                                                       "--wd 1e+308 with --lr-max 0.001: decoupled weight decay", None),
+    "a weight decay just too large for LRMAX": ("train", flags("--lr-max", "1e-2", "--wd", "100"), REFUSE,
+                                                "give --wd below 100", None),
+    "a weight decay too large for any LR of the range test": ("train", flags("--wd", "1e308"), REFUSE,
+                                                              "--wd 1e+308 with the LR range test's lowest LR", None),
 }
 
 
@@ -779,3 +807,4 @@ def test_text_in_another_encoding_is_one_line_naming_it():
     error = UnicodeDecodeError("utf-8", b"\xffcat.png", 0, 1, "invalid start byte")
     assert unexpected_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
                                "for the traceback)")
+
