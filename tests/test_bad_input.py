@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,9 @@ import torch
 from PIL import Image
 
 import compare
+import files
 import predict
-from conftest import CLASSES, GIVEN_LRS, write_folder, write_python_batches, write_tgz
+from conftest import CLASSES, GIVEN_LRS, one_line_error, write_folder, write_python_batches, write_tgz
 from data import DataError, cifar10_dataloaders, cifar10_folder
 from errors import unexpected_line
 from train_fastai import main
@@ -808,3 +810,38 @@ def test_text_in_another_encoding_is_one_line_naming_it():
     assert unexpected_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
                                "for the traceback)")
 
+
+# Issue 17, class 5: output a person can read ----------------------------------------------
+
+CJK_CLASSES = ["飛行機", "自動車", "鳥", "猫", "鹿", "犬", "蛙", "馬", "船", "トラック"]
+
+
+def test_class_names_in_cjk_give_one_warning_line_not_one_per_character(tmp_path, monkeypatch, capsys):
+    """Without a font that has them, matplotlib warned once per character of the confusion matrix
+    and the misclassified images: 12 lines and more."""
+    monkeypatch.setattr(files, "shown_as_boxes", set())
+    folder = write_folder(tmp_path / "cjk", classes=CJK_CLASSES)
+    run_cli("train", ["--data", str(folder), *ONE_EPOCH], tmp_path, REPAIR)
+    err = capsys.readouterr().err
+    assert "Glyph" not in err
+    if not any(all(c in charmap for c in "".join(CJK_CLASSES)) for _, charmap in files.installed_charmaps()):
+        warning, = (line for line in err.splitlines() if "as boxes" in line)
+        assert warning.startswith("warning: the figures draw 17 characters of their labels as boxes")
+
+
+def test_csv_into_a_folder_that_is_not_writable_is_refused_before_any_work(tmp_path, run_dir, images, monkeypatch,
+                                                                           capsys):
+    """It printed every prediction, then failed naming its temporary file (.x.csv.tmp)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root writes anyway: see the folder as a user would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and Path(path) != locked)
+    try:
+        line = one_line_error(predict.main, ["--run", str(run_dir), str(images), "--csv", str(locked / "x.csv")],
+                              capsys)
+    finally:
+        locked.chmod(0o755)
+    assert line == f"error: {locked} is not writable for you: give --csv a file in a folder you can write to"
+    assert not any(locked.iterdir())

@@ -1,8 +1,10 @@
 """files.atomic: every file of a run is written under a temporary name, renamed into place, and
-gets the mode any new file gets."""
+gets the mode any new file gets; files.save_figure: labels in any script."""
 import os
 import stat
+import warnings
 
+import matplotlib
 import torch
 from safetensors.torch import save_file
 
@@ -29,3 +31,39 @@ def test_a_written_file_gets_the_mode_open_gives_even_from_a_writer_that_makes_i
     (tmp_path / "plain.txt").write_text("")  # open() gives 0666 less the umask
     modes = {path.name: stat.S_IMODE(os.stat(path).st_mode) for path in tmp_path.iterdir()}
     assert modes["model.safetensors"] == modes["plain.txt"]
+
+
+# Issue 17, class 5: figures whose labels are in any script --------------------------------
+
+def figure_titled(title):
+    import matplotlib.pyplot as plt
+    files.figures_to_files()
+    fig, ax = plt.subplots()
+    ax.set_title(title)
+    return fig
+
+
+def test_characters_no_font_has_are_one_warning_line_a_process_not_one_a_character(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(files, "shown_as_boxes", set())
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        files.save_figure(figure_titled("猫と犬"), tmp_path / "a.png")
+        files.save_figure(figure_titled("犬"), tmp_path / "b.png")  # nothing new to say
+    assert [str(warning.message) for warning in shown] == []
+    assert capsys.readouterr().err == ("warning: the figures draw 3 characters of their labels as boxes (と犬猫): no "
+                                       "installed font has them; install one that does (Noto Sans CJK for Chinese, "
+                                       "Japanese or Korean) for readable figures\n")
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_a_character_the_default_font_lacks_is_drawn_with_an_installed_font_that_has_it(tmp_path, capsys):
+    """matplotlib's own STIX fonts have arrows that DejaVu Sans lacks: the figure takes one of them."""
+    with matplotlib.rc_context(), warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        fig = figure_titled("⤸")
+        files.save_figure(fig, tmp_path / "arrow.png")
+        assert matplotlib.rcParams["font.family"][1:] == fig.axes[0].title.get_fontfamily()[1:]  # later figures too
+    family = fig.axes[0].title.get_fontfamily()[-1]
+    assert family != "DejaVu Sans" and any(name == family and "⤸" in charmap
+                                           for name, charmap in files.installed_charmaps())
+    assert [str(warning.message) for warning in shown] == [] and capsys.readouterr().err == ""
