@@ -86,9 +86,10 @@ def save_figure(fig, path):
             missing = draw_noting_missing_glyphs(fig, tmp, path.suffix[1:])
     plt.close(fig)
     if missing - shown_as_boxes:
-        warn(f"the figures draw {len(missing)} characters of their labels as boxes ({''.join(sorted(missing))[:20]}): "
-             "no installed font has them; install one that does (Noto Sans CJK for Chinese, Japanese or Korean) "
-             "for readable figures")
+        characters = f"{len(missing)} character{'s' if len(missing) > 1 else ''}"
+        warn(f"the figures draw {characters} of their labels as boxes ({''.join(sorted(missing))[:20]}): no installed "
+             "font has them; install one that does (Noto Sans CJK for Chinese, Japanese or Korean) for readable "
+             "figures")
         shown_as_boxes.update(missing)
 
 

@@ -751,8 +751,9 @@ def test_a_damaged_index_is_refused_before_a_run_folder_exists(tmp_path, tiny_fo
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        main(["--data", str(tmp_path / "nope"), "--debug"])
+    (tmp_path / "empty").mkdir()  # a missing --data is a flag's error, refused before torch loads
+    with pytest.raises(DataError, match="neither train/ and test/"):
+        main(["--data", str(tmp_path / "empty"), "--debug"])
     with pytest.raises(predict.PredictError, match="is not a folder"):
         predict.main(["--run", str(tmp_path / "nope"), str(tmp_path), "--debug"])
     with pytest.raises(compare.CompareError, match="is not a folder"):
