@@ -269,14 +269,17 @@ def read_run_file(p, path):
     return content
 
 
-def wd_problem(wd, lr, which):
-    """Why decoupled weight decay `wd` cannot train at the LR `lr` (`which` LR, in words), where
-    LR x wd is 1 or more. Each step scales every weight by 1 - LR x wd: from 1 on that zeroes the
-    weights or flips their sign instead of shrinking them, and from 2 on they grow without bound, a
-    divergence that would look like the LR's."""
-    return (f"--wd {wd:g} with {which}: decoupled weight decay scales every weight by 1 - LR x wd a step, "
-            f"{1 - lr * wd:.3g} here, which zeroes or flips the weights instead of decaying them; give --wd below "
-            f"{1 / lr:g} (the recipe's is {RECIPE['wd']})")
+def wd_problem(wd, lr, lr_flag=None):
+    """Why decoupled weight decay `wd` cannot train at the LR `lr` (given as `lr_flag`, or else the
+    range test's lowest), where LR x wd is 1 or more. Each step scales every weight by 1 - LR x wd:
+    from 1 on that zeroes the weights or flips their sign instead of shrinking them, and from 2 on
+    they grow without bound, a divergence that would look like the LR's."""
+    which = f"{lr_flag} {lr:g}" if lr_flag else f"the LR range test's lowest LR, {lr:g},"
+    # A lower LR only where one would be an LR at all: not below the range test's lowest.
+    lower_lr = f", or {lr_flag} below {1 / wd:g}" if lr_flag and 1 / wd > FINDER_START_LR else ""
+    return (f"{which} with --wd {wd:g}: decoupled weight decay scales every weight by 1 - LR x wd a step, "
+            f"{1 - lr * wd:.3g} here, which zeroes or flips the weights instead of decaying them; keep LR x wd below "
+            f"1: --wd below {1 / lr:g}{lower_lr} (the recipe's wd is {RECIPE['wd']})")
 
 
 def lr_source(lr_min, lr_max):
@@ -352,10 +355,9 @@ def invalid_settings(args):
         yield f"--wd must not be negative, not {args.wd}"
     # Without --lr-max the range test runs with this wd, so the LRMAX it finds suits it; only its
     # lowest LR can already be too high for it.
-    lr, which = ((args.lr_max, f"--lr-max {args.lr_max:g}") if args.lr_max else
-                 (FINDER_START_LR, f"the LR range test's lowest LR, {FINDER_START_LR:g}"))
+    lr, lr_flag = (args.lr_max, "--lr-max") if args.lr_max else (FINDER_START_LR, None)
     if args.wd * lr >= 1:
-        yield wd_problem(args.wd, lr, which)
+        yield wd_problem(args.wd, lr, lr_flag)
     if not 0 <= args.label_smoothing < 1:
         yield f"--label-smoothing must lie in [0, 1), not {args.label_smoothing}"
     if args.target_acc is not None and not 0 < args.target_acc <= 1:

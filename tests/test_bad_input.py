@@ -702,12 +702,17 @@ CASES = {
                                     None),
     "finder iterations too few for the LR rule": ("train", flags("--finder-iters", "15"), REFUSE,
                                                   "--finder-iters must be at least 23, not 15", None),
-    "a weight decay that flips the weights at LRMAX": ("train", flags("--lr-max", "1e-3", "--wd", "1e308"), REFUSE,
-                                                       "--wd 1e+308 with --lr-max 0.001: decoupled weight decay", None),
+    "a weight decay that flips the weights at LRMAX": (
+        "train", flags("--lr-max", "1e-3", "--wd", "1e308"), REFUSE,
+        "--lr-max 0.001 with --wd 1e+308: decoupled weight decay scales every weight by 1 - LR x wd a step, -1e+305 "
+        "here, which zeroes or flips the weights instead of decaying them; keep LR x wd below 1: --wd below 1000 (",
+        None),
     "a weight decay just too large for LRMAX": ("train", flags("--lr-max", "1e-2", "--wd", "100"), REFUSE,
-                                                "give --wd below 100", None),
-    "a weight decay too large for any LR of the range test": ("train", flags("--wd", "1e308"), REFUSE,
-                                                              "--wd 1e+308 with the LR range test's lowest LR", None),
+                                                "keep LR x wd below 1: --wd below 100, or --lr-max below 0.01", None),
+    "an LRMAX too large for the recipe's weight decay": ("train", flags("--lr-min", "10", "--lr-max", "1000"), REFUSE,
+                                                         "--wd below 0.001, or --lr-max below 100 (the recipe's", None),
+    "a weight decay too large for any LR of the range test": (
+        "train", flags("--wd", "1e308"), REFUSE, "the LR range test's lowest LR, 1e-07, with --wd 1e+308", None),
 }
 
 

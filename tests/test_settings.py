@@ -132,4 +132,4 @@ def test_each_lr_records_its_own_source():
 
 def test_a_weight_decay_is_checked_against_each_swept_lr_max(capsys):
     assert parse_args(["--wd", "50", "--lr-max", "1e-2"]).wd == 50  # 1 - 0.5 a step: strong, but a decay
-    assert "--wd 50 with --lr-max 0.02" in refusal(["--wd", "50", "--sweep", "lr_max=1e-2,2e-2"], capsys)
+    assert "--lr-max 0.02 with --wd 50" in refusal(["--wd", "50", "--sweep", "lr_max=1e-2,2e-2"], capsys)

@@ -116,8 +116,9 @@ def test_bad_input_from_the_shell_prints_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "train_fastai.py"), "--data", str(tmp_path / "missing")],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'} does not exist: point --data "
-                                                "or CIFAR10_DATA at a CIFAR-10 folder or .tgz"]
+    assert done.stderr.strip().splitlines() == [f"error: --data {tmp_path / 'missing'}: {tmp_path / 'missing'} does "
+                                                "not exist: give a CIFAR-10 folder or .tgz (fastai's layout or the "
+                                                "python version) (see --help)"]
 
 
 def test_it_learns_real_cifar10(tmp_path):
