@@ -7,22 +7,41 @@ Without folders it compares every finished run listed in <out>/index.csv. A grou
 (the settings that differ between them, final and TTA accuracy, fit time, epochs to 90/93/94%)
 and, where several runs share a configuration, their mean, std, min and max; the figure (by
 default a new <out>/compare-<time>.png) shows test accuracy per epoch and the LR schedule of every
-run on shared axes.
+run on shared axes, a colour and a legend entry per configuration (past ten runs, each
+configuration's mean and range over its seeds).
 """
 import argparse
-import json
-import re
-from datetime import datetime
+import sys
 from pathlib import Path
-
-import matplotlib.pyplot as plt
-import pandas as pd
-from filelock import FileLock
-from matplotlib.backend_bases import FigureCanvasBase
 
 from errors import BadInput, one_line_errors, warn
 from files import atomic, check_new_file, figures_to_files, save_figure, unused_names
 from settings import OneLineParser, user_path
+
+
+def parse_args(argv=None):
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run or group folders (default: every run in the index)")
+    p.add_argument("--out", type=user_path, default=Path("runs"), help="the folder holding index.csv (default runs)")
+    p.add_argument("--png", type=user_path, help="the figure to write (.png, .pdf, .svg, ...); never overwritten "
+                                            "(default: a new <out>/compare-<time>.png)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags answer before pandas and matplotlib load (seconds)
+
+# The rest loads in seconds: it comes after the flags are checked.
+import json  # noqa: E402
+import re  # noqa: E402
+from datetime import datetime  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from filelock import FileLock  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
 # What a comparison shows of each run's config.json and summary.json. data_sha256 and classes
 # show runs on other data (whose accuracies do not compare).
@@ -41,6 +60,8 @@ SUMMARY_NUMBERS = ["final_accuracy", "fit_seconds"]  # what the tables need of e
 RUN_FILE_FIX = "leave its run out, or delete the run"
 INDEX_FIX = "repair it, or move it away (the next finished run starts a new index)"
 GROUP_NAME = re.compile(r"-group(-\d+)?$")  # train_fastai.py's name for a group folder, -2 and on if taken
+MAX_LINES = 10  # runs drawn one line each; beyond, each configuration's mean and range
+LEGEND_ROWS = 24  # legend entries in a column of the figure's height at font size 8
 
 
 class CompareError(BadInput):
@@ -57,7 +78,9 @@ def append_to_index(out, run_dir, config, summary):
     becomes a new column (empty in older rows). A run has one row: one resumed after its row was
     written (stopped before it deleted its checkpoint) replaces it."""
     index = Path(out) / "index.csv"
-    settings = {key: json.dumps(value) if isinstance(value, (list, dict)) else value for key, value in config.items()}
+    # Lists (the class names) as JSON, their text as it is: the CSV is UTF-8, and "\\u732b" is no name.
+    settings = {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+                for key, value in config.items()}
     row = pd.DataFrame([{"run": run_dir.name, "finished": datetime.now().isoformat(timespec="seconds"),
                          "git_commit": summary.get("git_commit"), **settings, **headline(summary)}])
     with FileLock(index.with_name(".index.csv.lock")):
@@ -247,21 +270,44 @@ def format_points(table):
 
 
 def write_figure(runs, path):
+    save_figure(comparison_figure(runs), path)
+
+
+def comparison_figure(runs):
     """Test accuracy per epoch and the LR schedule of every run, on shared axes; one colour per
-    configuration, so seeds of the same point share it."""
-    fig, (ax_acc, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
-    colours = {}
-    for run in runs.itertuples():
-        key = (run.group, run.point)
-        first = key not in colours
-        colour = colours.setdefault(key, f"C{len(colours) % 10}")
-        label = (run.point or run.group) if first else None
-        ax_acc.plot(run.history.epoch + 1, 100 * run.history.accuracy, marker="o", c=colour, alpha=0.8, label=label)
-        ax_lr.plot(run.schedule.epoch, run.schedule.lr, c=colour, alpha=0.8, label=label)
+    configuration, so seeds of the same point share it. Beyond MAX_LINES runs, a configuration's
+    seeds are drawn as their mean accuracy and its range, so that many runs stay readable."""
+    configurations = runs.groupby(["group", "point"], sort=False)
+    # The legend beside the axes, one entry per configuration, in as many columns as fit the figure's
+    # height; the figure widens by a column's width for each column after the first.
+    columns = -(-configurations.ngroups // LEGEND_ROWS)
+    fig, (ax_acc, ax_lr) = plt.subplots(1, 2, figsize=(12 + 2 * (columns - 1), 4.5), sharex=True,
+                                        layout="constrained")
+    for ((group, point), members), colour in zip(configurations, configuration_colours(configurations.ngroups)):
+        label = point or group
+        if len(runs) > MAX_LINES and len(members) > 1:
+            accuracy = 100 * pd.concat(list(members.history)).groupby("epoch").accuracy.agg(["mean", "min", "max"])
+            ax_acc.plot(accuracy.index + 1, accuracy["mean"], marker="o", c=colour, label=f"{label} ({len(members)} "
+                        "runs: mean, min-max)")
+            ax_acc.fill_between(accuracy.index + 1, accuracy["min"], accuracy["max"], color=colour, alpha=0.2)
+        else:
+            for i, run in enumerate(members.itertuples()):
+                ax_acc.plot(run.history.epoch + 1, 100 * run.history.accuracy, marker="o", c=colour, alpha=0.8,
+                            label=None if i else label)
+        for run in members.itertuples():
+            ax_lr.plot(run.schedule.epoch, run.schedule.lr, c=colour, alpha=0.8)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="one-cycle LR schedule")
-    ax_acc.legend(fontsize=8)
-    save_figure(fig, path)
+    fig.legend(loc="outside right upper", fontsize=8, ncols=columns)
+    return fig
+
+
+def configuration_colours(count):
+    """matplotlib's ten distinct colours, or beyond ten one colour each from a colormap, in order
+    (a sweep's points from its lowest value to its highest)."""
+    if count <= 10:
+        return [f"C{k}" for k in range(count)]
+    return list(plt.get_cmap("viridis")(np.linspace(0, 0.9, count)))  # its last tenth is too pale on white
 
 
 def figure_path(png, out):
@@ -278,13 +324,7 @@ def figure_path(png, out):
 
 
 def main(argv=None):
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run or group folders (default: every run in the index)")
-    p.add_argument("--out", type=user_path, default=Path("runs"), help="the folder holding index.csv (default runs)")
-    p.add_argument("--png", type=user_path, help="the figure to write (.png, .pdf, .svg, ...); never overwritten "
-                                            "(default: a new <out>/compare-<time>.png)")
-    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     figures_to_files()
     with one_line_errors(args.debug):
         runs = load_runs(distinct_runs(given_runs(args.runs) if args.runs else indexed_runs(args.out)))

@@ -6,10 +6,15 @@ import json
 import os
 import re
 import shutil
+import warnings
 from contextlib import contextmanager
 from functools import cache
 
-from errors import BadInput
+from errors import BadInput, warn
+
+MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")  # matplotlib's warning, one per character
+NOT_A_FALLBACK = "Last Resort"  # matplotlib's font of placeholder boxes: it "has" every character
+shown_as_boxes = set()  # the characters a warning has named already in this process
 
 
 # What torch's zip writer (torch.save) says when a write fails: "PytorchStreamWriter failed writing
@@ -90,23 +95,87 @@ def check_new_file(path, flag):
         raise BadInput(f"{path} exists already{as_link}: give {flag} a new file name")
     if not path.parent.is_dir():
         raise BadInput(f"{path.parent} is not a folder: give {flag} a file in an existing folder, or create it first")
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # else refused at the end, after the work, by a temporary name
+        raise BadInput(f"{path.parent} is not writable for you: give {flag} a file in a folder you can write to")
 
 
 def figures_to_files():
-    """matplotlib set up for figures that go to files: no window (Agg), and every label plain text.
-    Class and run names are the user's: with mathtext a '$' in one is TeX, and an unknown command
-    in it fails the figure, after training, so that the run's outputs are lost."""
+    """matplotlib set up for figures that go to files: no window (Agg), every label plain text, and
+    no warning per character that no font has. Class and run names are the user's: with mathtext a
+    '$' in one is TeX, and an unknown command in it fails the figure, after training, so that the
+    run's outputs are lost."""
     import matplotlib
     matplotlib.use("Agg")
     matplotlib.rcParams["text.parse_math"] = False
+    # A warning per character a font lacks, wherever text is laid out (fastai's tight_layout too):
+    # save_figure says it once instead.
+    warnings.filterwarnings("ignore", message=MISSING_GLYPH.pattern)
 
 
 def save_figure(fig, path):
-    """A matplotlib figure as an image file (the format from the suffix), then closed."""
+    """A matplotlib figure as an image file (the format from the suffix), then closed. Characters
+    that its fonts lack (class names in Chinese, say) are drawn with an installed font that has
+    them, where there is one; else one warning line names them, once a process, in place of
+    matplotlib's warning for each character."""
     import matplotlib.pyplot as plt  # here, so that predict.py, which only needs atomic(), never loads it
     with atomic(path) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:], dpi=120, bbox_inches="tight")
+        missing = draw_noting_missing_glyphs(fig, tmp, path.suffix[1:])
+        if missing and add_fallback_font(fig, missing):
+            missing = draw_noting_missing_glyphs(fig, tmp, path.suffix[1:])
     plt.close(fig)
+    if missing - shown_as_boxes:
+        characters = f"{len(missing)} character{'s' if len(missing) > 1 else ''}"
+        warn(f"the figures draw {characters} of their labels as boxes ({''.join(sorted(missing))[:20]}): no installed "
+             "font has them; install one that does (Noto Sans CJK for Chinese, Japanese or Korean) for readable "
+             "figures")
+        shown_as_boxes.update(missing)
+
+
+def draw_noting_missing_glyphs(fig, file, file_format):
+    """Save `fig`; returns the characters no font of it has. matplotlib's other warnings pass."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message=MISSING_GLYPH.pattern)  # drawing meets every character
+        fig.savefig(file, format=file_format, dpi=120, bbox_inches="tight")
+    missing = set()
+    for warning in caught:
+        glyph = MISSING_GLYPH.match(str(warning.message))
+        if glyph:
+            missing.add(chr(int(glyph[1])))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return missing
+
+
+def add_fallback_font(fig, missing):
+    """Add the installed font that has the most of the `missing` characters after the fonts of
+    every text of `fig`, and of the figures to come; False where no font has any of them."""
+    import matplotlib
+    from matplotlib.text import Text
+    covered, family = max(((len(missing & charmap), family) for family, charmap in installed_charmaps()),
+                          default=(0, None))
+    if not covered:
+        return False
+    matplotlib.rcParams["font.family"] = [*matplotlib.rcParams["font.family"], family]
+    for text in fig.findobj(Text):
+        text.set_fontfamily([*text.get_fontfamily(), family])
+    return True
+
+
+@cache
+def installed_charmaps():
+    """(family, the characters it has) of each font matplotlib knows: read once a process, and
+    only where a figure lacks a character."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+    charmaps = []
+    for entry in font_manager.fontManager.ttflist:
+        if entry.name.startswith(NOT_A_FALLBACK):
+            continue
+        try:
+            charmaps.append((entry.name, frozenset(map(chr, FT2Font(entry.fname).get_charmap()))))
+        except (OSError, RuntimeError):  # a font file it cannot read
+            continue
+    return charmaps
 
 
 def unused_names(stem, attempts=999):

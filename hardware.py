@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from fastai.vision.all import set_seed
 
-from settings import UsageError
+from settings import UsageError, no_gpu
 
 # What torch says when an allocation fails, on the CPU (DefaultCPUAllocator) or elsewhere.
 OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")
@@ -25,7 +25,11 @@ def resolve_device(name):
     except RuntimeError:
         raise UsageError(f"--device {name} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+        raise UsageError(no_gpu(name))
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= count:  # else torch's "invalid device ordinal" traceback
+        last = f" to cuda:{count - 1}" if count > 1 else ""
+        raise UsageError(f"--device {name}: the CUDA GPUs here are cuda:0{last}: give one of them")
     return device
 
 

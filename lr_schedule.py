@@ -10,9 +10,8 @@ from fastai.vision.all import Callback
 
 from files import save_figure, write_csv, write_json
 from recording import quiet
-from settings import UsageError
+from settings import FINDER_END_LR, FINDER_START_LR, UsageError
 
-FINDER_START_LR, FINDER_END_LR = 1e-7, 10
 # The smoothed loss must fall by more than this many standard deviations of one batch's loss. Pure
 # noise through fastai's smoothing (an average over about 50 batches) falls, from the start of the
 # usable curve to its lowest point, by 0.9 of them at the 99th percentile of 5,000 flat curves of
@@ -48,6 +47,9 @@ def batch_noise(batch_losses):
 def lr_bounds(curve, max_divisor=10, descent_fraction=0.1):
     """LRMIN and LRMAX from a range test's usable curve (lr, smoothed loss, batch loss): the rule
     in LR_RULE."""
+    if len(curve) < 2:  # usable_curve cut it at its first NaN: the loss was not finite from the start
+        raise UsageError("the LR range test's loss was not a finite number from its first iterations: it found no LR "
+                         "that trains; check the data and --wd, or give --lr-max and --lr-min")
     lrs, losses = curve.lr.to_numpy(), curve.loss.to_numpy()
     lowest = int(np.argmin(losses))
     fall, noise = losses[0] - losses[lowest], batch_noise(curve.batch_loss)

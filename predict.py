@@ -12,23 +12,13 @@ Any image size or mode is accepted: it is converted to RGB and squashed (not cro
 as in training.
 """
 import argparse
-import json
 import os
 import sys
-import warnings
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from customresnet import CustomResNet
-from errors import BadInput, one_line_errors
+from errors import BadInput, one_line_errors, warn
 from files import atomic, check_new_file
-from images import has_image_extension, read_rgb32
+from images import has_image_extension
 from settings import OneLineParser, user_path
 
 REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
@@ -58,6 +48,89 @@ def weights_files(run_dir):
             raise PredictError(f"the reference checkpoint {path} is not here: give --run RUN_DIR, or write it "
                                "from a 24-epoch run with `python bench/reference.py RUN_DIR`")
     return files
+
+
+def image_paths(inputs):
+    """The images to classify: the files given, and the files with an image extension in the
+    folders given (at any depth); and the other files in those folders, which are skipped."""
+    paths, skipped = [], []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            files = sorted(p for p in given.rglob("*") if p.is_file())
+            paths += [p for p in files if has_image_extension(p.name)]
+            skipped += [p for p in files if not has_image_extension(p.name)]
+        elif given.is_file():
+            paths.append(given)
+        elif given.exists():
+            raise PredictError(f"{given} is not a regular file: give image files or folders of images")
+        else:
+            raise PredictError(f"{given} does not exist: give image files or folders of images")
+    if not paths:
+        raise PredictError(f"no images found in {', '.join(inputs)}: give image files or folders of images")
+    return paths, skipped
+
+
+def skipped_line(skipped):
+    """One line for the files of the folders given that are not images by their name."""
+    examples = ", ".join(display_name(p.name) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return (f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''} without an image extension in the folders "
+            f"given ({examples}): give such a file by its own path to classify it")
+
+
+def display_name(path):
+    """The path as text that prints and goes into a UTF-8 CSV: bytes of the name that are not
+    UTF-8 are written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_arguments(args):
+    """Everything about the request that can be refused before torch loads (seconds): the output
+    file, the run folder and its files, the images."""
+    if args.csv:
+        check_new_file(args.csv, "--csv")
+    if args.run_dir is not None and not args.run_dir.is_dir():
+        raise PredictError(f"{args.run_dir} is not a folder: give --run a run folder written by train_fastai.py")
+    if args.pickle and args.run_dir is None:
+        raise PredictError("--pickle loads a run folder's export.pkl: give --run RUN_DIR")
+    if not args.pickle:
+        weights_files(args.run_dir)
+    return image_paths(args.images)
+
+
+def parse_args(argv=None):
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--run", type=user_path, dest="run_dir",
+                   help="a run folder written by train_fastai.py (default: the reference checkpoint in models/)")
+    p.add_argument("--topk", type=int, default=1, help="also show the next most likely classes (default 1)")
+    p.add_argument("--csv", type=user_path, help="also write the predictions to this CSV file (never overwritten)")
+    p.add_argument("--pickle", action="store_true",
+                   help="load export.pkl with fastai (runs code from the file) instead of model.safetensors")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
+    args = p.parse_args(argv)
+    if args.topk < 1:
+        p.error(f"--topk must be at least 1, not {args.topk}")
+    return args
+
+
+if __name__ == "__main__":
+    early = parse_args(sys.argv[1:])  # bad flags and input answer before torch loads
+    with one_line_errors(early.debug):
+        check_arguments(early)
+
+# The rest loads torch (seconds): it comes after the checks.
+import json  # noqa: E402
+import warnings  # noqa: E402
+from collections import Counter  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from customresnet import CustomResNet  # noqa: E402
+from images import read_rgb32  # noqa: E402
 
 
 def read_classes(meta):
@@ -109,22 +182,6 @@ def load_model(weights):
     return model.eval()
 
 
-def image_paths(inputs):
-    paths = []
-    for given in map(Path, inputs):
-        if given.is_dir():
-            paths += sorted(p for p in given.rglob("*") if has_image_extension(p.name) and p.is_file())
-        elif given.is_file():
-            paths.append(given)
-        elif given.exists():
-            raise PredictError(f"{given} is not a regular file: give image files or folders of images")
-        else:
-            raise PredictError(f"{given} does not exist: give image files or folders of images")
-    if not paths:
-        raise PredictError(f"no images found in {', '.join(inputs)}: give image files or folders of images")
-    return paths
-
-
 @torch.no_grad()
 def predict_safetensors(run_dir, paths):
     weights, meta = weights_files(run_dir)
@@ -167,12 +224,6 @@ def predict_pickle(run_dir, paths):
     return probs, list(learn.dls.vocab)
 
 
-def display_name(path):
-    """The path as text that prints and goes into a UTF-8 CSV: bytes of the name that are not
-    UTF-8 are written as \\xNN."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def predictions_table(paths, probs, classes, topk):
     top_probs, top_idxs = probs.topk(min(topk, len(classes)), dim=1)
     rows = []
@@ -185,31 +236,12 @@ def predictions_table(paths, probs, classes, topk):
     return pd.DataFrame(rows)
 
 
-def check_arguments(args):
-    if args.csv:
-        check_new_file(args.csv, "--csv")
-    if args.run_dir is not None and not args.run_dir.is_dir():
-        raise PredictError(f"{args.run_dir} is not a folder: give --run a run folder written by train_fastai.py")
-    if args.pickle and args.run_dir is None:
-        raise PredictError("--pickle loads a run folder's export.pkl: give --run RUN_DIR")
-
-
 def main(argv=None):
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", help="image files or folders of images")
-    p.add_argument("--run", type=user_path, dest="run_dir",
-                   help="a run folder written by train_fastai.py (default: the reference checkpoint in models/)")
-    p.add_argument("--topk", type=int, default=1, help="also show the next most likely classes (default 1)")
-    p.add_argument("--csv", type=user_path, help="also write the predictions to this CSV file (never overwritten)")
-    p.add_argument("--pickle", action="store_true",
-                   help="load export.pkl with fastai (runs code from the file) instead of model.safetensors")
-    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
-    args = p.parse_args(argv)
-    if args.topk < 1:
-        p.error(f"--topk must be at least 1, not {args.topk}")
+    args = parse_args(argv)
     with one_line_errors(args.debug):
-        check_arguments(args)
-        paths = image_paths(args.images)
+        paths, skipped = check_arguments(args)
+        if skipped:
+            warn(skipped_line(skipped))
         predict = predict_pickle if args.pickle else predict_safetensors
         probs, classes = predict(args.run_dir, paths)
         table = predictions_table(paths, probs, classes, args.topk)

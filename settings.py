@@ -9,6 +9,8 @@ import itertools
 import json
 import math
 import os
+import re
+import sys
 from pathlib import Path
 
 import lifecycle
@@ -28,8 +30,17 @@ RUN_SETTINGS = ("preset", "epochs", "peak_epoch", "bs", "lr_max", "lr_min", "wd"
 # What else a resumed run takes back from its config.json: it is still the same run, in its group.
 RESUMED = (*RUN_SETTINGS, "name", "tta", "target_acc")
 UNSET = object()
+# The LR range test's sweep (lr_schedule.find_lr): here, where the --wd check reads its lowest LR.
+FINDER_START_LR, FINDER_END_LR = 1e-7, 10
+# The fewest range test iterations whose usable curve (lr_schedule.usable_curve drops the first
+# tenth and the last 5 points) reaches 0.069, the LR of CIFAR-10's lowest smoothed loss in
+# tests/data/lr_find_cifar10.csv: with fewer it ends while the loss still falls, and the LR rule
+# fails, or puts LRMAX at the curve's end. tests/test_lr_schedule.py derives it from fastai's sweep.
+FINDER_ITERS_MIN = 23
 SEED_LIMIT = 2**63  # torch.manual_seed takes signed 64-bit numbers and wraps negative ones
 NAME_LIMIT = 200  # bytes of --name: a run folder is <timestamp>-<name>[-<sweep point>-seed<N>][-group]
+DEVICES = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what the recipe runs on; torch also knows mps, xla, meta, ...
+NO_GPU = "no CUDA GPU is visible here"
 
 
 class UsageError(BadInput):
@@ -50,7 +61,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def parse_args(argv=None, description=None):
+def parse_args(argv=None, description=None, reads_data=True):
+    """The run's settings from `argv`, every check that needs no torch done (a bad one exits with
+    its one line); `reads_data=False` for a caller that gives its own data (bench/overhead.py)."""
     p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--find-lr", action="store_true",
                    help="run only the LR range test and write lr_find.csv/.png/.json")
@@ -107,9 +120,14 @@ def parse_args(argv=None, description=None):
                    help="continue the interrupted run in RUN_DIR from its last finished epoch, with its settings")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
+    check_machine(p, args, reads_data)
     # Before --resume reads its folder: these modes make no single run to resume.
     if args.find_lr and (args.runs > 1 or args.sweep):
         p.error("--find-lr runs the LR range test once: drop --runs and --sweep")
+    # Before the preset fills them in: `--preset fast --find-lr` is fine, its TTA is the preset's.
+    evaluating = [flag for flag, given in (("--tta", args.tta), ("--target-acc", args.target_acc is not None)) if given]
+    if args.find_lr and evaluating:
+        p.error(f"--find-lr runs only the LR range test, which trains no model to evaluate: drop {evaluating[0]}")
     if args.resume and (args.runs > 1 or args.sweep):
         p.error("--resume continues one run: drop --runs and --sweep")
     if args.resume and args.find_lr:
@@ -131,6 +149,57 @@ def parse_args(argv=None, description=None):
         for problem in invalid_settings(member(args, point)):
             p.error(problem)
     return args
+
+
+def check_training_flags(args, names):
+    """The flags a bench shares with train_fastai.py (`names`, "data" among them if it reads the
+    data), checked by train_fastai.py's own parser: a value it refuses (an LR of inf, a batch of 0)
+    stops the bench with its one line before anything runs."""
+    given = [(name, getattr(args, name)) for name in names if getattr(args, name) is not None]
+    parse_args([text for name, value in given for text in (option(name), str(value))], reads_data="data" in names)
+
+
+def check_out_folder(p, out):
+    """Refuse, before any work, a bench's --out that is a file: its mkdir would be a FileExistsError
+    traceback."""
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is not a folder: give --out a folder for the results (a missing one is created)")
+
+
+def check_machine(p, args, reads_data):
+    """What can be refused before torch loads (seconds): a --device the recipe does not run on, a
+    GPU or mixed precision on a machine that certainly has no GPU, data that is not there."""
+    if not DEVICES.fullmatch(args.device):
+        p.error(f"--device {args.device} is not a device this tool trains on: use auto, cpu, cuda or cuda:N")
+    if args.device.startswith("cuda") and no_cuda_here():
+        p.error(no_gpu(args.device))
+    if args.precision in ("bf16", "fp16") and (args.device == "cpu" or no_cuda_here()):
+        reason = "--device cpu trains on the CPU" if args.device == "cpu" else NO_GPU
+        p.error(f"--precision {args.precision} needs a CUDA GPU (fastai's mixed precision), and {reason}: "
+                "use --precision fp32, or auto")
+    data = args.data or (os.environ.get("CIFAR10_DATA") if reads_data and not args.resume else None)  # see resume_settings
+    if data and not Path(data).expanduser().exists():
+        given = f"--data {data}" if args.data else f"CIFAR10_DATA={data}"
+        p.error(f"{given}: {Path(data).expanduser().absolute()} does not exist: give a CIFAR-10 folder or .tgz "
+                "(fastai's layout or the python version)")
+
+
+def no_gpu(device):
+    """The line for a --device that names a GPU this machine lacks."""
+    return f"--device {device}: {NO_GPU}; use --device cpu"
+
+
+def no_cuda_here():
+    """True where torch will certainly find no CUDA GPU, known without loading it: on Linux, no
+    NVIDIA driver (/proc/driver/nvidia), no GPU device node (/dev/nvidia0 and on, WSL's /dev/dxg,
+    ROCm's /dev/kfd, which torch.cuda also drives), or CUDA_VISIBLE_DEVICES="" hiding them all.
+    Elsewhere only torch can tell: False, and hardware.resolve_device decides."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    nodes = [Path("/proc/driver/nvidia"), Path("/dev/dxg"), Path("/dev/kfd"), *Path("/dev").glob("nvidia[0-9]*")]
+    return not any(node.exists() for node in nodes)
 
 
 def resume_settings(p, argv, args):
@@ -229,6 +298,30 @@ def read_run_file(p, path):
     return content
 
 
+def wd_problem(wd, lr, lr_flag=None):
+    """Why decoupled weight decay `wd` cannot train at the LR `lr` (given as `lr_flag`, or else the
+    range test's lowest), where LR x wd is 1 or more. Each step scales every weight by 1 - LR x wd:
+    from 1 on that zeroes the weights or flips their sign instead of shrinking them, and from 2 on
+    they grow without bound, a divergence that would look like the LR's."""
+    which = f"{lr_flag} {lr:g}" if lr_flag else f"the LR range test's lowest LR, {lr:g},"
+    # A lower LR only where one would be an LR at all: not below the range test's lowest.
+    lower_lr = f", or {lr_flag} below {1 / wd:g}" if lr_flag and 1 / wd > FINDER_START_LR else ""
+    return (f"{which} with --wd {wd:g}: decoupled weight decay scales every weight by 1 - LR x wd a step, "
+            f"{1 - lr * wd:.3g} here, which zeroes or flips the weights instead of decaying them; keep LR x wd below "
+            f"1: --wd below {1 / lr:g}{lower_lr} (the recipe's wd is {RECIPE['wd']})")
+
+
+def lr_source(lr_min, lr_max):
+    """Where a run's LRs come from, as config.json records it, given the --lr-min and --lr-max
+    values (None where not given): "flags" or "lr_find.json" for both, or each LR's own where the
+    range test finds one of them."""
+    sources = {name: "lr_find.json" if value is None else "flags" for name, value in (("lr_min", lr_min),
+                                                                                    ("lr_max", lr_max))}
+    if len(set(sources.values())) == 1:
+        return sources["lr_min"]
+    return ", ".join(f"{name}: {source}" for name, source in sources.items())
+
+
 def option(name):
     """The flag of a setting: lr_max -> --lr-max."""
     return f"--{name.replace('_', '-')}"
@@ -250,6 +343,10 @@ def sweep_grid(sweeps):
         except ValueError:
             raise UsageError(f"--sweep {sweep}: the values of {key} must be {SWEEPABLE[key].__name__} numbers, "
                              "separated by commas") from None
+        repeated = next((value for i, value in enumerate(axes[key]) if value in axes[key][:i]), None)
+        if repeated is not None:  # one point trained twice, and its spread reported as over seeds
+            raise UsageError(f"--sweep {sweep} gives {key} {repeated:g} twice: give each value once (--runs N "
+                             "trains N seeds of each point)")
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
@@ -285,6 +382,11 @@ def invalid_settings(args):
         yield f"--lr-min ({args.lr_min}) must be below --lr-max ({args.lr_max})"
     if args.wd < 0:
         yield f"--wd must not be negative, not {args.wd}"
+    # Without --lr-max the range test runs with this wd, so the LRMAX it finds suits it; only its
+    # lowest LR can already be too high for it.
+    lr, lr_flag = (args.lr_max, "--lr-max") if args.lr_max else (FINDER_START_LR, None)
+    if args.wd * lr >= 1:
+        yield wd_problem(args.wd, lr, lr_flag)
     if not 0 <= args.label_smoothing < 1:
         yield f"--label-smoothing must lie in [0, 1), not {args.label_smoothing}"
     if args.target_acc is not None and not 0 < args.target_acc <= 1:
@@ -306,5 +408,6 @@ def invalid_settings(args):
     if args.sync_debug and args.precision == "fp16":
         yield ("--sync-debug and --precision fp16 do not go together: fp16's gradient scaler reads the GPU at every "
                "step by design (to skip steps that overflow); use --precision bf16 or fp32")
-    if args.finder_iters < 10:
-        yield f"--finder-iters must be at least 10, not {args.finder_iters}"
+    if args.finder_iters < FINDER_ITERS_MIN:
+        yield (f"--finder-iters must be at least {FINDER_ITERS_MIN}, not {args.finder_iters}: fewer end the LR range "
+               "test's usable curve before the LRs where CIFAR-10's loss is lowest (about 0.07)")

@@ -123,7 +123,8 @@ def run(args, data=None):
         hold(run_dir)  # one process at a time: a --resume of it meanwhile is refused (a resumed one is held already)
     learn = make_learner(dls, args, run_dir, precision)
     # Every setting, resolved; finder_iters joins them if the range test runs.
-    config = {**{key: value for key, value in vars(args).items() if key != "finder_iters"}, "lr_source": "flags",
+    config = {**{key: value for key, value in vars(args).items() if key != "finder_iters"},
+              "lr_source": settings.lr_source(args.lr_min, args.lr_max),
               "data": str(data.folder), **data.fingerprint, "device": str(device), "precision": precision,
               "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
               "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir), "processes": processes,
@@ -150,7 +151,7 @@ def run(args, data=None):
             found = list(find_lr(learn, run_dir, args.finder_iters)) if main_process else [None, None]
         found_min, found_max = broadcast_object_list(found) if processes > 1 else found
         lr_min, lr_max = lr_min or found_min, lr_max or found_max
-        config.update(lr_min=lr_min, lr_max=lr_max, lr_source="lr_find.json", finder_iters=args.finder_iters)
+        config.update(lr_min=lr_min, lr_max=lr_max, finder_iters=args.finder_iters)
         write_json(run_dir / "config.json", config)
     if args.find_lr:
         return

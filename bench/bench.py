@@ -9,7 +9,7 @@ Rows, all on the same data copy, one module each in this folder:
                   fp32, fit_one_cycle
     airbench94    airbench94.py: the PyPI package airbench 0.1.8 (another, smaller net), fed our copy
                   as cifar10/*.pt
-measure.py holds what is measured beside the rows (device, matmul ceiling, FLOPs, memory, profiler);
+measure.py holds what is measured beside the rows (driver, matmul ceiling, FLOPs, memory, profiler);
 tensors.py the decoded images as tensors; this file the flags, the rows in order and the results file.
 
     python bench/bench.py                         # all rows; results in bench/results/<device>-<date>.json
@@ -20,53 +20,31 @@ Results are rewritten after every run, so a run cut short keeps what it finished
 says what every field means.
 """
 import argparse
-import json
 import os
-import platform
-import re
-import shlex
 import sys
-import tempfile
-import warnings
-from contextlib import redirect_stderr, redirect_stdout
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the trainer's modules; this folder's are on the path as the script's own
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import airbench94  # noqa: E402
-import fastai_stock  # noqa: E402
-import ours  # noqa: E402
-import seed_style  # noqa: E402
 import settings  # noqa: E402
-from data import cache_root, cifar10_folder  # noqa: E402
-from errors import BadInput, one_line_errors  # noqa: E402
-from files import unused_names, write_json  # noqa: E402
-from hardware import device_name, library_versions  # noqa: E402
-from measure import bench_device, driver_version, flops_per_image, matmul_peak_tflops  # noqa: E402
-from tensors import data_tensors  # noqa: E402
 
-RUNNERS = {"ours": ours.run, "seed-style": seed_style.run, "fastai-stock": fastai_stock.run,
-           "airbench94": airbench94.run}
-ROWS = tuple(RUNNERS)
+ROWS = ("ours", "seed-style", "fastai-stock", "airbench94")
 # The full bench, and the smoke run that only checks the harness (never a figure to quote).
 FULL = dict(epochs=24, bs=512, width=64, seeds=5, baseline_seeds=2, subset=None, workers=os.cpu_count(),
             matmul_size=8192, profile_steps=20)
 SMOKE = dict(epochs=2, bs=16, width=8, seeds=2, baseline_seeds=1, subset=None, workers=0,
              matmul_size=256, profile_steps=3)
 # The flags the bench shares with train_fastai.py: ours trains with them, the other rows with the same values.
-TRAINING_FLAGS = ("epochs", "bs", "width", "subset", "workers", "lr_min", "lr_max")
+TRAINING_FLAGS = ("data", "epochs", "bs", "width", "subset", "workers", "lr_min", "lr_max")
 # Far more runs than a bench needs (each is a whole training), and a bound on the seed lists the
 # results file holds: --seeds 100000000 built a list that took the machine's memory.
 SEEDS_LIMIT = 100
+NEEDS_GPU = f"the bench needs a CUDA GPU, and {settings.NO_GPU}: use --smoke --out DIR to check the harness on a CPU"
 
 
 def parse_args(argv=None):
+    """The bench's settings; every check that needs no torch is done here, before it loads."""
     p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="CIFAR-10 folder or .tgz, as train_fastai.py takes it (default $CIFAR10_DATA)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows (default all: {','.join(ROWS)})")
@@ -96,30 +74,59 @@ def parse_args(argv=None):
         p.error(f"--rows names no row: give one or more of {', '.join(ROWS)}")
     if unknown:
         p.error(f"--rows: unknown row {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    repeated = next((row for i, row in enumerate(args.rows) if row in args.rows[:i]), None)
+    if repeated:  # else it trained the row twice over
+        p.error(f"--rows names {repeated} twice: give each row once (--seeds and --baseline-seeds set its runs)")
     if args.smoke and args.out is None:
         p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
     for name in ("seeds", "baseline_seeds"):
         if not 1 <= getattr(args, name) <= SEEDS_LIMIT:
             p.error(f"{settings.option(name)} must be from 1 to {SEEDS_LIMIT}, not {getattr(args, name)}")
-    check_training_flags(args)
+    settings.check_training_flags(args, TRAINING_FLAGS)
     args.out = args.out or REPO / "bench" / "results"
-    check_out_folder(p, args.out)
+    settings.check_out_folder(p, args.out)
+    if not args.smoke and settings.no_cuda_here():  # the flags first: a GPU machine would refuse them too
+        p.error(NEEDS_GPU)
     return args
 
 
-def check_out_folder(p, out):
-    """Refuse, before any work, an --out that is a file: its mkdir would be a FileExistsError traceback.
-    bench/overhead.py checks its --out with it too."""
-    if out.exists() and not out.is_dir():
-        p.error(f"--out {out} is not a folder: give --out a folder for the results (a missing one is created)")
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags answer before torch and fastai load (seconds)
+
+# The rest loads in seconds: it comes after the flags are checked.
+import json  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import tempfile  # noqa: E402
+import warnings  # noqa: E402
+from contextlib import redirect_stderr, redirect_stdout  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import airbench94  # noqa: E402
+import fastai_stock  # noqa: E402
+import ours  # noqa: E402
+import seed_style  # noqa: E402
+from data import cache_root, cifar10_folder  # noqa: E402
+from errors import BadInput, one_line_errors  # noqa: E402
+from files import unused_names, write_json  # noqa: E402
+from hardware import device_name, library_versions  # noqa: E402
+from measure import driver_version, flops_per_image, matmul_peak_tflops  # noqa: E402
+from tensors import data_tensors  # noqa: E402
+
+RUNNERS = dict(zip(ROWS, (ours.run, seed_style.run, fastai_stock.run, airbench94.run)))
 
 
-def check_training_flags(args, names=TRAINING_FLAGS):
-    """The flags shared with train_fastai.py, checked by train_fastai.py's own parser: a value it
-    refuses (an LR of inf, a batch of 0) stops the bench with its one line before anything runs.
-    bench/overhead.py checks its own shared flags with it too."""
-    given = [(name, getattr(args, name)) for name in names if getattr(args, name) is not None]
-    settings.parse_args([text for name, value in given for text in (settings.option(name), str(value))])
+def bench_device(smoke):
+    if smoke:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise BadInput(NEEDS_GPU)
+    return torch.device("cuda")
 
 
 # ---------------------------------------------------------------------------------------------

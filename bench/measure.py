@@ -1,9 +1,11 @@
-"""What the bench measures besides the rows' own figures: the device, the matmul ceiling that
-model FLOP utilisation divides by, the model's FLOPs per image, peak GPU memory, and a profiler
-window over a few training steps."""
+"""What the bench measures besides the rows' own figures: the CPU's name and the GPU's driver, the
+matmul ceiling that model FLOP utilisation divides by, the model's FLOPs per image, peak GPU
+memory, and a profiler window over a few training steps."""
+import platform
 import subprocess
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,16 +13,14 @@ from fastai.vision.all import CancelFitException, Callback
 from torch.utils.flop_counter import FlopCounterMode
 
 from customresnet import CustomResNet
-from errors import BadInput
 
 
-def bench_device(smoke):
-    if smoke:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise BadInput("the bench needs a CUDA GPU, and none is visible here: use --smoke --out DIR to check the "
-                       "harness on a CPU")
-    return torch.device("cuda")
+def cpu_name():
+    """The CPU's model name, as /proc/cpuinfo gives it (Linux), else as Python's platform does."""
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    return models[0] if models else platform.processor() or platform.machine()
 
 
 def driver_version():

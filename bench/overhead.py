@@ -26,42 +26,14 @@ Each setting has a flag (--help lists them with their defaults). Results:
 bench/results/overhead-<device>-<date>.json with the raw log (.log) beside it.
 """
 import argparse
-import json
 import os
-import platform
-import shlex
-import statistics
 import sys
-import tempfile
-import time
-import warnings
-import weakref
-from collections import Counter
-from contextlib import redirect_stderr, redirect_stdout
-from datetime import datetime, timezone
 from pathlib import Path
-from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from fastai.vision.all import TensorImage  # noqa: E402
-from PIL import Image  # noqa: E402
-
 import settings  # noqa: E402
-import train_fastai  # noqa: E402
-from augment import gpu_augmentations  # noqa: E402
-from bench import Tee, check_out_folder, check_training_flags, results_stem  # noqa: E402
-from customresnet import CustomResNet  # noqa: E402
-from decoded_folder import channel_stats  # noqa: E402
-from errors import one_line_errors  # noqa: E402
-from files import write_json  # noqa: E402
-from hardware import library_versions, seed_everything  # noqa: E402
-from measure import synchronize  # noqa: E402
-from outputs import git_commit  # noqa: E402
 
 # The measurement. A thin model (width 8) in batches of 16 on one thread keeps the model's compute
 # (10-15 ms a step on a 2-core Xeon) of the order of the framework's cost, and the whole bench at
@@ -86,6 +58,7 @@ TRAINING_FLAGS = ("epochs", "bs", "width", "lr_min", "lr_max", "seed")
 
 
 def parse_args(argv=None):
+    """The measurement's settings; every check that needs no torch is done here, before it loads."""
     p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in SETTINGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default),
@@ -99,10 +72,12 @@ def parse_args(argv=None):
     for name, default in (SMOKE if args.smoke else SETTINGS).items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-    check_training_flags(args, TRAINING_FLAGS)  # --width, --bs and --epochs at least 1 among them
+    settings.check_training_flags(args, TRAINING_FLAGS)  # --width, --bs and --epochs at least 1 among them
     for name in ("threads", "train_batches", "test_batches", "repeats", "profile_steps", "top"):
         if getattr(args, name) < 1:
             p.error(f"{settings.option(name)} must be at least 1, not {getattr(args, name)}")
+    if args.profile_warmup < 0:  # else the window never opens, found only after the whole measurement
+        p.error(f"--profile-warmup must not be negative, not {args.profile_warmup}")
     if args.threads > os.cpu_count():  # more compute threads than cores only measures their contention
         p.error(f"--threads {args.threads} is more than the {os.cpu_count()} cores of this machine: "
                 f"give at most {os.cpu_count()}")
@@ -110,23 +85,52 @@ def parse_args(argv=None):
         p.error(f"each split needs an image of each of the {len(CLASSES)} classes: raise --bs or the batches")
     if args.device not in ("cpu", "cuda"):
         p.error(f"--device is cpu or cuda, not {args.device}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU is visible here")
+    if args.device == "cuda" and settings.no_cuda_here():
+        p.error(settings.no_gpu("cuda"))
     if args.epochs < 2 or args.profile_warmup + args.profile_steps >= args.train_batches:
         p.error("the profiled steps lie in the second epoch: --epochs must be at least 2, and --profile-warmup "
                 "+ --profile-steps below --train-batches")
     args.out = args.out or REPO / "bench" / "results"
-    check_out_folder(p, args.out)
+    settings.check_out_folder(p, args.out)
     return args
 
 
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags answer before torch and fastai load (seconds)
+
+# The rest loads in seconds: it comes after the flags are checked.
+import json  # noqa: E402
+import shlex  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+import weakref  # noqa: E402
+from collections import Counter  # noqa: E402
+from contextlib import redirect_stderr, redirect_stdout  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from unittest import mock  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from fastai.vision.all import TensorImage  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import train_fastai  # noqa: E402
+from augment import gpu_augmentations  # noqa: E402
+from bench import Tee, results_stem  # noqa: E402
+from customresnet import CustomResNet  # noqa: E402
+from decoded_folder import channel_stats  # noqa: E402
+from errors import BadInput, one_line_errors  # noqa: E402
+from files import write_json  # noqa: E402
+from hardware import library_versions, seed_everything  # noqa: E402
+from measure import cpu_name, synchronize  # noqa: E402
+from outputs import git_commit  # noqa: E402
+
+
 def device_label(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-              if line.startswith("model name")] if cpuinfo.exists() else []
-    return models[0] if models else platform.processor() or platform.machine()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +395,8 @@ def main(argv=None):
 
 def measure_and_record(args, argv):
     """Both sides fitted and profiled, the results file rewritten after each fit, the raw log beside it."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BadInput(settings.no_gpu("cuda"))
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     # bf16 where the GPU has it, as ours' --precision auto; fp16 would need a gradient scaler in plain too.

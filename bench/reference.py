@@ -18,35 +18,92 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from safetensors.torch import load_file, save_file  # noqa: E402
-
 import settings  # noqa: E402
 from errors import BadInput, one_line_errors  # noqa: E402
-from predict import REFERENCE  # noqa: E402
-from files import write_json  # noqa: E402
 
 # Every setting of config.json that makes the run the recipe: the seed preset's, and no thin model,
 # subset or early stop. The LRs are the run's own (its finder's or the flags').
 RECIPE = {**settings.PRESETS["seed"], "preset": "seed", "target_acc": None, "width": 64, "subset": None}
+# What the reference's .json takes from each file of the run (check_recipe reads RECIPE's settings too).
+RECORDED = {"config": ("epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "aug", "precision",
+                       "width", "seed", "test_images", "data"),
+            "summary": ("final_accuracy", "fit_seconds", "device", "versions"),
+            "classes": ("classes", "mean", "std")}
+RUN_FIX = "give the folder train_fastai.py wrote, as it wrote it"
 
 
 class ReferenceError(BadInput):
     """A run that cannot be the reference, worded as one line that says what to do."""
 
 
+def parse_args(argv=None):
+    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a finished 24-epoch run folder written by train_fastai.py")
+    p.add_argument("--models", type=Path, help="where to write it (default models/)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
+    args = p.parse_args(argv)
+    if args.models and args.models.exists() and not args.models.is_dir():  # else a FileExistsError from its mkdir
+        p.error(f"--models {args.models} is not a folder: give a folder for the reference (a missing one is created)")
+    return args
+
+
 def read_run(run_dir):
-    files = {name: run_dir / f"{name}.json" for name in ("config", "summary", "classes")}
+    """The run's config, summary and classes, each refused, named, if it is missing or damaged."""
+    files = {name: run_dir / f"{name}.json" for name in RECORDED}
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing or not (run_dir / "model.safetensors").is_file():
         raise ReferenceError(f"{run_dir} is not a finished training run ({', '.join(missing) or 'no model.safetensors'}):"
                              " give the folder train_fastai.py wrote")
-    return {name: json.loads(path.read_text()) for name, path in files.items()}
+    return {name: read_json(path, RECORDED[name]) for name, path in files.items()}
 
 
-def write_reference(run_dir, models=REFERENCE.parent):
+def read_json(path, keys):
+    try:
+        content = json.loads(path.read_text())
+    except ValueError as e:  # not JSON (a file cut short), or not UTF-8 text
+        raise ReferenceError(f"{path} is damaged ({type(e).__name__}): {RUN_FIX}") from None
+    lacking = [key for key in keys if not isinstance(content, dict) or key not in content]
+    if lacking:
+        raise ReferenceError(f"{path} is damaged (no {lacking[0]}): {RUN_FIX}")
+    return content
+
+
+def check_recipe(run_dir, run):
+    """Refuse a run whose settings are not the recipe's, or that stopped before its last epoch."""
+    config, summary = run["config"], run["summary"]
+    off_recipe = {key: config.get(key) for key, value in RECIPE.items() if config.get(key) != value}
+    if off_recipe:
+        raise ReferenceError(f"{run_dir} is not the recipe ({', '.join(f'{k}={v}' for k, v in off_recipe.items())}; "
+                             f"the reference is {', '.join(f'{k}={v}' for k, v in RECIPE.items())}): "
+                             "train one with `python train_fastai.py --epochs 24`")
+    # --target-acc is refused above; a run that ran fewer epochs than it was given is no 24-epoch run either.
+    if summary.get("stopped_early") or summary.get("epochs", config["epochs"]) < config["epochs"]:
+        raise ReferenceError(f"{run_dir} stopped after {summary.get('epochs')} of its {config['epochs']} epochs: "
+                             "give a run that finished all of them")
+
+
+def check_run(args):
+    """Everything about the run that can be refused from its JSON files, before torch loads."""
+    with one_line_errors(args.debug):
+        check_recipe(args.run_dir, read_run(args.run_dir))
+
+
+if __name__ == "__main__":
+    check_run(parse_args(sys.argv[1:]))  # bad flags and a run that is not the recipe answer before torch loads
+
+# The rest loads torch (seconds): it comes after the checks.
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from files import write_json  # noqa: E402
+from predict import REFERENCE, read_classes  # noqa: E402
+
+
+def write_reference(run_dir, models=None):
     run = read_run(run_dir)
     config = run["config"]
     check_recipe(run_dir, run)
+    read_classes(run_dir / "classes.json")  # what predict.py will read: refused here, not in every later predict
+    models = models or REFERENCE.parent
     state = recipe_weights(run_dir, config)
     weights, meta = (models / REFERENCE.name).with_suffix(".safetensors"), (models / REFERENCE.name).with_suffix(".json")
     for path in (weights, meta):
@@ -69,27 +126,13 @@ def write_reference(run_dir, models=REFERENCE.parent):
     return weights, meta
 
 
-def check_recipe(run_dir, run):
-    """Refuse a run whose settings are not the recipe's, or that stopped before its last epoch."""
-    config, summary = run["config"], run["summary"]
-    off_recipe = {key: config.get(key) for key, value in RECIPE.items() if config.get(key) != value}
-    if off_recipe:
-        raise ReferenceError(f"{run_dir} is not the recipe ({', '.join(f'{k}={v}' for k, v in off_recipe.items())}; "
-                             f"the reference is {', '.join(f'{k}={v}' for k, v in RECIPE.items())}): "
-                             "train one with `python train_fastai.py --epochs 24`")
-    # --target-acc is refused above; a run that ran fewer epochs than it was given is no 24-epoch run either.
-    if summary.get("stopped_early") or summary.get("epochs", config["epochs"]) < config["epochs"]:
-        raise ReferenceError(f"{run_dir} stopped after {summary.get('epochs')} of its {config['epochs']} epochs: "
-                             "give a run that finished all of them")
-
-
 def recipe_weights(run_dir, config):
     """The run's weights, refused if they are not the width its config.json says (a copied model)."""
     state = load_file(run_dir / "model.safetensors")
     width = state["prep.0.weight"].shape[0] if "prep.0.weight" in state else None  # the first conv's out channels
     if width != config["width"]:
         raise ReferenceError(f"{run_dir / 'model.safetensors'} holds weights of width {width}, but its config.json "
-                             f"says {config['width']}: give the folder train_fastai.py wrote, as it wrote it")
+                             f"says {config['width']}: {RUN_FIX}")
     return state
 
 
@@ -101,13 +144,7 @@ def config_flags(config):
 
 
 def main(argv=None):
-    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a finished 24-epoch run folder written by train_fastai.py")
-    p.add_argument("--models", type=Path, default=REFERENCE.parent, help="where to write it (default models/)")
-    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
-    args = p.parse_args(argv)
-    if args.models.exists() and not args.models.is_dir():  # else a FileExistsError traceback from its mkdir
-        p.error(f"--models {args.models} is not a folder: give a folder for the reference (a missing one is created)")
+    args = parse_args(argv)
     with one_line_errors(args.debug):
         weights, meta = write_reference(args.run_dir, args.models)
     print(f"reference checkpoint: {weights} ({weights.stat().st_size / 2**20:.1f} MiB) and {meta}")

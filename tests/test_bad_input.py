@@ -14,6 +14,7 @@ import shutil
 import signal
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +23,10 @@ from PIL import Image
 from safetensors import SafetensorError
 
 import compare
+import files
 import predict
-from conftest import CLASSES, GIVEN_LRS, write_folder, write_python_batches, write_tgz
+import settings
+from conftest import CLASSES, GIVEN_LRS, one_line_error, write_folder, write_python_batches, write_tgz
 from data import DataError, cifar10_dataloaders, cifar10_folder
 from errors import unexpected_line
 from lifecycle import resume_command
@@ -527,8 +530,6 @@ CASES = {
     "CUDA without a GPU": ("train", flags("--device", "cuda"), REFUSE, "no CUDA GPU", None),
     "not a device": ("train", flags("--device", "toaster"), REFUSE, "is not a device", None),
     "bf16 on the CPU": ("train", flags("--precision", "bf16"), REFUSE, "needs a CUDA GPU", None),
-    "sync debug with fp16": ("train", flags("--precision", "fp16", "--sync-debug"), REFUSE,
-                             "fp16's gradient scaler reads the GPU at every step", None),
     "no full batch": ("train", flags("--subset", "3", "--bs", "16"), REFUSE, "make no full batch", None),
     "unwritable output folder": ("train", unwritable_out, REFUSE, "choose a writable folder", None),
     "--resume with another configuration": ("train", resume_other_config, REFUSE, "was run with --epochs 2, not 5",
@@ -749,6 +750,39 @@ CASES = {
                                                           "--subset 81 is more than the 80 training images", None),
     "--resume after the cache was cleaned, its archive gone": ("train", resume_after_the_cache_was_cleaned, REFUSE,
                                                                "x.tgz does not exist: point --data", None),
+    # issue 17, class 3: refused before any work (tests/test_refusals.py: before torch loads)
+    "--device mps, which torch knows and the recipe does not run on": (
+        "train", flags("--device", "mps"), REFUSE, "--device mps is not a device this tool trains on", None),
+    "--device xla": ("train", flags("--device", "xla"), REFUSE, "--device xla is not a device this tool trains on",
+                     None),
+    "--device meta": ("train", flags("--device", "meta"), REFUSE, "--device meta is not a device this tool trains on",
+                      None),
+    "--device cuda:-1": ("train", flags("--device", "cuda:-1"), REFUSE, "is not a device this tool trains on", None),
+    "fp16 with --device cpu": ("train", flags("--device", "cpu", "--precision", "fp16"), REFUSE,
+                               "--precision fp16 needs a CUDA GPU (fastai's mixed precision), and --device cpu", None),
+    # issue 17, class 4: what is recorded is what happened
+    "a swept value given twice": ("train", flags("--sweep", "lr_max=1e-2,1e-2"), REFUSE,
+                                  "--sweep lr_max=1e-2,1e-2 gives lr_max 0.01 twice", None),
+    "a swept value given twice in two forms": ("train", flags("--sweep", "wd=0.01,1e-2,0.1"), REFUSE,
+                                               "gives wd 0.01 twice", None),
+    "--tta with --find-lr": ("train", flags("--find-lr", "--tta"), REFUSE,
+                             "--find-lr runs only the LR range test, which trains no model to evaluate: drop --tta",
+                             None),
+    "--target-acc with --find-lr": ("train", flags("--find-lr", "--target-acc", "0.9"), REFUSE, "drop --target-acc",
+                                    None),
+    "finder iterations too few for the LR rule": ("train", flags("--finder-iters", "15"), REFUSE,
+                                                  "--finder-iters must be at least 23, not 15", None),
+    "a weight decay that flips the weights at LRMAX": (
+        "train", flags("--lr-max", "1e-3", "--wd", "1e308"), REFUSE,
+        "--lr-max 0.001 with --wd 1e+308: decoupled weight decay scales every weight by 1 - LR x wd a step, -1e+305 "
+        "here, which zeroes or flips the weights instead of decaying them; keep LR x wd below 1: --wd below 1000 (",
+        None),
+    "a weight decay just too large for LRMAX": ("train", flags("--lr-max", "1e-2", "--wd", "100"), REFUSE,
+                                                "keep LR x wd below 1: --wd below 100, or --lr-max below 0.01", None),
+    "an LRMAX too large for the recipe's weight decay": ("train", flags("--lr-min", "10", "--lr-max", "1000"), REFUSE,
+                                                         "--wd below 0.001, or --lr-max below 100 (the recipe's", None),
+    "a weight decay too large for any LR of the range test": (
+        "train", flags("--wd", "1e308"), REFUSE, "the LR range test's lowest LR, 1e-07, with --wd 1e+308", None),
 }
 
 
@@ -784,6 +818,13 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
     assert not any(tmp_path.rglob(MARKER)) and not any(tmp_path.rglob("evil.txt"))
 
 
+def test_sync_debug_with_fp16_is_refused_where_a_gpu_may_be(tmp_path, tiny_folder, monkeypatch, capsys):
+    """(Without one, fp16 itself is refused first.)"""
+    monkeypatch.setattr(settings, "no_cuda_here", lambda: False)
+    run_cli("train", [*data(tiny_folder), "--precision", "fp16", "--sync-debug"], tmp_path, REFUSE)
+    assert "fp16's gradient scaler reads the GPU at every step" in capsys.readouterr().err
+
+
 def test_a_damaged_index_is_refused_before_a_run_folder_exists(tmp_path, tiny_folder):
     """Found at the end, it cost the whole run's index row (and the last line of the run)."""
     argv = index_saying("run;seed\nr1;0\n")(tmp_path, tiny_folder, None)
@@ -792,8 +833,9 @@ def test_a_damaged_index_is_refused_before_a_run_folder_exists(tmp_path, tiny_fo
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        main(["--data", str(tmp_path / "nope"), "--debug"])
+    (tmp_path / "empty").mkdir()  # a missing --data is a flag's error, refused before torch loads
+    with pytest.raises(DataError, match="neither train/ and test/"):
+        main(["--data", str(tmp_path / "empty"), "--debug"])
     with pytest.raises(predict.PredictError, match="is not a folder"):
         predict.main(["--run", str(tmp_path / "nope"), str(tmp_path), "--debug"])
     with pytest.raises(compare.CompareError, match="is not a folder"):
@@ -930,3 +972,37 @@ def test_a_cache_that_cannot_be_written_is_one_line_naming_it(tmp_path, tiny_fol
         main([*data(archive), "--out", str(tmp_path / "runs")])
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines() == ["error: " + line.format(isolated_cache / "unpacked")]
+# Issue 17, class 5: output a person can read ----------------------------------------------
+
+CJK_CLASSES = ["飛行機", "自動車", "鳥", "猫", "鹿", "犬", "蛙", "馬", "船", "トラック"]
+
+
+def test_class_names_in_cjk_give_one_warning_line_not_one_per_character(tmp_path, monkeypatch, capsys):
+    """Without a font that has them, matplotlib warned once per character of the confusion matrix
+    and the misclassified images: 12 lines and more."""
+    monkeypatch.setattr(files, "shown_as_boxes", set())
+    folder = write_folder(tmp_path / "cjk", classes=CJK_CLASSES)
+    run_cli("train", ["--data", str(folder), *ONE_EPOCH], tmp_path, REPAIR)
+    err = capsys.readouterr().err
+    assert "Glyph" not in err
+    if not any(all(c in charmap for c in "".join(CJK_CLASSES)) for _, charmap in files.installed_charmaps()):
+        warning, = (line for line in err.splitlines() if "as boxes" in line)
+        assert warning.startswith("warning: the figures draw 17 characters of their labels as boxes")
+
+
+def test_csv_into_a_folder_that_is_not_writable_is_refused_before_any_work(tmp_path, run_dir, images, monkeypatch,
+                                                                           capsys):
+    """It printed every prediction, then failed naming its temporary file (.x.csv.tmp)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root writes anyway: see the folder as a user would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and Path(path) != locked)
+    try:
+        line = one_line_error(predict.main, ["--run", str(run_dir), str(images), "--csv", str(locked / "x.csv")],
+                              capsys)
+    finally:
+        locked.chmod(0o755)
+    assert line == f"error: {locked} is not writable for you: give --csv a file in a folder you can write to"
+    assert not any(locked.iterdir())

@@ -85,6 +85,7 @@ def test_smoke_needs_an_out_folder(capsys):
     (["--smoke"], "--smoke needs --out DIR"),
     (["--lr-max", "inf", "--lr-min", "1e-4"], "--lr-max must be a finite number, not inf"),
     (["--lr-max", "1e-3", "--lr-min", "0"], "--lr-min must be positive, not 0.0"),
+    (["--rows", "ours,seed-style,ours"], "--rows names ours twice: give each row once"),
 ])
 def test_a_bad_flag_is_one_line(argv, text, capsys):
     assert text in one_line_error(bench.main, argv, capsys)

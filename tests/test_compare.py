@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgba
 from PIL import Image
 
 import compare
@@ -195,3 +196,50 @@ def test_a_run_has_one_row_however_often_it_finishes(tmp_path):
     compare.append_to_index(tmp_path, tmp_path / "b", {"seed": 1}, {"final_accuracy": 0.6})
     compare.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
     assert list(pd.read_csv(tmp_path / "index.csv").run) == ["b", "a"]
+
+
+# Issue 17: what is recorded is what happened; output a person can read ------------------------
+
+def test_index_writes_class_names_in_any_script_as_they_are(tmp_path):
+    compare.append_to_index(tmp_path, tmp_path / "run", {"classes": ["猫", "犬", "chat"]}, {"final_accuracy": 0.5})
+    text = (tmp_path / "index.csv").read_text(encoding="utf-8")
+    assert '猫' in text and "\\u" not in text
+    assert json.loads(pd.read_csv(tmp_path / "index.csv").classes[0]) == ["猫", "犬", "chat"]
+
+
+def many_runs(count, points):
+    """`count` runs as load_runs returns them, over `points` configurations (one group when
+    several runs share them, as a sweep's seeds do)."""
+    epochs = np.arange(4)
+    return pd.DataFrame([{
+        "run": f"20260101-120000-run{i}", "group": "sweep-group" if points < count else f"20260101-120000-run{i}",
+        "point": f"lr_max={i % points + 1}e-3" if points < count else "",
+        "history": pd.DataFrame({"epoch": epochs, "accuracy": 0.5 + 0.1 * epochs + 0.001 * i}),
+        "schedule": pd.DataFrame({"epoch": epochs, "lr": 1e-3 * (i % points + 1) * np.ones(4)})}
+        for i in range(count)])
+
+
+def test_fifty_runs_each_get_a_colour_and_a_legend_inside_the_figure():
+    fig = compare.comparison_figure(many_runs(50, 50))
+    fig.canvas.draw()
+    ax_acc, ax_lr = fig.axes
+    assert len({tuple(np.round(to_rgba(line.get_color()), 4)) for line in ax_acc.lines}) == 50
+    legend, = fig.legends
+    assert len(legend.get_texts()) == 50
+    inside = fig.bbox
+    box = legend.get_window_extent()
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+    for ax in fig.axes:  # and off the axes
+        assert not ax.get_window_extent().overlaps(box)
+    compare.plt.close(fig)
+
+
+def test_many_seeds_of_a_few_points_are_drawn_as_each_points_mean_and_range():
+    runs = many_runs(50, 5)
+    fig = compare.comparison_figure(runs)
+    ax_acc, ax_lr = fig.axes
+    assert len(ax_acc.lines) == 5 and len(ax_acc.collections) == 5 and len(ax_lr.lines) == 50
+    first_point = pd.concat(list(runs.history[::5])).groupby("epoch").accuracy.mean()
+    assert list(ax_acc.lines[0].get_ydata()) == pytest.approx(list(100 * first_point))
+    assert [text.get_text() for text in fig.legends[0].get_texts()][0] == "lr_max=1e-3 (10 runs: mean, min-max)"
+    compare.plt.close(fig)

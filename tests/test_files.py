@@ -1,11 +1,14 @@
 """files.atomic: every file of a run is written under a temporary name, renamed into place, and
-gets the mode any new file gets; a write that fails names the file and leaves no part of it."""
+gets the mode any new file gets; a write that fails names the file and leaves no part of it;
+files.save_figure: labels in any script."""
 import errno
 import os
 import stat
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import matplotlib
 import pytest
 import torch
 from safetensors import SafetensorError
@@ -80,3 +83,39 @@ def test_an_open_refused_names_the_file_not_its_temporary_name(tmp_path, monkeyp
     with pytest.raises(PermissionError) as raised:
         files.write_json(tmp_path / "classes.json", {})
     assert raised.value.filename == str(tmp_path / "classes.json")
+
+
+# Issue 17, class 5: figures whose labels are in any script --------------------------------
+
+def figure_titled(title):
+    import matplotlib.pyplot as plt
+    files.figures_to_files()
+    fig, ax = plt.subplots()
+    ax.set_title(title)
+    return fig
+
+
+def test_characters_no_font_has_are_one_warning_line_a_process_not_one_a_character(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(files, "shown_as_boxes", set())
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        files.save_figure(figure_titled("猫と犬"), tmp_path / "a.png")
+        files.save_figure(figure_titled("犬"), tmp_path / "b.png")  # nothing new to say
+    assert [str(warning.message) for warning in shown] == []
+    assert capsys.readouterr().err == ("warning: the figures draw 3 characters of their labels as boxes (と犬猫): no "
+                                       "installed font has them; install one that does (Noto Sans CJK for Chinese, "
+                                       "Japanese or Korean) for readable figures\n")
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_a_character_the_default_font_lacks_is_drawn_with_an_installed_font_that_has_it(tmp_path, capsys):
+    """matplotlib's own STIX fonts have arrows that DejaVu Sans lacks: the figure takes one of them."""
+    with matplotlib.rc_context(), warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        fig = figure_titled("⤸")
+        files.save_figure(fig, tmp_path / "arrow.png")
+        assert matplotlib.rcParams["font.family"][1:] == fig.axes[0].title.get_fontfamily()[1:]  # later figures too
+    family = fig.axes[0].title.get_fontfamily()[-1]
+    assert family != "DejaVu Sans" and any(name == family and "⤸" in charmap
+                                           for name, charmap in files.installed_charmaps())
+    assert [str(warning.message) for warning in shown] == [] and capsys.readouterr().err == ""

@@ -1,6 +1,7 @@
 import json
 
 import pandas as pd
+import pytest
 import torch
 from fastai.vision.all import Learner
 
@@ -9,6 +10,7 @@ from conftest import GIVEN_LRS, history_values, train
 from customresnet import CustomResNet
 from data import cifar10_dataloaders
 from hardware import seed_everything
+from settings import UsageError
 
 
 def test_the_same_seed_gives_the_same_history_on_the_cpu(tmp_path, tiny_folder):
@@ -45,3 +47,13 @@ def test_the_cpu_estimate_counts_the_finder_the_epochs_to_run_and_the_passes_aft
     hardware.print_cpu_estimate(learn, learn.model, finder_iters=100, epochs=2, final_passes=3)
     assert capsys.readouterr().out.strip() == ("CPU only: this run will take about 18 s (1760 training images at "
                                                "100/s and 100 test images at 1000/s here); a GPU takes seconds")
+
+
+def test_a_gpu_index_beyond_the_machine_is_one_line_not_an_invalid_ordinal(monkeypatch):
+    """torch.device("cuda:3") is a device on a machine with one GPU; the first tensor moved there
+    fails with "invalid device ordinal", a traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert hardware.resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(UsageError, match=r"--device cuda:3: the CUDA GPUs here are cuda:0 to cuda:1: give one of them"):
+        hardware.resolve_device("cuda:3")

@@ -20,7 +20,7 @@ import train_fastai
 from cache import interruptible
 from conftest import GIVEN_LRS, REPO, TINY, history_values, train
 from errors import command_to_retype, one_line_errors
-from settings import parse_args
+from settings import FINDER_ITERS_MIN, parse_args
 from train_fastai import main
 
 
@@ -89,7 +89,8 @@ def sigterm_fails_the_test():
 def test_ctrl_c_in_the_range_test_removes_its_parked_weights_and_says_there_is_nothing_to_resume(
         tmp_path, tiny_folder, monkeypatch, capsys):
     with_callback(monkeypatch, SignalAt(signal.SIGINT, batch=3))
-    line = stopped(["--data", tiny_folder, "--out", tmp_path / "runs", "--finder-iters", 10, "--epochs", 1], capsys)
+    line = stopped(["--data", tiny_folder, "--out", tmp_path / "runs", "--finder-iters", FINDER_ITERS_MIN, "--epochs", 1],
+                   capsys)
     run_dir, = (tmp_path / "runs").iterdir()
     assert line == f"interrupted before its first epoch finished: nothing to resume in {run_dir}; start the run again"
     assert sorted(path.name for path in run_dir.iterdir()) == ["config.json"]  # no models/tmp*/_tmp.pth, no .lock

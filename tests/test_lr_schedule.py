@@ -6,7 +6,7 @@ import pytest
 from fastai.test_utils import synth_learner
 
 from lr_schedule import lr_bounds, one_cycle, usable_curve
-from settings import UsageError
+from settings import FINDER_END_LR, FINDER_ITERS_MIN, FINDER_START_LR, UsageError
 
 
 def test_one_cycle_goes_lrmin_to_lrmax_at_the_peak_and_back_never_lower():
@@ -62,6 +62,14 @@ def test_lr_rule_refuses_a_curve_that_never_falls():
         lr_bounds(noiseless(lrs, np.linspace(2.3, 5, 81)))
 
 
+def test_lr_rule_refuses_a_curve_that_is_not_finite_from_its_start():
+    """Issue 17: --wd 1e308 made the loss NaN at once; usable_curve left nothing, and np.argmin failed."""
+    lrs = np.logspace(-7, 1, 100)
+    curve = noiseless(lrs, np.full(100, np.nan))
+    with pytest.raises(UsageError, match="not a finite number from its first iterations"):
+        lr_bounds(usable_curve(curve, 100))
+
+
 def test_lr_rule_refuses_a_flat_noisy_curve():
     """Noise alone: the smoothed loss wanders, and its lowest point, anywhere, would give LRs
     (without the check: LRMIN 2.0e-8 and LRMAX 2.0e-7 on this one)."""
@@ -78,3 +86,24 @@ def test_lr_rule_reads_a_real_cifar10_curve():
     assert list(curve.loss) == pytest.approx(smoothed(curve.batch_loss), rel=1e-4)  # fastai's smoothing
     lr_min, lr_max = lr_bounds(usable_curve(curve, 100))
     assert lr_min == pytest.approx(1.096e-4, rel=1e-3) and lr_max == pytest.approx(6.918e-3, rel=1e-3)
+
+
+def usable_reach(num_it):
+    """The highest LR in the usable curve of a range test of `num_it` iterations, as fastai's
+    lr_find sweeps them."""
+    learn = synth_learner()
+    with learn.no_bar(), learn.no_logging():
+        learn.lr_find(start_lr=FINDER_START_LR, end_lr=FINDER_END_LR, num_it=num_it, stop_div=False, show_plot=False,
+                      suggest_funcs=None)
+    lrs = learn.recorder.lrs
+    return usable_curve(pd.DataFrame({"lr": lrs, "loss": np.ones(len(lrs)), "batch_loss": np.ones(len(lrs))}),
+                        num_it).lr.max()
+
+
+def test_the_fewest_finder_iterations_are_those_whose_usable_curve_reaches_cifar10s_lowest_loss():
+    """settings.FINDER_ITERS_MIN, derived: with one iteration fewer, the usable curve ends below the
+    LR at which the real curve's smoothed loss is lowest (so the rule could only fail, or put
+    LRMAX at the curve's end, while the loss still falls)."""
+    real = usable_curve(pd.read_csv(Path(__file__).parent / "data" / "lr_find_cifar10.csv"), 100)
+    lowest_loss_lr = real.lr.iloc[int(np.argmin(real.loss))]
+    assert usable_reach(FINDER_ITERS_MIN - 1) < lowest_loss_lr <= usable_reach(FINDER_ITERS_MIN)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import settings
 from conftest import REPO, one_line_error
 from customresnet import CustomResNet
 
@@ -114,6 +115,7 @@ def test_smoke_needs_an_out_folder(capsys):
     (["--lr-min", "nan"], "--lr-min must be a finite number, not nan"),
     (["--lr-min", "1e-2", "--lr-max", "1e-3"], "--lr-min (0.01) must be below --lr-max (0.001)"),
     (["--seed", "-1"], "--seed must lie in [0,"),
+    (["--profile-warmup", "-1"], "--profile-warmup must not be negative, not -1"),
 ])
 def test_a_bad_flag_is_one_line_and_writes_nothing(argv, text, tmp_path, capsys):
     out = tmp_path / "results"
@@ -132,3 +134,16 @@ def test_help_shows_no_library_warning():
     """fastai's import warns that torch.jit.script is deprecated: nothing a user of the bench can act on."""
     done = subprocess.run([sys.executable, "bench/overhead.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr == "" and "--threads" in done.stdout
+
+
+def test_cuda_without_a_gpu_is_one_line_before_or_after_torch_loads(tmp_path, monkeypatch, capsys):
+    """Without torch where the machine shows no GPU at all, else when torch finds none."""
+    out = tmp_path / "results"
+    argv = ["--smoke", "--out", str(out), "--device", "cuda"]
+    monkeypatch.setattr(settings, "no_cuda_here", lambda: True)
+    assert one_line_error(overhead.main, argv, capsys).startswith("error: --device cuda: no CUDA GPU is visible here")
+    monkeypatch.setattr(settings, "no_cuda_here", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert one_line_error(overhead.main, argv, capsys) == ("error: --device cuda: no CUDA GPU is visible here; use "
+                                                           "--device cpu")
+    assert not out.exists()

@@ -91,7 +91,7 @@ def test_pickle_and_safetensors_squash_a_non_square_image_alike(exported_run, tm
 def test_pickle_shows_our_note_and_no_library_warnings(exported_run, images, capsys):
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        predict.main(["--run", str(exported_run), str(images), "--pickle"])
+        predict.main(["--run", str(exported_run), str(images / "a.png"), "--pickle"])
     assert [str(warning.message) for warning in shown] == []
     assert capsys.readouterr().err.startswith("note: unpickling")
 
@@ -100,3 +100,19 @@ def test_predict_starts_without_importing_fastai():
     script = "import sys, predict; print('fastai' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_files_a_folder_holds_besides_images_are_counted_in_one_warning(run_dir, images, capsys):
+    """Issue 17: they were skipped without a word. An image without an extension (a camera's
+    file, say) is read when given by its own path."""
+    (images / "sub").mkdir()
+    for name in ("README", "labels.json"):
+        (images / "sub" / name).write_text("not an image")
+    (images / "sub" / "photo").write_bytes((images / "a.png").read_bytes())
+    predict.main(["--run", str(run_dir), str(images)])
+    captured = capsys.readouterr()
+    assert captured.err == ("warning: skipped 4 files without an image extension in the folders given (notes.txt, "
+                            "README, labels.json, ...): give such a file by its own path to classify it\n")
+    assert len(captured.out.strip().splitlines()) == 1 + 3
+    out = run_predict(capsys, "--run", run_dir, images / "sub" / "photo")
+    assert len(out.strip().splitlines()) == 1 + 1 and " cat " in out

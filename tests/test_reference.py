@@ -119,3 +119,18 @@ def test_committed_reference_classifies_90_percent_of_1000_test_images(tmp_path,
     assert len(table) == 1000
     correct = (table["class"] == table.image.map(lambda p: p.split("/")[-2])).mean()
     assert correct >= 0.90, correct
+
+
+@pytest.mark.parametrize("name,text,line", [
+    ("config.json", '{"epochs": 24, "bs', "config.json is damaged (JSONDecodeError)"),
+    ("summary.json", "[0.93]", "summary.json is damaged (no final_accuracy)"),
+    ("config.json", json.dumps({key: value for key, value in RECIPE_CONFIG.items() if key != "data"}),
+     "config.json is damaged (no data)"),
+    ("classes.json", json.dumps({"classes": ["cat"] * 10, "mean": [0.5] * 3, "std": [0.25] * 3}),
+     '"classes" names cat more than once'),
+])
+def test_a_damaged_run_file_is_one_line_naming_it(recipe_run, tmp_path, capsys, name, text, line):
+    """Issue 17: a config.json cut short was a JSONDecodeError traceback."""
+    (recipe_run / name).write_text(text)
+    assert line in one_line_error(reference.main, [str(recipe_run), "--models", str(tmp_path / "models")], capsys)
+    assert not (tmp_path / "models").exists()

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import settings
 from conftest import REPO
 from settings import PRESETS, member, parse_args
 
@@ -75,3 +76,60 @@ def test_a_resumed_run_takes_back_its_name_and_its_place_in_a_group(tmp_path):
     resumed = member(args, args.points[0])
     for key in ("name", "tta", "target_acc", "group", "sweep_point", "seed", "lr_max"):
         assert getattr(resumed, key) == config[key], key
+
+
+# Issue 17, class 3: what is refused before torch loads -------------------------------------
+
+def refusal(argv, capsys, **parse_options):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv, **parse_options)
+    assert e.value.code == 2
+    return capsys.readouterr().err.strip()
+
+
+def test_a_gpu_on_a_machine_without_one_is_refused_with_the_flags(monkeypatch, capsys):
+    monkeypatch.setattr(settings, "no_cuda_here", lambda: True)
+    assert refusal(["--device", "cuda:1"], capsys) == ("error: --device cuda:1: no CUDA GPU is visible here; use "
+                                                       "--device cpu (see --help)")
+    assert "--precision bf16 needs a CUDA GPU (fastai's mixed precision), and no CUDA GPU is visible here" in refusal(
+        ["--precision", "bf16"], capsys)
+    monkeypatch.setattr(settings, "no_cuda_here", lambda: False)  # maybe a GPU: torch decides, in the run
+    assert parse_args(["--device", "cuda:1", "--precision", "bf16"]).device == "cuda:1"
+
+
+def test_no_gpu_is_known_without_torch_where_none_is_visible(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert settings.no_cuda_here()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    import torch
+    if settings.no_cuda_here():  # never a GPU that torch sees on a machine said to have none
+        assert not torch.cuda.is_available()
+
+
+def test_data_that_is_not_there_is_refused_with_the_flags(monkeypatch, tmp_path, capsys):
+    assert refusal(["--data", str(tmp_path / "nope")], capsys).startswith(
+        f"error: --data {tmp_path / 'nope'}: {tmp_path / 'nope'} does not exist: give a CIFAR-10 folder or .tgz")
+    monkeypatch.setenv("CIFAR10_DATA", "~/nope")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert refusal([], capsys).startswith(f"error: CIFAR10_DATA=~/nope: {tmp_path / 'nope'} does not exist")
+    assert parse_args([], reads_data=False).data is None  # a bench that brings its own data
+
+
+# Issue 17, class 4: what is recorded is what happened ---------------------------------------
+
+def test_the_fast_presets_tta_goes_with_find_lr_and_a_given_one_does_not(capsys):
+    assert parse_args(["--preset", "fast", "--find-lr"]).tta  # the preset's, unused by the finder
+    assert "drop --tta" in refusal(["--preset", "fast", "--find-lr", "--tta"], capsys)
+    assert parse_args(["--find-lr", "--no-tta"]).find_lr
+
+
+def test_each_lr_records_its_own_source():
+    assert settings.lr_source(None, None) == "lr_find.json"
+    assert settings.lr_source(1e-4, 1e-3) == "flags"
+    assert settings.lr_source(None, 1e-3) == "lr_min: lr_find.json, lr_max: flags"
+    assert settings.lr_source(1e-4, None) == "lr_min: flags, lr_max: lr_find.json"
+
+
+def test_a_weight_decay_is_checked_against_each_swept_lr_max(capsys):
+    assert parse_args(["--wd", "50", "--lr-max", "1e-2"]).wd == 50  # 1 - 0.5 a step: strong, but a decay
+    assert "--lr-max 0.02 with --wd 50" in refusal(["--wd", "50", "--sweep", "lr_max=1e-2,2e-2"], capsys)

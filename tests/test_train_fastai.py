@@ -9,7 +9,7 @@ from PIL import Image
 
 import lr_schedule
 from conftest import CLASSES, GIVEN_LRS, REPO, RUN_FILES, TINY, TRAINING_FILES, real_subset, write_folder
-from settings import UsageError
+from settings import FINDER_ITERS_MIN, UsageError
 from train_fastai import main
 
 
@@ -116,8 +116,9 @@ def test_bad_input_from_the_shell_prints_no_traceback(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "train_fastai.py"), "--data", str(tmp_path / "missing")],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'} does not exist: point --data "
-                                                "or CIFAR10_DATA at a CIFAR-10 folder or .tgz"]
+    assert done.stderr.strip().splitlines() == [f"error: --data {tmp_path / 'missing'}: {tmp_path / 'missing'} does "
+                                                "not exist: give a CIFAR-10 folder or .tgz (fastai's layout or the "
+                                                "python version) (see --help)"]
 
 
 def test_it_learns_real_cifar10(tmp_path):
@@ -178,7 +179,7 @@ def test_config_is_written_before_the_finder_can_stop_the_run(tmp_path, tiny_fol
     monkeypatch.setattr(lr_schedule, "lr_bounds", no_fall)
     with pytest.raises(SystemExit):
         main([*TINY, "--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--epochs", "1",
-              "--finder-iters", "10"])
+              "--finder-iters", str(FINDER_ITERS_MIN)])
     assert "no fall in the loss" in capsys.readouterr().err
     run_dir, = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 1
@@ -231,3 +232,12 @@ def test_names_with_dollars_are_text_in_every_figure(tmp_path, capsys):
     assert (run_dir / "report.html").is_file() and (run_dir / "confusion_matrix.png").is_file()
     compare.main(["--out", str(out), "--png", str(tmp_path / "compare.png")])
     assert (tmp_path / "compare.png").is_file()
+
+
+def test_a_given_lr_max_is_recorded_as_given_beside_the_lr_min_the_finder_found(tmp_path, tiny_folder):
+    """Issue 17: with only --lr-max given, config.json said both LRs came from the range test."""
+    cli("--find-lr", "--data", tiny_folder, "--out", tmp_path / "runs", *TINY, "--lr-max", "2e-3")
+    run_dir, = run_dirs(tmp_path / "runs")
+    config, found = (json.loads((run_dir / name).read_text()) for name in ("config.json", "lr_find.json"))
+    assert config["lr_source"] == "lr_min: lr_find.json, lr_max: flags"
+    assert config["lr_max"] == 2e-3 and config["lr_min"] == found["lr_min"]
