@@ -42,6 +42,7 @@ import time
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -219,12 +220,13 @@ def measure_and_record(args, argv):
         write_json(stem.with_suffix(".json"), results)
 
     with tempfile.TemporaryDirectory(prefix="latency-") as work, open(stem.with_suffix(".log"), "w") as log:
-        # The raw log is committed: it names the scratch folder, the data cache and the checkout, not where they lie.
-        placeholders = {work: "$SCRATCH", cache_root(): "$CIFAR10_CACHE", REPO: "."}
+        # The raw log is committed: it names the scratch folder, the data cache, the checkout and the results
+        # folder, not where they lie.
+        placeholders = {work: "$SCRATCH", cache_root(): "$CIFAR10_CACHE", REPO: ".", args.out: "$OUT"}
         with redirect_stdout(Tee(sys.stdout, log, placeholders=placeholders)), \
-                redirect_stderr(Tee(sys.stderr, log, placeholders=placeholders)):
-            if args.smoke:
-                os.environ["CIFAR10_CACHE"] = str(Path(work) / "cache")  # never the user's cache
+                redirect_stderr(Tee(sys.stderr, log, placeholders=placeholders)), \
+                mock.patch.dict(os.environ, {"CIFAR10_CACHE": str(Path(work) / "cache")} if args.smoke else {}):
+            if args.smoke:  # tiny data, in a cache of its own: never the user's
                 data = str(tiny_cifar10(Path(work) / "cifar10"))
             # The data as typed from the checkout, where the runs start (the tiny data by its scratch path).
             data = Path(data).expanduser().absolute()
