@@ -12,12 +12,12 @@ the per-image path works on uint8 pixels before normalisation and fills with the
 """
 from functools import cache
 
-import albumentations as A
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.vision.all import PILImage, TensorImage, Transform
+from fastai.torch_core import TensorImage
+from fastai.vision.core import PILImage
+from fasttransform import Transform
 
 PAD = 4
 CUTOUT_SIZE = 8
@@ -103,6 +103,8 @@ def gpu_augmentations(pad_mode="reflect"):
 
 def albumentations_pipeline(mean, seed=None):
     """The same three steps per uint8 HWC image; `mean` (RGB in [0, 1]) is Cutout's fill."""
+    import albumentations as A  # a second to load: only the per-image path does
+    import cv2
     fill = tuple(int(round(255 * m)) for m in mean)
     return A.Compose([
         # BORDER_REFLECT_101 mirrors without repeating the edge pixel, like torch's "reflect".
