@@ -18,6 +18,7 @@ from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence
 from data import SPLITS, image_files
 from errors import command_to_retype
 from files import atomic, write_json
+from hardware import seconds_compiling
 from outputs import write_curves
 from settings import UsageError
 
@@ -50,22 +51,25 @@ def sigterm_as_ctrl_c():
 
 def fit(learn, schedule, run_dir, resumed, cbs=()):
     """fit_one_cycle from the start or, resumed, from the checkpoint's epoch on the same schedule;
-    returns the fit's seconds, those before an interruption included."""
+    returns the fit's seconds, those before an interruption included, torch.compile's apart."""
     logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
-    start = time.perf_counter()
+    start, compiling = time.perf_counter(), seconds_compiling()
+
+    def seconds():
+        return resumed.get("fit_seconds", 0) + time.perf_counter() - start - (seconds_compiling() - compiling)
+
     try:
         on_cpu = learn.dls.device.type == "cpu"  # torch's SyncBatchNorm needs GPUs
         with sigterm_as_ctrl_c(), learn.distrib_ctx(sync_bn=not on_cpu, cpu=on_cpu):
             learn.fit_one_cycle(**schedule, cbs=[logger, snapshot, divergence, *cbs],
                                 start_epoch=resumed.get("epochs_done", 0))
     except KeyboardInterrupt:
-        seconds = resumed.get("fit_seconds", 0) + time.perf_counter() - start
-        raise Interrupted(save_checkpoint(run_dir, snapshot, logger.rows, seconds, resumed)) from None
+        raise Interrupted(save_checkpoint(run_dir, snapshot, logger.rows, seconds(), resumed)) from None
     if divergence.problem:
         raise UsageError(divergence.problem)
     if learn.dls.device.type == "cuda":
         torch.cuda.synchronize(learn.dls.device)
-    return resumed.get("fit_seconds", 0) + time.perf_counter() - start
+    return seconds()
 
 
 def save_checkpoint(run_dir, snapshot, rows, fit_seconds, resumed):
