@@ -37,14 +37,14 @@ def test_cudnn_autotunes_unless_the_run_must_repeat_bitwise():
 def test_the_cpu_estimate_comes_from_the_runs_first_batches_once(tiny_folder, capsys):
     """Printed once, after the first training batches of the first fit (the range test's or the
     training's), counting the finder, the epochs still to run and the passes over the test set after
-    the fit; then it leaves the learner, so the export does not carry it."""
+    the fit; then it leaves the learner, so no later fit prints it again and the export does not
+    carry it."""
     dls, _ = cifar10_dataloaders(tiny_folder, bs=16, device="cpu")  # 5 batches of 16, 20 test images
     learn = Learner(dls, CustomResNet(width=8))
     estimate = hardware.CpuEstimate(finder_iters=100, epochs=2, final_passes=1, enough_seconds=float("inf"))
     learn.add_cb(estimate)
     capsys.readouterr()  # the decoding line
     with learn.no_logging(), learn.no_bar():
-        learn.fit(1)
         learn.fit(1)
     printed = capsys.readouterr().out.splitlines()
     # 100 finder iterations and 2 epochs of 5 batches of 16; 2 epochs' test passes and flip TTA's, of 20 images.
