@@ -13,16 +13,12 @@ the per-image path works on uint8 pixels before normalisation and fills with the
 import os
 from functools import cache
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.vision.all import PILImage, TensorImage, Transform
-
-# albumentations asks PyPI for a newer version when it is imported, and its name lookup has no
-# timeout: on a machine without network (a GPU node, CI) every process could stall on it.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
+from fastai.torch_core import TensorImage
+from fastai.vision.core import PILImage
+from fasttransform import Transform
 
 PAD = 4
 CUTOUT_SIZE = 8
@@ -108,6 +104,12 @@ def gpu_augmentations(pad_mode="reflect"):
 
 def albumentations_pipeline(mean, seed=None):
     """The same three steps per uint8 HWC image; `mean` (RGB in [0, 1]) is Cutout's fill."""
+    # A second to load: only the per-image path does. It asks PyPI for a newer version when it is
+    # imported, its name lookup without a timeout: on a machine without network (a GPU node, CI)
+    # every process could stall there.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+    import cv2
     fill = tuple(int(round(255 * m)) for m in mean)
     return A.Compose([
         # BORDER_REFLECT_101 mirrors without repeating the edge pixel, like torch's "reflect".

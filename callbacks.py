@@ -1,11 +1,18 @@
 """The fastai callbacks of a run: time to accuracy, the divergence stop, the epoch snapshot an
-interruption saves, the history log, and the flip of test-time augmentation."""
+interruption saves, the history log, the last test pass's predictions, and the flip of test-time
+augmentation."""
 import copy
 import time
 
 import numpy as np
 import torch
-from fastai.vision.all import CancelFitException, Callback, CSVLogger, Recorder, accuracy, get_model
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.progress import CSVLogger
+from fastai.learner import Recorder
+from fastai.metrics import accuracy
+from fastai.torch_core import get_model
+
+from hardware import seconds_compiling
 
 ACCURACY_MILESTONES = (0.90, 0.93, 0.94)
 
@@ -27,6 +34,7 @@ class TimeToAccuracy(Callback):
     def before_fit(self):
         self.start, self.stopped_early = time.perf_counter(), self.earlier["stopped_early"]
         self.reached = {float(milestone): tuple(when) for milestone, when in self.earlier["reached"].items()}
+        self.compiling_before = seconds_compiling()  # compiling is not training: --compile counts it apart
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:
@@ -34,7 +42,8 @@ class TimeToAccuracy(Callback):
         accuracy = float(dict(zip(self.recorder.metric_names[1:-1], self.recorder.values[-1]))["accuracy"])
         for milestone in self.milestones:
             if accuracy >= milestone and milestone not in self.reached:
-                self.reached[milestone] = (self.epoch + 1, round(time.perf_counter() - self.start, 3))
+                seconds = time.perf_counter() - self.start - (seconds_compiling() - self.compiling_before)
+                self.reached[milestone] = (self.epoch + 1, round(seconds, 3))
         if self.target and accuracy >= self.target and self.epoch + 1 < self.n_epoch:
             self.stopped_early = True
             raise CancelFitException
@@ -119,6 +128,33 @@ class HistoryLogger(CSVLogger):
             raise
 
 
+class LastTestPass(Callback):
+    """The model's outputs and the targets of each test batch of the fit, kept on the device as they
+    come (no host read), those of the last test pass in the end: the final model's predictions, from
+    which the interpretation and flip TTA start instead of passing over the test set again."""
+
+    def before_validate(self):
+        self.outputs, self.targets = [], []
+
+    def after_batch(self):
+        if not self.training:
+            self.outputs.append(self.pred.detach())
+            self.targets.append(self.yb[0])
+
+    def predictions(self, learn):
+        """(probabilities, targets, losses) of every test image, in the test set's order, on the
+        host: from the last test pass where it covered the whole test set, else (a process of
+        several, each testing its share; a resumed run with no epoch left) from one pass of
+        fastai's get_preds."""
+        outputs = getattr(self, "outputs", [])
+        if sum(map(len, outputs)) != len(learn.dls.valid.dataset):
+            return learn.get_preds(dl=learn.dls.valid, with_loss=True)
+        outputs, targets = torch.cat(outputs).float(), torch.cat(self.targets)
+        with learn.loss_not_reduced():  # each image's loss, as get_preds(with_loss=True) gives it
+            losses = learn.loss_func(outputs, targets)
+        return learn.loss_func.activation(outputs).cpu(), targets.cpu(), losses.cpu()
+
+
 class FlipInputs(Callback):
     """Mirror every input batch left-right where it lies (on the GPU path, on the device)."""
 
@@ -126,8 +162,8 @@ class FlipInputs(Callback):
         self.learn.xb = tuple(x.flip(-1) for x in self.xb)
 
 
-def flip_tta_accuracy(learn):
-    """Test accuracy of the final model when it averages its probabilities for each image and its mirror."""
-    probs, targets = learn.get_preds(dl=learn.dls.valid)
+def flip_tta_accuracy(learn, probs, targets):
+    """Test accuracy of the final model when it averages its probabilities for each image (`probs`,
+    in the test set's order) and its mirror."""
     mirrored, _ = learn.get_preds(dl=learn.dls.valid, cbs=[FlipInputs()])
     return float(accuracy((probs + mirrored) / 2, targets))

@@ -17,11 +17,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from fastai.learner import load_model
-from fastai.vision.all import Callback
+from fastai.callback.core import Callback
 from safetensors.torch import load_file
 
 from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence, TimeToAccuracy
 from files import atomic, write_json
+from hardware import seconds_compiling
 from lifecycle import CHECKPOINT_EVERY_S
 from outputs import plain_model, write_curves, write_weights
 from recording import sync_debug_lifted_after
@@ -30,18 +31,22 @@ from settings import UsageError
 
 def fit(learn, schedule, run_dir, resumed, cbs=()):
     """fit_one_cycle from the start or, resumed, from the checkpoint's epoch on the same schedule,
-    the fit's end kept at once; returns the fit's seconds, those before an interruption included. A
-    resumed fit that was done trains nothing: fastai skips its epochs, logging their lines again."""
+    the fit's end kept at once; returns the fit's seconds, those before an interruption included,
+    torch.compile's apart. A resumed fit that was done trains nothing: fastai skips its epochs,
+    logging their lines again."""
     done, fit_was_done = resumed.get("epochs_done", 0), resumed.get("fit_done", False)
-    logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
-    periodic = PeriodicCheckpoint(run_dir, snapshot, logger, resumed)
     if fit_was_done:
         print(f"the fit was done ({done} epochs): writing its outputs, training nothing")
         schedule = {**schedule, "n_epoch": done}
-    start, finished = time.perf_counter(), False
+    start, compiling, finished = time.perf_counter(), seconds_compiling(), False
 
     def seconds():
-        return resumed.get("fit_seconds", 0) + (0 if fit_was_done else time.perf_counter() - start)
+        if fit_was_done:
+            return resumed["fit_seconds"]
+        return resumed.get("fit_seconds", 0) + time.perf_counter() - start - (seconds_compiling() - compiling)
+
+    logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
+    periodic = PeriodicCheckpoint(run_dir, snapshot, logger, seconds, first_epoch=done)
 
     try:
         on_cpu = learn.dls.device.type == "cpu"  # torch's SyncBatchNorm needs GPUs
@@ -65,21 +70,22 @@ def fit(learn, schedule, run_dir, resumed, cbs=()):
 
 
 class PeriodicCheckpoint(Callback):
-    """At an epoch's end, once CHECKPOINT_EVERY_S of fitting have passed since the fit began or the
-    last checkpoint, the epoch's snapshot as the checkpoint (without the curves: a figure costs more)."""
+    """At the end of an epoch trained from `first_epoch` on, once CHECKPOINT_EVERY_S of fitting have
+    passed since the fit began or the last checkpoint, the epoch's snapshot as the checkpoint, with
+    the fit's `seconds()` so far (without the curves: a figure costs more)."""
     order = EpochSnapshot.order + 1  # the snapshot holds the epoch
 
-    def __init__(self, run_dir, snapshot, logger, resumed):
-        self.run_dir, self.snapshot, self.logger, self.resumed = run_dir, snapshot, logger, resumed
+    def __init__(self, run_dir, snapshot, logger, seconds, first_epoch=0):
+        self.run_dir, self.snapshot, self.logger, self.seconds = run_dir, snapshot, logger, seconds
+        self.first_epoch = first_epoch
 
     def before_fit(self):
-        self.start = self.last = time.perf_counter()
+        self.last = time.perf_counter()
 
     def after_epoch(self):
-        trained = self.epoch >= self.resumed.get("epochs_done", 0)
+        trained = self.epoch >= self.first_epoch
         if trained and self.epoch + 1 < self.n_epoch and time.perf_counter() - self.last >= CHECKPOINT_EVERY_S:
-            seconds = self.resumed.get("fit_seconds", 0) + time.perf_counter() - self.start
-            save_checkpoint(self.run_dir, self.snapshot, self.logger.rows, seconds, curves=False)
+            save_checkpoint(self.run_dir, self.snapshot, self.logger.rows, self.seconds(), curves=False)
             self.last = time.perf_counter()
 
 

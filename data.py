@@ -21,8 +21,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, Normalize, Resize, ResizeMethod, URLs,
-                               fastai_path, parent_label, untar_data)
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.external import URLs, fastai_path, untar_data
+from fastai.data.transforms import Normalize, parent_label
+from fastai.vision.augment import Resize, ResizeMethod
+from fastai.vision.data import ImageBlock
 from PIL import Image
 
 from archives import unpack

@@ -1,7 +1,8 @@
 """The GPU-resident data path: a fastai DataLoader that serves batches from uint8 images held in
 device memory, and the test set's batch size."""
 import torch
-from fastai.vision.all import TensorCategory, TensorImage, TfmdDL, num_distrib
+from fastai.data.core import TfmdDL
+from fastai.torch_core import TensorCategory, TensorImage, num_distrib
 
 
 class DeviceDataLoader(TfmdDL):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from fastai.distributed import DistributedDL
-from fastai.vision.all import num_distrib
+from fastai.torch_core import num_distrib
 
 
 def join_processes(device):

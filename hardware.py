@@ -1,15 +1,15 @@
 """The machine a run runs on: its device and precision, seeding, what to call it in the outputs,
-and, on a CPU, how long the run will take."""
-import copy
+where the run's time goes and, on a CPU, how long the run will take."""
 import functools
 import os
 import platform
+import sys
 import time
 from importlib import metadata
 
-import numpy as np
 import torch
-from fastai.vision.all import set_seed
+from fastai.callback.core import Callback
+from fastai.torch_core import find_bs, set_seed
 
 from settings import UsageError, no_gpu
 
@@ -64,47 +64,109 @@ def device_name(device):
 
 
 def library_versions():
-    """The versions a run ran with, as installed (read without importing what the run did not)."""
-    installed = {name: metadata.version(name) for name in ("torchvision", "fastai", "albumentations")}
-    return {"python": platform.python_version(), "torch": torch.__version__, **installed, "numpy": np.__version__,
+    """The versions a run ran with, as installed (their packages' metadata: importing albumentations
+    to ask would cost a second)."""
+    installed = {name: metadata.version(name) for name in ("torchvision", "fastai", "albumentations", "numpy")}
+    return {"python": platform.python_version(), "torch": torch.__version__, **installed,
             "cuda": torch.version.cuda}
 
 
-def images_per_second(model, images, train, timed_steps=3, enough_seconds=1.0):
-    """Throughput of a copy of `model` (the real one is left untouched) on the batch `images`: one
-    step to pay the one-off set-up costs, then `timed_steps` steps, fewer if they take longer
-    than `enough_seconds` (a full-width batch on a CPU takes tens of seconds), at least one."""
-    model = copy.deepcopy(model).train(train)
-    labels = torch.zeros(len(images), dtype=torch.long, device=images.device)
-
-    def step():
-        with torch.set_grad_enabled(train):
-            out = model(images)
-            if train:
-                torch.nn.functional.cross_entropy(out, labels).backward()
-
-    step()
-    steps, start = 0, time.perf_counter()
-    while steps < timed_steps and (steps == 0 or time.perf_counter() - start < enough_seconds):
-        step()
-        steps += 1
-    return steps * len(images) / (time.perf_counter() - start)
+def seconds_compiling():
+    """Seconds torch.compile has spent compiling in this process so far, forward and backward graphs
+    (torch's own account of them); 0 where nothing was compiled, without loading the compiler to ask."""
+    if "torch._dynamo" not in sys.modules:
+        return 0.0
+    from torch._dynamo.utils import calculate_time_spent
+    return calculate_time_spent()["total_wall_time"]
 
 
-def print_cpu_estimate(learn, model, finder_iters, epochs, final_passes):
-    """How long the run will take on this CPU, timed on a batch of the run's size through the plain
-    `model`: the range test's `finder_iters` (training only: it never evaluates), the `epochs`
-    still to run (a training and a test pass each) and the `final_passes` over the test set
-    after the fit."""
-    images = learn.dls.valid.one_batch()[0].as_subclass(torch.Tensor)  # as fastai's CastToTensor hands it over
-    train_rate = images_per_second(model, images, train=True)
-    eval_rate = images_per_second(model, images, train=False)
-    trained = (finder_iters + epochs * len(learn.dls.train)) * learn.dls.train.bs
-    evaluated = (epochs + final_passes) * len(learn.dls.valid.dataset)
-    seconds = trained / train_rate + evaluated / eval_rate
+def process_age():
+    """Seconds since this process started: Python and the imports, before the first line of a run."""
+    import psutil
+    return time.time() - psutil.Process().create_time()
+
+
+class Phases:
+    """Where a run's time goes, phase by phase, as it runs, and what it spent compiling: summary.json's
+    `phases` and `compile_seconds`, and the last line."""
+
+    def __init__(self, start_up=None):
+        self.seconds = {} if start_up is None else {"start_up": round(start_up, 3)}
+        self.last, self.compiling_before = time.perf_counter(), seconds_compiling()
+
+    def end(self, phase):
+        """The phase that ends now, from the end of the one before."""
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self.last, 3)
+        self.last = now
+
+    def total(self):
+        return sum(self.seconds.values())
+
+    def compiling(self):
+        """Seconds compiling since the run began (a process may run several)."""
+        return seconds_compiling() - self.compiling_before
+
+
+class CpuEstimate(Callback):
+    """On a CPU, how long the run will take, from its own first training batches as they run (a batch
+    from one end to the next; its forward pass as the rate of test images), printed once after them:
+    the range test's `finder_iters` iterations (training only: it never evaluates), the `epochs`
+    still to run (a training and a test pass each) and the `final_passes` over the test set after
+    the fit. The first batch pays one-off costs and is left out where there are others; what
+    torch.compile took is counted, and said."""
+
+    def __init__(self, finder_iters, epochs, final_passes, timed_batches=3, enough_seconds=1.0):
+        self.finder_iters, self.epochs, self.final_passes = finder_iters, epochs, final_passes
+        self.timed_batches, self.enough_seconds = timed_batches, enough_seconds
+        self.batches = []  # (seconds, forward seconds, images) of each training batch so far
+        self.compiling_before = seconds_compiling()
+
+    def before_train(self):
+        self.batch_end = time.perf_counter()  # a batch runs from the end of the one before: loading it counts
+
+    def before_batch(self):
+        self.batch_start = time.perf_counter()
+
+    def after_pred(self):
+        self.forward_end = time.perf_counter()
+
+    def after_batch(self):
+        if not self.training:
+            return
+        now = time.perf_counter()
+        self.batches.append((now - self.batch_end, self.forward_end - self.batch_start, find_bs(self.xb)))
+        self.batch_end = now
+        timed = self.batches[1:]
+        if len(timed) >= self.timed_batches or sum(seconds for seconds, _, _ in timed) >= self.enough_seconds:
+            self.report()
+
+    def after_train(self):
+        self.report()  # an epoch, or a whole run, of fewer batches: what there was
+
+    after_fit = after_train
+
+    def report(self):
+        if not self.batches:
+            return
+        timed = self.batches[1:] or self.batches
+        images = sum(n for _, _, n in timed)
+        train_rate = images / sum(seconds for seconds, _, _ in timed)
+        eval_rate = images / sum(forward for _, forward, _ in timed)
+        trained = (self.finder_iters + self.epochs * len(self.dls.train)) * self.dls.train.bs
+        evaluated = (self.epochs + self.final_passes) * len(self.dls.valid.dataset)
+        compiling = seconds_compiling() - self.compiling_before
+        print(estimate_line(trained, evaluated, train_rate, eval_rate, compiling), flush=True)
+        self.learn.remove_cb(self)  # once a run, and nothing of it in the exported learner
+
+
+def estimate_line(trained, evaluated, train_rate, eval_rate, compiling):
+    seconds = trained / train_rate + evaluated / eval_rate + compiling
     duration = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
-    print(f"CPU only: this run will take about {duration} ({trained} training images at {train_rate:.0f}/s and "
-          f"{evaluated} test images at {eval_rate:.0f}/s here); a GPU takes seconds")
+    compiled = (f"; and {compiling:.0f} s compiling the model, more for its first test pass" if compiling else "")
+    return (f"CPU only: this run will take about {duration} ({trained} training images at {train_rate:.0f}/s and "
+            f"{evaluated} test images at {eval_rate:.0f}/s, timed on its first training batches{compiled}); "
+            "a GPU takes seconds")
 
 
 def out_of_memory(error):
@@ -116,9 +178,9 @@ def reports_out_of_memory(run):
     """`run(args, ...)`, where running out of memory, on the GPU or the CPU, from the model's creation
     to the last test pass, is one line naming the two flags that size the run."""
     @functools.wraps(run)
-    def checked_run(args, *rest):
+    def checked_run(args, **kwargs):
         try:
-            return run(args, *rest)
+            return run(args, **kwargs)
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if not out_of_memory(e):
                 raise

@@ -6,7 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import Callback
+import fastai.callback.schedule  # noqa: F401  Learner.lr_find and fit_one_cycle, Recorder.plot_lr_find
+from fastai.callback.core import Callback
 
 from files import save_figure, write_csv, write_json
 from recording import quiet

@@ -8,8 +8,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from fastai.vision.all import ClassificationInterpretation, num_distrib
+from fastai.interpret import ClassificationInterpretation
+from fastai.torch_core import num_distrib
 from safetensors.torch import save_file
+from sklearn.metrics import confusion_matrix
 
 from customresnet import count_parameters
 from files import atomic, save_figure, unused_names, write_csv, write_json
@@ -68,10 +70,24 @@ def write_curves(history, run_dir):
     save_figure(fig, run_dir / "curves.png")
 
 
-def write_interpretation(learn, run_dir, shown=10):
+class PredictedInterpretation(ClassificationInterpretation):
+    """fastai's interpretation of the test set from its predictions already made (probabilities,
+    targets and losses, in the test set's order): its confusion matrix counts them instead of
+    passing over the test set again."""
+
+    def __init__(self, learn, probs, targets, losses):
+        super().__init__(learn, learn.dls.valid, losses)
+        self.decoded, self.targets = learn.loss_func.decodes(probs), targets
+
+    def confusion_matrix(self):
+        return confusion_matrix(self.targets, self.decoded, labels=range(len(self.vocab)))
+
+
+def write_interpretation(learn, run_dir, predictions, shown=10):
     """The confusion matrix, and the `shown` test images with the highest loss (all of them in a
-    smaller test set)."""
-    interp = ClassificationInterpretation.from_learner(learn)
+    smaller test set), from the test set's `predictions` (probabilities, targets, losses)."""
+    import fastai.vision.learner  # noqa: F401  fastai's plot_top_losses for images, loaded once a run gets here
+    interp = PredictedInterpretation(learn, *predictions)
     interp.plot_confusion_matrix(figsize=(7, 7), title="confusion matrix (test set)")
     save_figure(plt.gcf(), run_dir / "confusion_matrix.png")
     shown = min(shown, len(interp.losses))

@@ -18,8 +18,11 @@ import sys
 from contextlib import contextmanager
 
 import torch
-from fastai.vision.all import (AvgLoss, AvgMetric, AvgSmoothLoss, Callback, ProgressCallback, Recorder, find_bs,
-                               noop, to_detach)
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+from fastai.imports import noop
+from fastai.learner import AvgLoss, AvgMetric, AvgSmoothLoss, Recorder
+from fastai.torch_core import find_bs, to_detach
 
 
 class DeviceSmoothLoss(AvgSmoothLoss):

@@ -33,6 +33,7 @@ if __name__ == "__main__":
         signal.signal(signum, exit_before_training)
 
 # The rest loads in seconds: it comes after the flags are checked.
+import gc
 import json
 import warnings
 from pathlib import Path
@@ -41,18 +42,22 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # r
 import pandas as pd
 import torch
 from accelerate.utils import broadcast_object_list
-from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy, num_distrib, rank_distrib
+import fastai.callback.channelslast  # noqa: F401  Learner.to_channelslast, to_bf16 and to_fp16
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.torch_core import num_distrib, rank_distrib
 
 import compare
-from callbacks import TimeToAccuracy, flip_tta_accuracy
+from callbacks import LastTestPass, TimeToAccuracy, flip_tta_accuracy
 from checkpoint import fit, load_checkpoint, resumed_config
 from customresnet import CustomResNet
 from data import cifar10_data, cifar10_dataloaders
 from distributed import as_if_alone, join_processes, scratch_folder, split_batches
 from errors import one_line_errors
 from files import figures_to_files, write_json
-from hardware import (device_name, print_cpu_estimate, reports_out_of_memory, resolve_device, resolve_precision,
-                      seed_everything)
+from hardware import (CpuEstimate, Phases, device_name, process_age, reports_out_of_memory, resolve_device,
+                      resolve_precision, seed_everything)
 from lifecycle import hold, stops_cleanly
 from lr_schedule import find_lr, one_cycle
 from optimizer import fused_adamw
@@ -66,13 +71,14 @@ from settings import UsageError, member
 def main(argv=None):
     figures_to_files()
     args = settings.parse_args(argv, __doc__)
+    start_up = process_age() if __name__ == "__main__" else None  # Python and the imports, when run as a script
     # Bad input, the machine's included: one line, exit status 2. Ctrl-C or SIGTERM at any moment:
     # one line saying what the run kept and how to go on, exit status 130.
     with one_line_errors(args.debug), stops_cleanly(args.resume):
         if len(args.points) * args.runs == 1:
-            run(member(args, args.points[0]))
+            run(member(args, args.points[0]), start_up=start_up)
         else:
-            run_group(args)
+            run_group(args, start_up)
 
 
 def make_learner(dls, args, run_dir, precision):
@@ -90,13 +96,14 @@ def make_learner(dls, args, run_dir, precision):
             learn.to_bf16()
         elif precision == "fp16":
             learn.to_fp16()
-    if args.compile:
+    if args.compile:  # what it compiles, torch keeps for the next run (its FX graph and AOTAutograd caches)
         learn.model = torch.compile(learn.model)
     return learn
 
 
 @reports_out_of_memory
-def run(args, data=None):
+def run(args, data=None, start_up=None):
+    phases = Phases(start_up)  # where the run's time goes, into summary.json
     # Settings: the device, the processes, the precision, the seed.
     processes, device = join_processes(resolve_device(args.device))
     main_process = rank_distrib() == 0
@@ -112,6 +119,7 @@ def run(args, data=None):
     if len(dls.train) == 0:
         raise UsageError(f"{len(dls.train_ds)} training images make no full batch of --bs {args.bs}: "
                          "lower --bs or raise --subset")
+    phases.end("data")
 
     # The learner, in its run folder.
     if main_process:  # the folder's parent, its --out, must take the run's index row in the end
@@ -135,15 +143,15 @@ def run(args, data=None):
         resumed = load_checkpoint(learn, run_dir)
     print(f"run folder: {run_dir}\nconfig: {json.dumps(config)}")
     write_json(run_dir / "config.json", config)  # written again once the LRs are known
+    phases.end("learner")
 
     # The LR range test, unless both LRs are given (a resumed run has them from its config), for
     # --finder-iters iterations however short the run: lr_find cycles the training set as needed.
     run_finder = args.find_lr or args.lr_min is None or args.lr_max is None
-    if device.type == "cpu":
+    if device.type == "cpu":  # printed after the first batches of the range test or the fit
         epochs_to_run = 0 if args.find_lr else args.epochs - resumed.get("epochs_done", 0)
-        passes_after_fit = 0 if args.find_lr else 1 + 2 * args.tta  # the interpretation's, flip TTA's two
-        print_cpu_estimate(learn, plain_model(learn), args.finder_iters if run_finder else 0, epochs_to_run,
-                           passes_after_fit)
+        passes_after_fit = 0 if args.find_lr else int(args.tta)  # flip TTA's mirrored pass
+        learn.add_cb(CpuEstimate(args.finder_iters if run_finder else 0, epochs_to_run, passes_after_fit))
     lr_min, lr_max = args.lr_min, args.lr_max
     if run_finder:
         # The main process alone runs the range test, on whole batches; the others take its LRs.
@@ -153,6 +161,7 @@ def run(args, data=None):
         lr_min, lr_max = lr_min or found_min, lr_max or found_max
         config.update(lr_min=lr_min, lr_max=lr_max, finder_iters=args.finder_iters)
         write_json(run_dir / "config.json", config)
+        phases.end("range_test")
     if args.find_lr:
         return
     if lr_min >= lr_max:
@@ -165,34 +174,41 @@ def run(args, data=None):
           + (f", data-parallel: {processes} processes x {args.bs // processes} = an effective batch of {args.bs}"
              if processes > 1 else ""))
     time_to_accuracy = TimeToAccuracy(target=args.target_acc, resumed=resumed)
+    last_test_pass = LastTestPass()  # the final model's test predictions, for the outputs
     split_batches(learn, processes)
-    fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy])  # keeps the weights as it ends
+    fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy, last_test_pass])  # keeps the weights
     learn.model = plain_model(learn)
+    phases.end("fit")
 
     # Outputs: figures, summary, class names, the exported learner, the report, the index row.
     history = pd.read_csv(run_dir / "history.csv")
+    predictions = last_test_pass.predictions(learn)
     write_schedule(learn, run_dir, lr_min, lr_max, resumed)
     write_curves(history, run_dir)
-    write_interpretation(learn, run_dir)
-    summary = {**summarize(history, learn, args, fit_seconds, device), **time_to_accuracy.results()}
+    write_interpretation(learn, run_dir, predictions)
+    summary = {**summarize(history, learn, args, fit_seconds, device), **time_to_accuracy.results(),
+               "compile_seconds": round(phases.compiling(), 3)}
     if args.tta:
-        summary["tta_accuracy"] = flip_tta_accuracy(learn)
+        summary["tta_accuracy"] = flip_tta_accuracy(learn, *predictions[:2])
     write_json(run_dir / "summary.json", summary)
     write_classes(learn, run_dir, stats)
     write_export(learn, run_dir)
     write_report(run_dir)
     if main_process:  # the run folder's parent is its --out, also for a run resumed from another folder
         compare.append_to_index(run_dir.parent, run_dir, config, summary)
+    phases.end("outputs")
+    write_json(run_dir / "summary.json", {**summary, "phases": phases.seconds})  # where the time went, whole
     for name in ("checkpoint.pth", "checkpoint.json"):  # last: a run stopped before it resumes
         (run_dir / name).unlink(missing_ok=True)
     tta = f" ({100 * summary['tta_accuracy']:.2f}% with flip TTA)" if args.tta else ""
     stopped = f", stopped at --target-acc {args.target_acc}" if summary["stopped_early"] else ""
+    compiled = f" and {summary['compile_seconds']:.1f} s compiling" if args.compile else ""
     print(f"final test accuracy {100 * summary['final_accuracy']:.2f}%{tta} after {summary['epochs']} epochs"
-          f"{stopped}, fit {fit_seconds:.1f} s; outputs in {run_dir}")
+          f"{stopped}, fit {fit_seconds:.1f} s{compiled} of {phases.total():.1f} s in all; outputs in {run_dir}")
     return run_dir, summary
 
 
-def run_group(args):
+def run_group(args, start_up=None):
     """--runs seeds of every sweep point, each in its own run folder; the group folder lists them
     and holds their summary (mean, std, min, max per point) and compare.png."""
     if num_distrib() > 1:
@@ -206,7 +222,8 @@ def run_group(args):
     members = []
     for point in args.points:
         for seed in range(args.seed, args.seed + args.runs):
-            members.append(run(member(args, point, seed, group_dir.name), data)[0])
+            members.append(run(member(args, point, seed, group_dir.name), data=data, start_up=start_up)[0])
+            start_up = None  # the first member's
             # The members so far, at once: a group stopped by a later member still lists them.
             group = {"members": [m.name for m in members], "sweep": args.sweep, "runs": args.runs}
             write_json(group_dir / "summary.json", group)
@@ -219,4 +236,7 @@ def run_group(args):
 
 
 if __name__ == "__main__":
+    # What the imports built lives as long as the process: frozen, no collection looks through it again
+    # (about half a million objects; the run's full collections and those at exit took seconds).
+    gc.freeze()
     main()

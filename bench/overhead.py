@@ -270,8 +270,7 @@ def profile_training_steps(fit, device, warmup, steps):
     warmup+steps+1, that is over `steps` whole steps (data, augmentation, loss, backward, optimizer,
     callbacks), then stops it. A global forward hook finds the steps, so ours runs its own code path
     untouched. The steps are counted per model from its first test pass on: a copy that runs a
-    batch or two outside the fit (ours times one on a CPU to estimate the run's length) never opens
-    the window, and the first epoch is warm-up."""
+    batch or two outside the fit never opens the window, and the first epoch is warm-up."""
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
     profiler = torch.profiler.profile(activities=activities)

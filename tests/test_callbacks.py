@@ -7,8 +7,10 @@ import torch
 from fastai.test_utils import synth_learner
 from fastai.vision.all import Callback, CrossEntropyLossFlat, DataLoaders, Learner
 
-from callbacks import HistoryLogger, TimeToAccuracy, flip_tta_accuracy
+from callbacks import HistoryLogger, LastTestPass, TimeToAccuracy, flip_tta_accuracy
 from conftest import train
+from customresnet import CustomResNet
+from data import cifar10_dataloaders
 
 
 def test_time_to_accuracy_records_each_milestone_once_and_stops_at_the_target():
@@ -49,9 +51,25 @@ def test_flip_tta_averages_each_image_with_its_mirror():
     items = [(image, torch.tensor(1))] * 4
     dls = DataLoaders.from_dsets(items, items, bs=2, device="cpu")
     learn = Learner(dls, HalvesModel(), loss_func=CrossEntropyLossFlat())
-    probs, _ = learn.get_preds(dl=dls.valid)
+    probs, targets = learn.get_preds(dl=dls.valid)
     assert (probs.argmax(1) == 0).all()
-    assert flip_tta_accuracy(learn) == 1.0
+    assert flip_tta_accuracy(learn, probs, targets) == 1.0
+
+
+def test_the_last_test_pass_gives_the_predictions_get_preds_would(tiny_folder):
+    """In the test set's order, as fastai's get_preds gives them (probabilities, targets, each image's
+    loss); a fit that tested no whole test set leaves them to one pass of get_preds."""
+    dls, _ = cifar10_dataloaders(tiny_folder, bs=16, device="cpu", seed=0)
+    learn = Learner(dls, CustomResNet(width=8), loss_func=CrossEntropyLossFlat(label_smoothing=0.2))
+    last_test_pass = LastTestPass()
+    assert all(torch.equal(a, b) for a, b in zip(last_test_pass.predictions(learn), learn.get_preds(with_loss=True)))
+    with learn.no_logging(), learn.no_bar():
+        learn.fit(2, lr=1e-2, cbs=[last_test_pass])
+    assert sum(map(len, last_test_pass.outputs)) == len(dls.valid_ds)  # the second epoch's pass only
+    expected = learn.get_preds(dl=dls.valid, with_loss=True)
+    for kept, passed in zip(last_test_pass.predictions(learn), expected):
+        assert kept.device.type == "cpu" and kept.shape == passed.shape
+        assert torch.allclose(kept, passed, atol=1e-6)
 
 
 def test_a_diverging_loss_stops_the_run_naming_the_lr(tmp_path, tiny_folder, capsys):

@@ -63,10 +63,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_pa
     monkeypatch.setenv("CIFAR10_CACHE", str(tmp_path / "another-cache"))
     monkeypatch.chdir(tmp_path / "other")
     main(["--resume", str(cut)])
-    # The estimate counts the one epoch left (5 batches of 16), its test pass, the interpretation's
-    # and flip TTA's two (--tta, taken back from config.json).
+    # The estimate counts the one epoch left (5 batches of 16), its test pass and flip TTA's mirrored
+    # one (--tta, taken back from config.json).
     printed = capsys.readouterr().out
-    assert "(80 training images at" in printed and "and 80 test images at" in printed
+    assert "(80 training images at" in printed and "and 40 test images at" in printed
     assert cut.name in pd.read_csv(out / "index.csv").run.tolist() and not (tmp_path / "other" / "runs").exists()
     config = json.loads((cut / "config.json").read_text())
     assert config["out"] == str(out) and config["data_given"] == str(archive)

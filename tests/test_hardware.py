@@ -36,17 +36,34 @@ def test_cudnn_autotunes_unless_the_run_must_repeat_bitwise():
         torch.backends.cudnn.deterministic = torch.backends.cudnn.benchmark = False
 
 
-def test_the_cpu_estimate_counts_the_finder_the_epochs_to_run_and_the_passes_after_the_fit(tiny_folder, monkeypatch,
-                                                                                           capsys):
-    """Rates stubbed: 100 training and 1,000 test images a second."""
+def test_the_cpu_estimate_comes_from_the_runs_first_batches_once(tiny_folder, capsys):
+    """Printed once, after the first training batches of the first fit (the range test's or the
+    training's), counting the finder, the epochs still to run and the passes over the test set after
+    the fit; then it leaves the learner, so no later fit prints it again and the export does not
+    carry it."""
     dls, _ = cifar10_dataloaders(tiny_folder, bs=16, device="cpu")  # 5 batches of 16, 20 test images
-    monkeypatch.setattr(hardware, "images_per_second", lambda model, images, train: 100 if train else 1000)
     learn = Learner(dls, CustomResNet(width=8))
+    estimate = hardware.CpuEstimate(finder_iters=100, epochs=2, final_passes=1, enough_seconds=float("inf"))
+    learn.add_cb(estimate)
     capsys.readouterr()  # the decoding line
-    # 100 finder iterations (never a test pass), 2 epochs, then the interpretation's and flip TTA's 3 passes.
-    hardware.print_cpu_estimate(learn, learn.model, finder_iters=100, epochs=2, final_passes=3)
-    assert capsys.readouterr().out.strip() == ("CPU only: this run will take about 18 s (1760 training images at "
-                                               "100/s and 100 test images at 1000/s here); a GPU takes seconds")
+    with learn.no_logging(), learn.no_bar():
+        learn.fit(1)
+    printed = capsys.readouterr().out.splitlines()
+    # 100 finder iterations and 2 epochs of 5 batches of 16; 2 epochs' test passes and flip TTA's, of 20 images.
+    assert len(printed) == 1 and printed[0].startswith("CPU only: this run will take about ")
+    assert "(1760 training images at " in printed[0] and " and 60 test images at " in printed[0]
+    assert len(estimate.batches) == 4 and estimate not in learn.cbs  # the first batch and 3 timed ones
+
+
+def test_the_cpu_estimate_counts_compiling_and_says_so():
+    # 1,760 images at 100/s and 100 at 1,000/s: 18 s, and 40 s compiling.
+    assert hardware.estimate_line(1760, 100, 100, 1000, 0) == (
+        "CPU only: this run will take about 18 s (1760 training images at 100/s and 100 test images at 1000/s, "
+        "timed on its first training batches); a GPU takes seconds")
+    assert hardware.estimate_line(1760, 100, 100, 1000, 40) == (
+        "CPU only: this run will take about 58 s (1760 training images at 100/s and 100 test images at 1000/s, "
+        "timed on its first training batches; and 40 s compiling the model, more for its first test pass); "
+        "a GPU takes seconds")
 
 
 def test_a_gpu_index_beyond_the_machine_is_one_line_not_an_invalid_ordinal(monkeypatch):

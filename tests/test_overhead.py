@@ -72,7 +72,7 @@ def test_plain_applies_the_augmentations(tmp_path):
 
 def toy_fit(model, epochs=2, steps_per_epoch=6):
     """A loop that trains `model` on nothing, marking each step with an operator of its own: ones in
-    the first epoch, full in the later ones; before it, a copy runs a few steps as ours' CPU estimate does."""
+    the first epoch, full in the later ones; before it, a copy runs a few steps outside the fit."""
     images = torch.zeros(2, 3, 32, 32)
     estimate = copy.deepcopy(model).train()
     for _ in range(5):

@@ -183,7 +183,7 @@ def check_finished_run(session, run_dir, printed):
 def check_training(argv, done, session, new_folders):
     assert done.returncode == 0, done.stderr[-3000:]
     if not torch.cuda.is_available():
-        assert "CPU only: this run will take about" in done.stdout  # it measures its speed first
+        assert "CPU only: this run will take about" in done.stdout  # timed on its first batches
     if "--resume" in argv:
         check_finished_run(session, Path(flag(argv, "--resume")), done.stdout)
     elif "--find-lr" in argv:
@@ -203,6 +203,8 @@ def check_training(argv, done, session, new_folders):
     else:
         run_dir, = new_folders
         check_finished_run(session, run_dir.relative_to(session.work), done.stdout)
+        phases = json.loads((run_dir / "summary.json").read_text())["phases"]
+        assert phases["start_up"] > 0 and phases["fit"] > 0  # as a script: from the process's start
 
 
 def check_compare(argv, done, session, new_folders):

@@ -1,14 +1,17 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import lr_schedule
 from conftest import CLASSES, GIVEN_LRS, REPO, RUN_FILES, TINY, TRAINING_FILES, real_subset, write_folder
+from customresnet import CustomResNet
 from settings import FINDER_ITERS_MIN, UsageError
 from train_fastai import main
 
@@ -32,14 +35,16 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     assert list(pd.read_csv(finder_dir / "lr_find.csv").columns) == ["lr", "loss", "batch_loss"]
     printed = capsys.readouterr().out
     assert "LRMIN" in printed
-    # The finder's 100 batches of 16, and no test pass: it never evaluates.
+    # The finder's 100 batches of 16, and no test pass: it never evaluates. Timed on the finder's first batches.
     assert "CPU only: this run will take about" in printed and "(1600 training images at" in printed
     assert "and 0 test images at" in printed
+    assert printed.index("LR range test: 100 iterations") < printed.index("CPU only") < printed.index("LRMIN")
 
     cli(*common, "--epochs", 2, "--name", "train")
-    # 100 finder iterations and 2 epochs of 5 batches of 16; 2 epochs' and the interpretation's pass over 20 images.
+    # 100 finder iterations and 2 epochs of 5 batches of 16; 2 epochs' passes over 20 test images (the
+    # interpretation's predictions are the last one's).
     printed = capsys.readouterr().out
-    assert "(1760 training images at" in printed and "and 60 test images at" in printed
+    assert "(1760 training images at" in printed and "and 40 test images at" in printed
     train_dir = next(p for p in run_dirs(out) if p.name.endswith("-train"))
     assert finder_dir.exists()  # the earlier run is untouched
     for name in RUN_FILES:
@@ -52,6 +57,11 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     assert summary["best_accuracy"] == pytest.approx(history.accuracy.max())
     for key in ("parameters", "first_epoch_90", "fit_seconds", "train_images_per_s", "device", "versions", "seed"):
         assert key in summary
+    phases = summary["phases"]  # called from Python, not as a script: no start-up of its own
+    assert list(phases) == ["data", "learner", "range_test", "fit", "outputs"] and min(phases.values()) >= 0
+    assert phases["fit"] >= summary["fit_seconds"] and summary["compile_seconds"] == 0
+    assert re.search(rf"fit {summary['fit_seconds']:.1f} s of {sum(phases.values()):.1f} s in all; outputs in ",
+                     printed)
     config = json.loads((train_dir / "config.json").read_text())
     assert config["lr_source"] == "lr_find.json" and config["epochs"] == 2 and config["width"] == 8
     # The finder runs its 100 iterations, however short the run (2 epochs of 80 images in batches of 16).
@@ -91,13 +101,26 @@ def test_default_relative_out_from_a_fresh_folder_leaves_every_output(tmp_path, 
 
 
 def test_a_test_set_of_fewer_than_10_images_shows_them_all_as_misclassified(tmp_path):
-    """misclassified.png shows the 10 test images with the highest loss, or all of a smaller test set."""
+    """misclassified.png shows the 10 test images with the highest loss, or all of a smaller test set.
+    The interpretation and flip TTA start from the predictions of the fit's last test pass: after the
+    fit the model sees only the mirrored test images and those it shows."""
     folder = write_folder(tmp_path / "small", n_train=8, n_test=2, classes=["cat", "dog"])  # 4 test images
     out = tmp_path / "runs"
-    cli("--data", folder, "--out", out, "--bs", 16, "--width", 8, "--epochs", 1, *GIVEN_LRS)
+    tested = []
+
+    def count_test_images(model, inputs):
+        if isinstance(model, CustomResNet) and not model.training:
+            tested.append(len(inputs[0]))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(count_test_images)
+    try:
+        cli("--data", folder, "--out", out, "--bs", 16, "--width", 8, "--epochs", 1, *GIVEN_LRS, "--tta")
+    finally:
+        hook.remove()
     run_dir, = run_dirs(out)
     for name in TRAINING_FILES:  # the LRs are given: no range test
         assert (run_dir / name).stat().st_size > 0, name
+    assert sum(tested) == 4 + 4 + 4  # the epoch's test pass, flip TTA's mirrored pass, the 4 shown
 
 
 def test_cli_albumentations_backend_with_given_lrs(tmp_path, tiny_folder):
@@ -150,7 +173,7 @@ def test_a_run_reports_flip_tta_time_to_accuracy_and_an_early_stop(finished_swee
             "with flip TTA) after 1 epochs, stopped at --target-acc 0.01") in printed
 
 
-def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_folder, monkeypatch):
+def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_folder, monkeypatch, capsys):
     """--compile hands fastai's Learner torch.compile's module; the weights and the exported learner
     come from the plain module. aot_eager traces forward and backward through AOT autograd as the
     GPU's inductor does, without minutes of code generation on a CPU."""
@@ -170,6 +193,12 @@ def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_fo
     assert all(not name.startswith("_orig_mod") for name in load_file(run_dir / "model.safetensors"))
     assert json.loads((run_dir / "config.json").read_text())["compile"] is True
     assert len(pd.read_csv(run_dir / "history.csv")) == 1
+    # Compiling is timed apart from the fit, by torch's own account, and said.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 < summary["compile_seconds"] and summary["fit_seconds"] < summary["phases"]["fit"]
+    printed = capsys.readouterr().out
+    assert f"fit {summary['fit_seconds']:.1f} s and {summary['compile_seconds']:.1f} s compiling of " in printed
+    assert "s compiling the model, more for its first test pass); a GPU takes seconds" in printed
 
 
 def test_config_is_written_before_the_finder_can_stop_the_run(tmp_path, tiny_folder, monkeypatch, capsys):
@@ -241,3 +270,13 @@ def test_a_given_lr_max_is_recorded_as_given_beside_the_lr_min_the_finder_found(
     config, found = (json.loads((run_dir / name).read_text()) for name in ("config.json", "lr_find.json"))
     assert config["lr_source"] == "lr_min: lr_find.json, lr_max: flags"
     assert config["lr_max"] == 2e-3 and config["lr_min"] == found["lr_min"]
+
+
+def test_a_run_imports_only_what_it_uses():
+    """fastai.vision.all loads every application and model of fastai; albumentations takes a second and
+    serves --aug albumentations alone; fastai's image learner (plot_top_losses) loads with the outputs."""
+    script = ("import sys, hardware, train_fastai; hardware.library_versions(); print(sorted(name for name in "
+              "('fastai.vision.all', 'fastai.vision.learner', 'fastai.vision.models', 'albumentations', 'cv2') "
+              "if name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "[]\n", done.stderr

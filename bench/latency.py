@@ -1,0 +1,256 @@
+"""A whole run as the user waits for it: `python train_fastai.py ...` in a process of its own, its
+phases timed from its own lines, against `python -c "import torch"` timed in the same moment.
+
+Why: a rapid experiment is what the user waits for from the command to the result, not the fit
+alone. On a GPU the recipe's fit is meant to take about 10 s; what surrounds it (Python and the
+imports, the data set-up, the range test, the figures, export and report) must not double that.
+The machine's load moves every figure, so the one to quote is the ratio of the run's fixed cost
+(its wall time less its fit) to the time `import torch` takes just before and just after it.
+
+Each run's phases come from the moment each of its lines reaches this process (the run's output
+is unbuffered) and from its summary.json:
+    start_up    from the process's start to its "run folder:" line: Python, the imports, the data
+                set-up on a warm cache, the learner
+    before_fit  from there to its "training:" line: the config, the LR range test when it runs (on
+                the code before issue 18, also the CPU estimate's own timing)
+    range_test  from "LR range test: N iterations" to "LR range test: LRMIN ..." (a part of before_fit)
+    fit         summary.json's fit_seconds: fit_one_cycle, its test passes included
+    outputs     from the fit's end to the process's exit: figures, summary, weights, export, report,
+                the index row, and the interpreter's exit
+Where the run records its own phases (summary.json's `phases`), they are kept beside these.
+
+    python bench/latency.py                    # the measured configuration (~5 minutes on 2 idle cores)
+    python bench/latency.py --smoke --out DIR  # tiny data, to test the harness: its figures mean nothing
+
+The cases: `given_lrs`, the configuration of issue 18 (`--width 4 --subset 1024 --epochs 1
+--bs 512 --lr-min 1e-4 --lr-max 1e-3`), and `range_test`, the same run finding its LRs. One
+untimed run first fills the data cache (CIFAR10_CACHE, as the user's runs use it) and warms the
+machine's file cache; then the runs alternate with `import torch`. Results:
+bench/results/latency-<device>-<date>.json with the raw log (.log) beside it.
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import datetime, timezone
+from pathlib import Path
+from unittest import mock
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import settings  # noqa: E402
+
+DATA = "../shared/data/cifar10-jpeg.tgz"  # relative to the checkout, as the Makefile has it
+# Issue 18's measured configuration: a thin model, a whole pass over the 10,000 test images.
+RUN_FLAGS = ["--width", "4", "--subset", "1024", "--epochs", "1", "--bs", "512"]
+SMOKE_FLAGS = ["--width", "4", "--epochs", "1", "--bs", "16"]
+GIVEN_LRS = ["--lr-min", "1e-4", "--lr-max", "1e-3"]
+SEED = 0  # train_fastai.py's default --seed, given explicitly so the results file says it
+SETTINGS = dict(repeats=5, range_test_repeats=3, warmup=1)
+SMOKE = dict(repeats=1, range_test_repeats=0, warmup=0)
+RATIO_GOAL = 2.0  # issue 18: the fixed cost at most twice `import torch`
+PHASES = ("start_up", "before_fit", "range_test", "fit", "outputs")
+FIGURES = ("torch_import_s", "wall_s", "fit_s", "fixed_s", "ratio", *(f"{phase}_s" for phase in PHASES))
+# The run's lines that mark its phases: (name, the start of the line).
+MARKS = {"run_folder": re.compile(r"run folder: "), "range_test_start": re.compile(r"LR range test: \d+ iterations"),
+         "range_test_end": re.compile(r"LR range test: LRMIN"), "training": re.compile(r"training: "),
+         "final": re.compile(r"final test accuracy ")}
+
+
+def parse_args(argv=None):
+    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help=f"CIFAR-10 folder or .tgz (default $CIFAR10_DATA, else {DATA} from the checkout)")
+    for name, default in SETTINGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default {default}; with --smoke {SMOKE[name]}")
+    p.add_argument("--smoke", action="store_true", help="tiny data, to test the harness; its figures mean nothing")
+    p.add_argument("--out", type=Path, help="results folder (default bench/results; required with --smoke)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
+    args = p.parse_args(argv)
+    if args.smoke and args.out is None:
+        p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
+    if args.smoke and args.data:
+        p.error("--smoke makes its own tiny data: drop --data")
+    for name, default in (SMOKE if args.smoke else SETTINGS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.repeats < 1 or args.range_test_repeats < 0 or args.warmup < 0:
+        p.error("--repeats must be at least 1, --range-test-repeats and --warmup at least 0")
+    args.out = args.out or REPO / "bench" / "results"
+    settings.check_out_folder(p, args.out)
+    return args
+
+
+if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # --help and bad flags answer before torch loads (seconds)
+
+# The rest loads in seconds: it comes after the flags are checked.
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench import Tee, results_stem  # noqa: E402
+from cache import cache_root  # noqa: E402
+from errors import one_line_errors  # noqa: E402
+from files import write_json  # noqa: E402
+from hardware import library_versions  # noqa: E402
+from outputs import git_commit  # noqa: E402
+from overhead import device_label  # noqa: E402
+
+
+def tiny_cifar10(folder, per_class=(16, 4)):
+    """Ten classes of flat colours with a little noise, in fastai's layout as PNG: learnable, so
+    the range test finds a fall in its loss."""
+    rng = np.random.default_rng(SEED)
+    for split, n in zip(("train", "test"), per_class):
+        for k in range(10):
+            (folder / split / f"class{k}").mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(20 * k + 10 + rng.integers(-5, 6, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / split / f"class{k}" / f"{i:03d}.png")
+    return folder
+
+
+def time_torch_import():
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - start
+
+
+def time_run(argv, out):
+    """One `python train_fastai.py` process, its lines stamped as they arrive; returns the
+    figures of the run, or raises SystemExit with the run's last lines if it failed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as it is printed, as on a terminal
+    marks, lines = {}, []
+    start = time.perf_counter()
+    with subprocess.Popen([sys.executable, "train_fastai.py", *argv, "--out", str(out)], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            seconds = time.perf_counter() - start
+            lines.append(line.rstrip("\n"))
+            print(f"  [{seconds:7.2f} s] {lines[-1]}")
+            for name, pattern in MARKS.items():
+                if name not in marks and pattern.match(line):
+                    marks[name] = seconds
+    wall = time.perf_counter() - start
+    if process.returncode != 0 or {"run_folder", "training", "final"} - set(marks):
+        raise SystemExit(f"error: the run failed (exit status {process.returncode}): see its lines above")
+    run_dir, = (path for path in out.iterdir() if path.is_dir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {**figures(marks, wall, summary["fit_seconds"]), "run_phases": summary.get("phases"),
+            "final_accuracy": summary["final_accuracy"]}
+
+
+def figures(marks, wall, fit):
+    """A run's seconds by phase, from the moments its lines arrived (`marks`), its wall time and
+    its fit's seconds."""
+    range_test = marks["range_test_end"] - marks["range_test_start"] if "range_test_end" in marks else 0.0
+    phases = {"start_up": marks["run_folder"], "before_fit": marks["training"] - marks["run_folder"],
+              "range_test": range_test, "fit": fit, "outputs": wall - marks["training"] - fit}
+    return {"wall_s": wall, "fit_s": fit, "fixed_s": wall - fit, **{f"{k}_s": v for k, v in phases.items()}}
+
+
+def medians(runs):
+    timed = [run for run in runs if not run["warmup"]]
+    return {figure: statistics.median(run[figure] for run in timed) for figure in FIGURES} if timed else None
+
+
+def run_cases(args, flags, work, results, save):
+    """The warm-up runs, then each repeat: `import torch`, a run of each case, ...,`import torch`;
+    each run's torch figure is the mean of the imports just before and just after it."""
+    schedule = [("given_lrs", True)] * args.warmup + [
+        (case, False) for repeat in range(args.repeats)
+        for case in ("given_lrs", "range_test") if case == "given_lrs" or repeat < args.range_test_repeats]
+    before = None
+    for number, (case, warmup) in enumerate(schedule):
+        if before is None and not warmup:
+            before = time_torch_import()
+            print(f"import torch: {before:.2f} s")
+        argv = flags[case]
+        print(f"\n{case}{' (warm-up)' if warmup else ''}: python train_fastai.py {shlex.join(argv)}")
+        run = {"case": case, "warmup": warmup, **time_run(argv, Path(tempfile.mkdtemp(dir=work, prefix="runs-")))}
+        if not warmup:
+            after = time_torch_import()
+            print(f"import torch: {after:.2f} s")
+            run["torch_import_s"] = (before + after) / 2
+            run["ratio"] = run["fixed_s"] / run["torch_import_s"]
+            before = after
+        results["cases"][case]["runs"].append(run)
+        print(f"{case}: {json.dumps({k: v for k, v in run.items() if k != 'run_phases'})}")
+        for name, case_results in results["cases"].items():
+            case_results["median"] = medians(case_results["runs"])
+        save()
+    given = results["cases"]["given_lrs"]["median"]
+    results["goal_met"] = given["ratio"] <= RATIO_GOAL
+
+
+def report(results):
+    print(f"\nmedians (s), the fixed cost over `import torch` in the same moment (goal: at most {RATIO_GOAL}):")
+    print(f"{'case':12}" + "".join(f"{figure.removesuffix('_s'):>12}" for figure in FIGURES))
+    for case, case_results in results["cases"].items():
+        if case_results["median"]:
+            print(f"{case:12}" + "".join(f"{case_results['median'][figure]:12.2f}" for figure in FIGURES))
+    print(f"goal met: {results['goal_met']}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with one_line_errors(args.debug):  # an unwritable --out, too many results files: one line
+        measure_and_record(args, argv)
+
+
+def measure_and_record(args, argv):
+    """The runs, the results file rewritten after each, the raw log beside it."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = "cpu-smoke" if args.smoke else device_label(torch.device("cpu"))
+    stem = results_stem(args.out, f"latency {device}")
+    data = args.data or os.environ.get("CIFAR10_DATA") or DATA
+    results = {
+        "command": shlex.join(["python", "bench/latency.py", *(sys.argv[1:] if argv is None else argv)]),
+        "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+        "versions": library_versions(), "git_commit": git_commit(), "data": None if args.smoke else data,
+        "settings": {name: getattr(args, name) for name in SETTINGS}, "seeds": {"run": SEED},
+        "ratio_goal": RATIO_GOAL, "goal_met": None, "cases": {},
+    }
+
+    def save():
+        write_json(stem.with_suffix(".json"), results)
+
+    with tempfile.TemporaryDirectory(prefix="latency-") as work, open(stem.with_suffix(".log"), "w") as log:
+        # The raw log is committed: it names the scratch folder, the data cache, the checkout and the results
+        # folder, not where they lie.
+        placeholders = {work: "$SCRATCH", cache_root(): "$CIFAR10_CACHE", REPO: ".", args.out: "$OUT"}
+        with redirect_stdout(Tee(sys.stdout, log, placeholders=placeholders)), \
+                redirect_stderr(Tee(sys.stderr, log, placeholders=placeholders)), \
+                mock.patch.dict(os.environ, {"CIFAR10_CACHE": str(Path(work) / "cache")} if args.smoke else {}):
+            if args.smoke:  # tiny data, in a cache of its own: never the user's
+                data = str(tiny_cifar10(Path(work) / "cifar10"))
+            # The data as typed from the checkout, where the runs start (the tiny data by its scratch path).
+            data = Path(data).expanduser().absolute()
+            base = [*(SMOKE_FLAGS if args.smoke else RUN_FLAGS), "--seed", str(SEED),
+                    "--data", str(data) if args.smoke else os.path.relpath(data, REPO)]
+            flags = {"given_lrs": [*base, *GIVEN_LRS], "range_test": base}
+            for case, argv in flags.items():
+                results["cases"][case] = {"command": shlex.join(["python", "train_fastai.py", *argv]), "runs": [],
+                                          "median": None}
+            print(f"latency bench: {results['command']}\ndevice: {device}, {os.cpu_count()} cores, "
+                  f"load average {results['load_average_at_start']}")
+            save()
+            run_cases(args, flags, Path(work), results, save)
+            results["load_average_at_end"] = os.getloadavg()
+            results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            save()
+            report(results)
+            print(f"results: {stem.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
