@@ -38,6 +38,8 @@ import torch
 from fastai.vision.all import Callback, GatherPredsCallback, Recorder
 from torch.overrides import TorchFunctionMode
 
+import settings
+
 try:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
@@ -295,7 +297,8 @@ class OperatorChecks(TorchDispatchMode):
 @contextmanager
 def patched_torch_cuda(gpu):
     """torch.cuda as one GPU answers it; set_sync_debug_mode as the fake GPU's own switch;
-    torch.load onto the GPU; deepcopy on the GPU; torch.Generator able to make a CUDA generator."""
+    torch.load onto the GPU; deepcopy on the GPU; torch.Generator able to make a CUDA generator;
+    settings' look for a GPU before torch loads finding one."""
     modes = {"default": 0, "warn": 1, "error": 2, 0: 0, 1: 1, 2: 2}
     real_load, real_deepcopy = torch.load, torch.Tensor.__deepcopy__
 
@@ -332,7 +335,9 @@ def patched_torch_cuda(gpu):
     answers = {(torch.cuda, name): answer for name, answer in cuda.items()}
     answers.update({(torch.accelerator, "current_stream"): lambda device=None: FakeStream(),
                     (torch, "load"): load, (torch, "Generator"): FakeCudaGenerator,
-                    (torch.Tensor, "__deepcopy__"): deepcopy})
+                    (torch.Tensor, "__deepcopy__"): deepcopy,
+                    # What the tools ask, before torch loads, to refuse a GPU on a machine without one.
+                    (settings, "no_cuda_here"): lambda: False})
     saved = {(module, name): getattr(module, name) for module, name in answers}
     try:
         for (module, name), answer in answers.items():

@@ -95,9 +95,13 @@ def test_the_reference_checkpoint_fits_in_what_comes_back(tmp_path):
     assert (tmp_path / "customresnet-cifar10.safetensors").stat().st_size < fc.RETURN_FILE_MIB * 2**20
 
 
-def test_every_command_the_gpu_runs_is_one_its_tool_takes(tmp_path, capsys):
-    """The GPU form's flags, which the smoke form partly overrides, parsed by the tools they go to:
-    a typo there would cost a step of the one GPU run."""
+def test_every_command_the_gpu_runs_is_one_its_tool_takes(tmp_path, monkeypatch, capsys):
+    """The GPU form's flags, which the smoke form partly overrides, parsed by the tools they go to,
+    as on the GPU machine (a GPU, the data in .carry/): a typo there would cost a step of the one GPU run."""
+    monkeypatch.setattr(settings, "no_cuda_here", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / fc.DATA).parent.mkdir(parents=True)
+    (tmp_path / fc.DATA).write_bytes(b"the archive")
     ctx = gpu_context(tmp_path)
     (ctx.scratch / "runs" / "20260101-000000-reference").mkdir(parents=True)
     commands = {step.name: step.argv(ctx) for step in fc.STEPS if step.name != "install"}
