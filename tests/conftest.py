@@ -5,7 +5,11 @@ a batch's pixels whether its labels are right."""
 import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +177,16 @@ def one_line_error(cli, argv, capsys):
     err = capsys.readouterr().err.splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
+
+
+def ctrl_c_while_torch_loads(argv, cwd):
+    """`python train_fastai.py argv` sent Ctrl-C once its flags are checked and torch is loading
+    (seconds); its exit status and stderr."""
+    process = subprocess.Popen([sys.executable, str(REPO / "train_fastai.py"), *argv], cwd=cwd,
+                               stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{process.pid}/maps")
+    while "libtorch" not in maps.read_text():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err

@@ -18,7 +18,7 @@ import checkpoint
 import lifecycle
 import train_fastai
 from cache import interruptible
-from conftest import GIVEN_LRS, REPO, TINY, history_values, train
+from conftest import GIVEN_LRS, REPO, TINY, ctrl_c_while_torch_loads, history_values, train
 from errors import command_to_retype, one_line_errors
 from settings import FINDER_ITERS_MIN, parse_args
 from train_fastai import main
@@ -194,6 +194,13 @@ def test_ctrl_c_while_a_resumed_run_sets_up_its_data_says_its_checkpoint_is_ther
     run_dir = interrupted_run(tmp_path)
     assert stopped(["--resume", run_dir], capsys) == (f"interrupted; epochs 1-1 are saved in {run_dir}. Resume with: "
                                                       f"{lifecycle.resume_command(run_dir)}")
+
+
+def test_ctrl_c_while_a_resume_loads_torch_says_its_checkpoint_is_there(tmp_path):
+    run_dir = interrupted_run(tmp_path)
+    status, err = ctrl_c_while_torch_loads(["--resume", str(run_dir)], tmp_path)
+    assert status == 130 and err.startswith(f"interrupted; epochs 1-1 are saved in {run_dir}. Resume with: ")
+    assert shlex.split(err)[-2:] == ["--resume", str(run_dir)]
 
 
 def test_two_resumes_of_one_run_cannot_both_train_it(tmp_path, capsys):

@@ -2,7 +2,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,7 +9,8 @@ import torch
 from PIL import Image
 
 import lr_schedule
-from conftest import CLASSES, GIVEN_LRS, REPO, RUN_FILES, TINY, TRAINING_FILES, real_subset, write_folder
+from conftest import (CLASSES, GIVEN_LRS, REPO, RUN_FILES, TINY, TRAINING_FILES, ctrl_c_while_torch_loads,
+                      real_subset, write_folder)
 from customresnet import CustomResNet
 from settings import FINDER_ITERS_MIN, UsageError
 from train_fastai import main
@@ -237,16 +237,8 @@ def test_a_group_sets_its_data_up_once_and_each_run_takes_its_subset(tmp_path, t
 
 
 def test_ctrl_c_while_torch_loads_is_one_line(tmp_path, tiny_folder):
-    import signal
-    import time
-    process = subprocess.Popen([sys.executable, str(REPO / "train_fastai.py"), "--data", str(tiny_folder), *TINY],
-                               cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    maps = Path(f"/proc/{process.pid}/maps")
-    while "libtorch" not in maps.read_text():  # the flags are checked; torch and fastai load for seconds
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and err == "interrupted before training: nothing to resume\n"
+    status, err = ctrl_c_while_torch_loads(["--data", str(tiny_folder), *TINY], tmp_path)
+    assert status == 130 and err == "interrupted before training: nothing to resume\n"
 
 
 def test_names_with_dollars_are_text_in_every_figure(tmp_path, capsys):
