@@ -53,8 +53,8 @@ SHORT_FORMS = {"data_sha256": lambda digest: digest[:12], "classes": ",".join}
 METRICS = ["final_accuracy", "tta_accuracy", "best_accuracy", "fit_seconds", "train_images_per_s", "epochs_run",
            "first_epoch_90", "first_epoch_93", "first_epoch_94", "seconds_to_90", "seconds_to_93", "seconds_to_94",
            "stopped_early"]
-# A run is finished when it has all of these. report.html is the last file a training run writes,
-# so a run that crashed on the way (in its export, say) has a summary.json but no report.html.
+# A run is finished when it has all of these. A training run writes report.html after every file
+# compare reads, so a run that crashed on the way (in its export, say) has a summary.json but no report.html.
 RUN_FILES = ["config.json", "summary.json", "history.csv", "lr_schedule.csv", "report.html"]
 SUMMARY_NUMBERS = ["final_accuracy", "fit_seconds"]  # what the tables need of every run
 RUN_FILE_FIX = "leave its run out, or delete the run"
