@@ -147,8 +147,13 @@ class CpuEstimate(Callback):
     after_fit = after_train
 
     def report(self):
-        if not self.batches:
-            return
+        """The estimate, printed once, and the callback gone from the learner: nothing of it in the
+        exported one. A fit that trained nothing (a resumed run whose fit was done) prints nothing."""
+        if self.batches:
+            self.print_estimate()
+        self.learn.remove_cb(self)
+
+    def print_estimate(self):
         timed = self.batches[1:] or self.batches
         images = sum(n for _, _, n in timed)
         train_rate = images / sum(seconds for seconds, _, _ in timed)
@@ -157,7 +162,6 @@ class CpuEstimate(Callback):
         evaluated = (self.epochs + self.final_passes) * len(self.dls.valid.dataset)
         compiling = seconds_compiling() - self.compiling_before
         print(estimate_line(trained, evaluated, train_rate, eval_rate, compiling), flush=True)
-        self.learn.remove_cb(self)  # once a run, and nothing of it in the exported learner
 
 
 def estimate_line(trained, evaluated, train_rate, eval_rate, compiling):

@@ -158,7 +158,9 @@ def run(args, data=None, start_up=None):
     # The LR range test, unless both LRs are given (a resumed run has them from its config), for
     # --finder-iters iterations however short the run: lr_find cycles the training set as needed.
     run_finder = args.find_lr or args.lr_min is None or args.lr_max is None
-    if device.type == "cpu":  # printed after the first batches of the range test or the fit
+    # On a CPU, how long the run will take: printed after the first batches of the range test or the
+    # fit (none where a resumed run's fit was done).
+    if device.type == "cpu" and not resumed.get("fit_done"):
         epochs_to_run = 0 if args.find_lr else args.epochs - resumed.get("epochs_done", 0)
         passes_after_fit = 0 if args.find_lr else int(args.tta)  # flip TTA's mirrored pass
         learn.add_cb(CpuEstimate(args.finder_iters if run_finder else 0, epochs_to_run, passes_after_fit))

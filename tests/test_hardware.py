@@ -55,6 +55,19 @@ def test_the_cpu_estimate_comes_from_the_runs_first_batches_once(tiny_folder, ca
     assert len(estimate.batches) == 4 and estimate not in learn.cbs  # the first batch and 3 timed ones
 
 
+def test_the_cpu_estimate_leaves_a_fit_that_trained_nothing_without_a_word(tiny_folder, capsys):
+    """A resumed run whose fit was done skips every epoch: nothing to time, nothing printed, and
+    nothing of the callback left to be exported."""
+    dls, _ = cifar10_dataloaders(tiny_folder, bs=16, device="cpu")
+    learn = Learner(dls, CustomResNet(width=8))
+    estimate = hardware.CpuEstimate(finder_iters=0, epochs=0, final_passes=0)
+    learn.add_cb(estimate)
+    capsys.readouterr()  # the decoding line
+    with learn.no_logging(), learn.no_bar():
+        learn.fit(1, start_epoch=1)
+    assert estimate not in learn.cbs and estimate.batches == [] and capsys.readouterr().out == ""
+
+
 def test_the_cpu_estimate_counts_compiling_and_says_so():
     # 1,760 images at 100/s and 100 at 1,000/s: 18 s, and 40 s compiling.
     assert hardware.estimate_line(1760, 100, 100, 1000, 0) == (
