@@ -68,7 +68,8 @@ def parse_args(argv=None, description=None, reads_data=True):
     p.add_argument("--find-lr", action="store_true",
                    help="run only the LR range test and write lr_find.csv/.png/.json")
     p.add_argument("--data", help="CIFAR-10 folder or .tgz (fastai layout or the python version); "
-                                  "default: $CIFAR10_DATA, else fastai's download")
+                                  "default: $CIFAR10_DATA, else fastai's download; with --resume, the data "
+                                  "the run was run on")
     p.add_argument("--preset", choices=list(PRESETS), default="seed",
                    help="seed: the spec's recipe (default); fast: a departure for the shortest time to 94%% "
                         "(see the README); flags given explicitly override the preset")
@@ -229,7 +230,11 @@ def resume_settings(p, argv, args):
     args.group, args.sweep_point = saved.get("group"), saved.get("sweep_point")  # a member of a group stays one
     if not args.data:  # the run's own data, which it compares by content; CIFAR10_DATA is a new run's default
         # The folder it resolved to or, where that is gone (a cache cleaned since), the data it was given.
-        args.data = saved["data"] if saved.get("data") and Path(saved["data"]).exists() else args.data_given
+        kept = [path for path in (saved.get("data"), args.data_given) if path and Path(path).exists()]
+        if args.data_given and not kept:
+            p.error(f"{run_dir} was run on {args.data_given}, which is not there any more (nor the folder it was "
+                    "unpacked into): give --data with a copy of it to resume the run")
+        args.data = kept[0] if kept else None  # None: fastai's download, as the run had it
 
 
 def check_saved_values(p, config, saved):

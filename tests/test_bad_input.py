@@ -748,8 +748,10 @@ CASES = {
                                            "--subset 81 is more than the 80 training images", None),
     "a sweep with a --subset above the training images": ("train", flags("--sweep", "subset=40,81"), REFUSE,
                                                           "--subset 81 is more than the 80 training images", None),
-    "--resume after the cache was cleaned, its archive gone": ("train", resume_after_the_cache_was_cleaned, REFUSE,
-                                                               "x.tgz does not exist: point --data", None),
+    "--resume after the cache was cleaned, its archive gone": (
+        "train", resume_after_the_cache_was_cleaned, REFUSE,
+        "x.tgz, which is not there any more (nor the folder it was unpacked into): give --data with a copy of it",
+        None),
     # issue 17, class 3: refused before any work (tests/test_refusals.py: before torch loads)
     "--device mps, which torch knows and the recipe does not run on": (
         "train", flags("--device", "mps"), REFUSE, "--device mps is not a device this tool trains on", None),
@@ -922,11 +924,16 @@ def test_a_sweep_refused_for_its_subset_is_refused_before_any_folder(tmp_path, t
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_a_resume_after_the_cache_was_cleaned_names_the_data_it_was_given(tmp_path, tiny_folder, capsys):
+def test_a_resume_after_the_cache_was_cleaned_names_the_data_it_was_given(tmp_path, tiny_folder, monkeypatch,
+                                                                           capsys):
+    """...and never takes CIFAR10_DATA's instead: that is a new run's default."""
     argv = resume_after_the_cache_was_cleaned(tmp_path, tiny_folder, None)
+    monkeypatch.setenv("CIFAR10_DATA", str(tiny_folder))
     run_cli("train", argv, tmp_path, REFUSE)
+    run_dir = argv[-1]
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {tmp_path / 'x.tgz'} does not exist: point --data or CIFAR10_DATA at a CIFAR-10 folder or .tgz"]
+        f"error: {run_dir} was run on {tmp_path / 'x.tgz'}, which is not there any more (nor the folder it was "
+        "unpacked into): give --data with a copy of it to resume the run (see --help)"]
 
 
 def test_sigterm_while_unpacking_is_one_line_saying_what_was_kept(tmp_path, tiny_folder, isolated_cache, monkeypatch,
