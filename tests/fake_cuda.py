@@ -43,8 +43,9 @@ import settings
 try:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
-except ImportError:  # private torch APIs: the tests skip without them
-    TorchDispatchMode = None
+    MISSING = None
+except ImportError as e:  # private torch APIs: the tests skip without them, naming what is missing
+    TorchDispatchMode, MISSING = object, str(e)  # object: the classes below still define
 
 CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
 in_use = None  # the FakeCuda entered last: PhaseStart and PhaseEnd report to it
@@ -127,8 +128,8 @@ class FakeCuda:
     def __enter__(self):
         global in_use
         in_use = self
-        if TorchDispatchMode is None:
-            raise RuntimeError("torch.utils._python_dispatch is missing: this torch cannot fake CUDA")
+        if MISSING:
+            raise RuntimeError(f"this torch cannot fake CUDA: {MISSING}")
         self.stack = ExitStack()
         self.stack.enter_context(patched_torch_cuda(self))
         self.stack.enter_context(DeviceCalls(self))

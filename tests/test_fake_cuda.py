@@ -20,8 +20,8 @@ from recording import FailOnHostSync
 sys.path.insert(0, str(REPO / "bench"))
 import bench  # noqa: E402
 
-pytestmark = pytest.mark.skipif(fake_cuda.TorchDispatchMode is None,
-                                reason="this torch lacks torch.utils._python_dispatch, which faking CUDA needs")
+pytestmark = pytest.mark.skipif(fake_cuda.MISSING is not None,
+                                reason=f"this torch lacks a private API that faking CUDA needs: {fake_cuda.MISSING}")
 
 
 def test_the_fake_gpu_refuses_what_a_gpu_refuses():
