@@ -66,9 +66,18 @@ def device_name(device):
 def library_versions():
     """The versions a run ran with, as installed (their packages' metadata: importing albumentations
     to ask would cost a second)."""
-    installed = {name: metadata.version(name) for name in ("torchvision", "fastai", "albumentations", "numpy")}
+    installed = {name: installed_version(name) for name in ("torchvision", "fastai", "albumentations", "numpy")}
     return {"python": platform.python_version(), "torch": torch.__version__, **installed,
             "cuda": torch.version.cuda}
+
+
+def installed_version(name):
+    """The version of package `name`, or None where it is not installed (albumentations serves
+    --aug albumentations alone, and a GPU machine may lack it)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def seconds_compiling():

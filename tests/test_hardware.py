@@ -87,3 +87,16 @@ def test_a_gpu_index_beyond_the_machine_is_one_line_not_an_invalid_ordinal(monke
     assert hardware.resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(UsageError, match=r"--device cuda:3: the CUDA GPUs here are cuda:0 to cuda:1: give one of them"):
         hardware.resolve_device("cuda:3")
+
+
+def test_the_versions_of_a_run_name_a_library_it_lacks_as_none(monkeypatch):
+    real_version = hardware.metadata.version
+
+    def version(name):
+        if name == "albumentations":
+            raise hardware.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(hardware.metadata, "version", version)
+    versions = hardware.library_versions()
+    assert versions["albumentations"] is None and versions["fastai"] == real_version("fastai")
