@@ -122,6 +122,8 @@ def parse_args(argv=None, description=None, reads_data=True):
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
     args = p.parse_args(argv)
     check_machine(p, args, reads_data)
+    if not args.resume:  # a resumed run writes into its own folder
+        check_out_folder(p, args.out)
     # Before --resume reads its folder: these modes make no single run to resume.
     if args.find_lr and (args.runs > 1 or args.sweep):
         p.error("--find-lr runs the LR range test once: drop --runs and --sweep")
@@ -161,10 +163,15 @@ def check_training_flags(args, names):
 
 
 def check_out_folder(p, out):
-    """Refuse, before any work, a bench's --out that is a file: its mkdir would be a FileExistsError
-    traceback."""
-    if out.exists() and not out.is_dir():
+    """Refuse, before any work, an --out that is a file or lies under one: its mkdir would fail only
+    once the run (or the bench) had loaded torch and set its data up."""
+    out = Path(out).expanduser()
+    existing = next(path for path in (out, *out.parents) if path.exists())
+    if existing == out and not out.is_dir():
         p.error(f"--out {out} is not a folder: give --out a folder for the results (a missing one is created)")
+    if not existing.is_dir():
+        p.error(f"--out {out} lies under {existing}, which is not a folder: give --out a folder for the results (a "
+                "missing one is created)")
 
 
 def check_machine(p, args, reads_data):

@@ -34,6 +34,16 @@ def test_a_bad_flag_is_one_line_from_the_shell_before_torch_loads(flags):
     assert line.startswith("error: ") and line.endswith("(see --help)")
 
 
+def test_an_out_that_is_a_file_or_lies_under_one_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "afile").write_text("a file")
+    for out, says in ((tmp_path / "afile", f"--out {tmp_path / 'afile'} is not a folder"),
+                      (tmp_path / "afile" / "runs", f"lies under {tmp_path / 'afile'}, which is not a folder")):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", str(out)])
+        assert says in capsys.readouterr().err
+    assert parse_args(["--out", str(tmp_path / "new" / "runs")]).out == str(tmp_path / "new" / "runs")
+
+
 def test_help_and_flag_errors_never_import_torch_or_fastai():
     """What makes them answer in well under a second (torch and fastai take seconds to import)."""
     probe = ("import sys, settings\n"
