@@ -127,6 +127,13 @@ class HistoryLogger(CSVLogger):
             e.filename = e.filename or str(self.path / self.fname)
             raise
 
+    def close(self):
+        """The file closed where the fit did not reach after_fit (Ctrl-C, SIGTERM: fastai runs no
+        after_fit for them). Every line is on disk already: each is flushed as it is written."""
+        file = getattr(self, "file", None)
+        if file is not None and not file.closed:
+            file.close()
+
 
 class LastTestPass(Callback):
     """The model's outputs and the targets of each test batch of the fit, kept on the device as they

@@ -66,6 +66,8 @@ def fit(learn, schedule, run_dir, resumed, cbs=()):
         elif not fit_was_done:  # the signal came while the fit was kept: kept again, whole
             keep_finished_fit(learn, run_dir, logger.rows, seconds(), resumed, cbs)
         raise
+    finally:
+        logger.close()
     return fit_seconds
 
 

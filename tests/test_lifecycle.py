@@ -151,6 +151,18 @@ def test_a_second_ctrl_c_while_the_checkpoint_is_written_neither_cuts_it_nor_say
     assert shlex.split(line.split("Resume with: ")[1])[-2:] == ["--resume", str(run_dir)]
     assert json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"] == 1
     assert (run_dir / "checkpoint.pth").is_file()
+    assert files_open_in(run_dir) == []  # history.csv too, which fastai closes only in after_fit
+
+
+def files_open_in(folder):
+    """The files under `folder` this process holds open."""
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the listing's own descriptor, closed by now
+            pass
+    return [path for path in paths if path.startswith(f"{folder}/")]
 
 
 def test_a_run_killed_outright_resumes_from_its_last_periodic_checkpoint(tmp_path, tiny_folder, monkeypatch, capsys):
