@@ -162,6 +162,16 @@ def results_stem(out, device_label):
     raise BadInput(f"too many results files named {stem} in {out}: move some away")
 
 
+def finish(results, save, stem, report=None):
+    """The results stamped finished and written whole, the bench's `report` of them printed, and
+    where they lie."""
+    results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save()
+    if report:
+        report(results)
+    print(f"results: {stem.with_suffix('.json')}")
+
+
 class Tee:
     """Write to the terminal and to the raw log at once. Folders named in `placeholders` are
     written as their placeholder (a deleted scratch folder, the data cache): the log is committed,
@@ -265,9 +275,7 @@ def bench_and_record(args, argv):
                   f"bf16 matmul {args.peak_tflops:.1f} TFLOP/s measured")
             save()
             run_bench(args, device, Path(work), results, save)
-            results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            save()
-            print(f"results: {args.stem.with_suffix('.json')}")
+            finish(results, save, args.stem)
 
 
 if __name__ == "__main__":

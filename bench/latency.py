@@ -96,7 +96,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench import Tee, results_stem  # noqa: E402
+from bench import Tee, finish, results_stem  # noqa: E402
 from cache import cache_root  # noqa: E402
 from errors import one_line_errors  # noqa: E402
 from files import write_json  # noqa: E402
@@ -246,10 +246,7 @@ def measure_and_record(args, argv):
             save()
             run_cases(args, flags, Path(work), results, save)
             results["load_average_at_end"] = os.getloadavg()
-            results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            save()
-            report(results)
-            print(f"results: {stem.with_suffix('.json')}")
+            finish(results, save, stem, report)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ from PIL import Image  # noqa: E402
 
 import train_fastai  # noqa: E402
 from augment import gpu_augmentations  # noqa: E402
-from bench import Tee, results_stem  # noqa: E402
+from bench import Tee, finish, results_stem  # noqa: E402
 from customresnet import CustomResNet  # noqa: E402
 from decoded_folder import channel_stats  # noqa: E402
 from errors import BadInput, one_line_errors  # noqa: E402
@@ -425,10 +425,7 @@ def measure_and_record(args, argv):
               f"{precision}\nsettings: {json.dumps(results['settings'])}")
         save()
         run_bench(args, device, precision, Path(tmp), results, save)
-        results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        save()
-        report(results)
-        print(f"results: {stem.with_suffix('.json')}")
+        finish(results, save, stem, report)
 
 
 if __name__ == "__main__":
