@@ -78,6 +78,9 @@ class DecodedFolder:
         train = np.flatnonzero(~self.is_test)  # by class, in the classes' order
         rank_in_class = np.concatenate([np.arange(n) for n in np.bincount(self.labels[train])])
         train = train[np.argsort(rank_in_class, kind="stable")][:subset]
+        if subset is not None and subset < len(self.classes):
+            warn(f"--subset {subset} trains on {subset} of the {len(self.classes)} classes, one image each, and tests "
+                 f"on all of them: give --subset {len(self.classes)} or more to train on every class")
         test = np.flatnonzero(self.is_test)
         for row in test[~self.readable[test]][:1]:
             refuse_unreadable(self.folder / self.names[row])

@@ -50,6 +50,16 @@ def test_the_rows_of_a_run_are_the_class_interleaved_training_images_then_the_te
         data.rows(subset=81)
 
 
+def test_a_subset_smaller_than_the_classes_says_it_trains_on_some_of_them(tiny_folder, capsys):
+    data = decoded_folder(tiny_folder)
+    capsys.readouterr()  # the decoding line
+    assert len(data.rows(subset=5)[0]) == 5
+    assert capsys.readouterr().err == ("warning: --subset 5 trains on 5 of the 10 classes, one image each, and tests on "
+                                       "all of them: give --subset 10 or more to train on every class\n")
+    data.rows(subset=10)
+    assert capsys.readouterr().err == ""
+
+
 def test_class_folders_that_differ_only_in_case_are_refused(tmp_path):
     folder = write_folder(tmp_path / "cifar10", n_train=1, n_test=1, classes=["Cat", "cat", "dog"])
     with pytest.raises(DataError, match="has class folders 'Cat' and 'cat', whose names differ only in case"):
