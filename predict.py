@@ -244,6 +244,8 @@ def main(argv=None):
             warn(skipped_line(skipped))
         predict = predict_pickle if args.pickle else predict_safetensors
         probs, classes = predict(args.run_dir, paths)
+        if args.topk > len(classes):
+            warn(f"--topk {args.topk} is more than the {len(classes)} classes of the model: showing all of them")
         table = predictions_table(paths, probs, classes, args.topk)
         print(table.to_string(index=False))
         if args.csv:

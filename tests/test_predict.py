@@ -37,6 +37,13 @@ def test_topk_and_csv(run_dir, images, tmp_path, capsys):
     assert table["class"][0] == "cat" and table.probability[0] > table.probability_2[0] >= table.probability_3[0]
 
 
+def test_topk_above_the_classes_shows_them_all_and_says_so(run_dir, images, capsys):
+    predict.main(["--run", str(run_dir), str(images / "a.png"), "--topk", "11"])
+    out, err = capsys.readouterr()
+    assert "probability_10" in out and "probability_11" not in out
+    assert err == "warning: --topk 11 is more than the 10 classes of the model: showing all of them\n"
+
+
 def test_csv_never_overwrites(run_dir, images, tmp_path, capsys):
     csv = tmp_path / "mine.csv"
     csv.write_text("precious")
