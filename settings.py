@@ -162,21 +162,29 @@ def check_training_flags(args, names):
     parse_args([text for name, value in given for text in (option(name), str(value))], reads_data="data" in names)
 
 
+def not_a_folder(path):
+    """What keeps `path` from being a folder: itself, or the nearest of its parents there is, where
+    that is a file; None where it is a folder or can be made one."""
+    existing = next(each for each in (path, *path.parents) if each.exists())
+    return None if existing.is_dir() else existing
+
+
 def check_out_folder(p, out):
     """Refuse, before any work, an --out that is a file or lies under one: its mkdir would fail only
     once the run (or the bench) had loaded torch and set its data up."""
     out = Path(out).expanduser()
-    existing = next(path for path in (out, *out.parents) if path.exists())
-    if existing == out and not out.is_dir():
+    blocker = not_a_folder(out)
+    if blocker == out:
         p.error(f"--out {out} is not a folder: give --out a folder for the results (a missing one is created)")
-    if not existing.is_dir():
-        p.error(f"--out {out} lies under {existing}, which is not a folder: give --out a folder for the results (a "
+    if blocker:
+        p.error(f"--out {out} lies under {blocker}, which is not a folder: give --out a folder for the results (a "
                 "missing one is created)")
 
 
 def check_machine(p, args, reads_data):
     """What can be refused before torch loads (seconds): a --device the recipe does not run on, a
-    GPU or mixed precision on a machine that certainly has no GPU, data that is not there."""
+    GPU or mixed precision on a machine that certainly has no GPU, a CIFAR10_CACHE that cannot be a
+    folder, data that is not there."""
     if not DEVICES.fullmatch(args.device):
         p.error(f"--device {args.device} is not a device this tool trains on: use auto, cpu, cuda or cuda:N")
     if args.device.startswith("cuda") and no_cuda_here():
@@ -185,6 +193,11 @@ def check_machine(p, args, reads_data):
         reason = "--device cpu trains on the CPU" if args.device == "cpu" else NO_GPU
         p.error(f"--precision {args.precision} needs a CUDA GPU (fastai's mixed precision), and {reason}: "
                 "use --precision fp32, or auto")
+    cache = os.environ.get("CIFAR10_CACHE")
+    blocker = cache and not_a_folder(Path(cache).expanduser())
+    if blocker:
+        p.error(f"CIFAR10_CACHE={cache}: {blocker} is not a folder: set CIFAR10_CACHE to a folder (a missing one is "
+                "created), or unset it for ~/.cache/cifar10-fast")
     data = args.data or (os.environ.get("CIFAR10_DATA") if reads_data and not args.resume else None)  # see resume_settings
     if data and not Path(data).expanduser().exists():
         given = f"--data {data}" if args.data else f"CIFAR10_DATA={data}"

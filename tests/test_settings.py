@@ -44,6 +44,15 @@ def test_an_out_that_is_a_file_or_lies_under_one_is_refused_before_any_work(tmp_
     assert parse_args(["--out", str(tmp_path / "new" / "runs")]).out == str(tmp_path / "new" / "runs")
 
 
+def test_a_cache_folder_that_is_a_file_or_lies_under_one_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("a file")
+    for cache in (tmp_path / "afile", tmp_path / "afile" / "cache"):
+        monkeypatch.setenv("CIFAR10_CACHE", str(cache))
+        with pytest.raises(SystemExit):
+            parse_args([])
+        assert f"CIFAR10_CACHE={cache}: {tmp_path / 'afile'} is not a folder" in capsys.readouterr().err
+
+
 def test_help_and_flag_errors_never_import_torch_or_fastai():
     """What makes them answer in well under a second (torch and fastai take seconds to import)."""
     probe = ("import sys, settings\n"
