@@ -12,25 +12,19 @@ import errno
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import tempfile
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 from errors import DataError
+from lifecycle import SetUpInterrupted, stopping_on_signals
 
 PARTIAL = ".partial-"
 # The errors that are the cache's disk's or its permissions', not the data's.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 FULL_BELOW = 2**20
-
-
-class SetUpInterrupted(Exception):
-    """Ctrl-C or SIGTERM while the data was unpacked or decoded, after cleaning up: the message
-    says what was kept and how to go on."""
 
 
 def cache_root():
@@ -87,22 +81,11 @@ def interruptible(doing):
     """Ctrl-C, or SIGTERM (what a scheduler sends before it kills a job), inside the block ends it
     with SetUpInterrupted, saying it stopped while `doing`. The first one ends the block; any more
     are ignored until the block's own clean-up has run, so that it is never left half done."""
-    def stop(signum, frame):
-        for sig in handlers:
-            signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    # Only the main thread can set handlers; a signal ignored already (nohup, a background job) stays so.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
-                if in_main_thread and signal.getsignal(sig) is not signal.SIG_IGN}
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise SetUpInterrupted(f"interrupted while {doing}") from None
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    with stopping_on_signals():
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise SetUpInterrupted(f"interrupted while {doing}") from None
 
 
 def new_partial(folder, directory=True):

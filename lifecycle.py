@@ -21,13 +21,13 @@ import shlex
 import signal
 import socket
 import sys
+import threading
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from cache import SetUpInterrupted
 from errors import BadInput, command_to_retype
 
 TRAINER = Path(__file__).with_name("train_fastai.py")
@@ -41,6 +41,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # three fp32 copies of 6.6 M parameters) at every epoch would add to each epoch of well under a
 # second (how much: not measured yet). A CPU run, minutes an epoch, loses at most this much.
 CHECKPOINT_EVERY_S = 60
+
+
+class SetUpInterrupted(Exception):
+    """Ctrl-C or SIGTERM while the data was unpacked or decoded, after cleaning up: the message
+    says what was kept and how to go on."""
 
 
 class RunFolderInUse(BadInput):
@@ -174,11 +179,25 @@ def stop_line(stopped):
 
 
 def stop(signum, frame):
-    """The first Ctrl-C or SIGTERM stops the run where it is; the ones after are ignored, so that
-    none cuts short what it saves."""
+    """The first Ctrl-C or SIGTERM stops the process where it is, as a KeyboardInterrupt; the ones
+    after are ignored, so that none cuts short what it saves or cleans up."""
     for each in STOP_SIGNALS:
         signal.signal(each, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+@contextmanager
+def stopping_on_signals():
+    """Inside, Ctrl-C and SIGTERM are `stop`'s; the handlers before come back after. Only the main
+    thread can set handlers, and a signal ignored already (a background job's Ctrl-C) stays so."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS
+                if in_main_thread and signal.getsignal(signum) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager
@@ -187,20 +206,18 @@ def stops_cleanly(resumed=None):
     how to go on, exit status 130; a failure of the machine (an OSError) in a run that can be
     resumed says how, in its error line. A `resumed` run folder is held from the start, a new one
     once made (hold); it is let go of at the end, however the run ends."""
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
-    try:
-        if resumed:
-            hold(Path(resumed))
-        yield
-    except (KeyboardInterrupt, SetUpInterrupted) as e:
-        if main_process():  # one line from a run of several processes: the main one's
-            print(stop_line(e), file=sys.stderr)
-        sys.exit(INTERRUPTED)
-    except OSError as e:
-        if Held.run_dir is not None and read_progress(Held.run_dir):
-            e.add_note(f"then resume the run, which is saved: {resume_command(Held.run_dir)}")
-        raise
-    finally:
-        let_go()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with stopping_on_signals():
+        try:
+            if resumed:
+                hold(Path(resumed))
+            yield
+        except (KeyboardInterrupt, SetUpInterrupted) as e:
+            if main_process():  # one line from a run of several processes: the main one's
+                print(stop_line(e), file=sys.stderr)
+            sys.exit(INTERRUPTED)
+        except OSError as e:
+            if Held.run_dir is not None and read_progress(Held.run_dir):
+                e.add_note(f"then resume the run, which is saved: {resume_command(Held.run_dir)}")
+            raise
+        finally:
+            let_go()

@@ -13,9 +13,9 @@ import pytest
 
 import archives
 from archives import unpack
-from cache import SetUpInterrupted
 from conftest import write_folder, write_tgz
 from errors import DataError
+from lifecycle import SetUpInterrupted
 
 EXTRACTORS = ["tar", "tarfile"]
 

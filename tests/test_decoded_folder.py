@@ -11,10 +11,10 @@ import pytest
 
 import decoded_folder as decoded
 import images
-from cache import SetUpInterrupted
 from conftest import CLASSES, class_image, write_folder
 from decoded_folder import decoded_folder
 from errors import DataError
+from lifecycle import SetUpInterrupted
 
 
 def cached_files(cache):

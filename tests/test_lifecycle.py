@@ -248,3 +248,15 @@ def test_a_failure_of_the_machine_in_a_run_that_is_saved_says_how_to_resume_it(t
         f"error: {tmp_path / 'export.pkl'}: No space left on device: free disk space on its drive; then resume the "
         f"run, which is saved: {lifecycle.resume_command(tmp_path)} (rerun with --debug for the traceback)\n")
     assert lifecycle.Held.run_dir is None and not (tmp_path / lifecycle.LOCK).exists()
+
+
+def test_a_signal_ignored_already_stays_ignored_and_every_handler_comes_back():
+    """A background job's Ctrl-C is ignored by the shell's choice: a run (or its data set-up) keeps it so."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        with lifecycle.stopping_on_signals():
+            assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN,
+                                                                                         lifecycle.stop)
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN, previous[1])
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
