@@ -188,11 +188,11 @@ def stop(signum, frame):
 
 @contextmanager
 def stopping_on_signals():
-    """Inside, Ctrl-C and SIGTERM are `stop`'s; the handlers before come back after. Only the main
-    thread can set handlers, and a signal ignored already (a background job's Ctrl-C) stays so."""
+    """Inside, Ctrl-C and SIGTERM are `stop`'s, also where they were ignored (a job started in the
+    background, whose shell ignores its Ctrl-C, is still stopped cleanly by `kill -INT`); the
+    handlers before come back after. Only the main thread can set handlers."""
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS
-                if in_main_thread and signal.getsignal(signum) is not signal.SIG_IGN}
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS if in_main_thread}
     try:
         yield
     finally:

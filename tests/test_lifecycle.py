@@ -250,12 +250,12 @@ def test_a_failure_of_the_machine_in_a_run_that_is_saved_says_how_to_resume_it(t
     assert lifecycle.Held.run_dir is None and not (tmp_path / lifecycle.LOCK).exists()
 
 
-def test_a_signal_ignored_already_stays_ignored_and_every_handler_comes_back():
-    """A background job's Ctrl-C is ignored by the shell's choice: a run (or its data set-up) keeps it so."""
+def test_a_run_and_its_data_set_up_stop_on_a_signal_ignored_before_and_put_every_handler_back():
+    """A job started in the background has its Ctrl-C ignored: `kill -INT` still stops it cleanly."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
     try:
         with lifecycle.stopping_on_signals():
-            assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN,
+            assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (lifecycle.stop,
                                                                                          lifecycle.stop)
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN, previous[1])
     finally:
