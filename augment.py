@@ -123,7 +123,7 @@ def albumentations_pipeline(mean, seed=None):
 
 class AlbumentationsTransform(Transform):
     """fastai item transform around an albumentations pipeline, training images only."""
-    split_idx, order = 0, 2  # after Resize (1), before ToTensor (5)
+    split_idx, order = 0, 2  # after data.Squash (1), before ToTensor (5)
 
     def __init__(self, pipeline):
         super().__init__()

@@ -24,8 +24,9 @@ import torch
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.external import URLs, fastai_path, untar_data
 from fastai.data.transforms import Normalize, parent_label
-from fastai.vision.augment import Resize, ResizeMethod
+from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
+from fasttransform import Transform
 from PIL import Image
 
 from archives import unpack
@@ -34,7 +35,7 @@ from cache import build_once, cache_root, entry_name
 from decoded_folder import SPLITS, DecodedFolder, as_nchw, decoded_folder
 from device_loader import DeviceDataLoader, valid_batch_size
 from errors import DataError
-from images import IMAGE_SIZE
+from images import squashed
 from python_batches import PYTHON_BATCHES, python_class_names, read_python_batch
 
 DOWNLOAD_TIMEOUT_S = 30
@@ -140,13 +141,22 @@ def python_batches_to_folder(batches):
 def cifar10_block(classes, items, n_train, item_tfms=()):
     """ImageBlock and CategoryBlock over `items` (the training images, then the test images: the
     folder's listing, never a second one), split by that order, labelled by the parent folder.
-    Resize squashes any other size to 32x32 in the exported learner, as the decoded pixels and
-    predict.py do (images.read_rgb32); fastai's default would crop."""
+    Squash makes any other size 32x32 in the exported learner."""
     return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)),
                      get_items=lambda folder: items,
                      splitter=lambda items: (list(range(n_train)), list(range(n_train, len(items)))),
                      get_y=parent_label,
-                     item_tfms=[Resize(IMAGE_SIZE, method=ResizeMethod.Squish), *item_tfms])
+                     item_tfms=[Squash(), *item_tfms])
+
+
+class Squash(Transform):
+    """An image of any size squashed to 32x32, as the decoded pixels and predict.py are
+    (images.squashed): fastai's Resize with ResizeMethod.Squish, without fastai.vision.augment,
+    which loads torchvision and through it torch._dynamo (2 s of every run's start-up)."""
+    order = 1  # Resize's: after PILImage.create, before ToTensor
+
+    def encodes(self, image: PILImage):
+        return squashed(image)
 
 
 def normalisation_stats(data, train):

@@ -50,8 +50,8 @@ def open_rgb(path):
 
 def read_rgb32(path):
     """(HWC uint8 pixels, repairs): repairs names each change, e.g. ["mode L", "size 40x20"].
-    Converted to RGB first, then squashed to 32x32 with PIL's bilinear filter, as fastai's
-    `PILImage.create` and `Resize(method=ResizeMethod.Squish)` do in an exported learner.
+    Converted to RGB first, as fastai's `PILImage.create` does, then `squashed`, as data.Squash does
+    in an exported learner.
     Raises UnreadableImage, naming the file, for a file PIL cannot decode or will not."""
     try:
         rgb, repairs = open_rgb(path)
@@ -63,8 +63,13 @@ def read_rgb32(path):
                               "PIL reads (PNG, JPEG, ...) or remove it") from e
     if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
         repairs.append("size {}x{}".format(*rgb.size))
-        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-    return np.asarray(rgb), repairs
+    return np.asarray(squashed(rgb)), repairs
+
+
+def squashed(image):
+    """A PIL image squashed to 32x32 with PIL's bilinear filter, as fastai's
+    `Resize(method=ResizeMethod.Squish)` does (fastai's default would crop)."""
+    return image if image.size == (IMAGE_SIZE, IMAGE_SIZE) else image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
 
 
 def read_rgb32_all(paths):

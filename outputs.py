@@ -8,12 +8,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from fastai.interpret import ClassificationInterpretation
 from fastai.torch_core import num_distrib
+from fastai.vision.data import get_grid
 from safetensors.torch import save_file
-from sklearn.metrics import confusion_matrix
 
 from customresnet import count_parameters
+from data import Squash
 from files import atomic, save_figure, unused_names, write_csv, write_json
 from hardware import device_name, library_versions
 from settings import UsageError
@@ -72,21 +74,34 @@ def write_curves(history, run_dir):
 
 class PredictedInterpretation(ClassificationInterpretation):
     """fastai's interpretation of the test set from its predictions already made (probabilities,
-    targets and losses, in the test set's order): its confusion matrix counts them instead of
-    passing over the test set again."""
+    targets and losses, in the test set's order): its confusion matrix and top losses count them
+    instead of passing over the test set again."""
 
     def __init__(self, learn, probs, targets, losses):
         super().__init__(learn, learn.dls.valid, losses)
-        self.decoded, self.targets = learn.loss_func.decodes(probs), targets
+        self.probs, self.targets, self.decoded = probs, targets, learn.loss_func.decodes(probs)
 
     def confusion_matrix(self):
-        return confusion_matrix(self.targets, self.decoded, labels=range(len(self.vocab)))
+        classes = len(self.vocab)
+        pairs = torch.bincount(torch.as_tensor(self.targets * classes + self.decoded).flatten(), minlength=classes * classes)
+        return pairs.view(classes, classes).numpy()  # rows the actual class, columns the predicted one
+
+    def plot_top_losses(self, k, **grid):
+        """The `k` test images with the highest loss, titled as fastai.vision.learner titles them
+        (a module that loads torchvision, and through it torch._dynamo: 2 s of every run, for
+        this figure alone), from the predictions made: only those k images are read again."""
+        losses, rows = self.top_losses(k)
+        axes = get_grid(len(rows), title="Prediction/Actual/Loss/Probability", **grid)
+        for ax, row, loss in zip(axes, rows.tolist(), losses.tolist()):
+            image, _ = self.dl.dataset[row]
+            Squash()(image).show(ctx=ax)  # as the model saw it
+            predicted, actual = self.vocab[int(self.decoded[row])], self.vocab[int(self.targets[row])]
+            ax.set_title(f"{predicted}/{actual} / {loss:.2f} / {self.probs[row].max():.2f}")
 
 
 def write_interpretation(learn, run_dir, predictions, shown=10):
     """The confusion matrix, and the `shown` test images with the highest loss (all of them in a
     smaller test set), from the test set's `predictions` (probabilities, targets, losses)."""
-    import fastai.vision.learner  # noqa: F401  fastai's plot_top_losses for images, loaded once a run gets here
     interp = PredictedInterpretation(learn, *predictions)
     interp.plot_confusion_matrix(figsize=(7, 7), title="confusion matrix (test set)")
     save_figure(plt.gcf(), run_dir / "confusion_matrix.png")

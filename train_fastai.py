@@ -46,34 +46,37 @@ gc.disable()
 import json
 import warnings
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-import pandas as pd
-import torch
-from accelerate.utils import broadcast_object_list
-import fastai.callback.channelslast  # noqa: F401  Learner.to_channelslast, to_bf16 and to_fp16
-from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy
-from fastai.torch_core import num_distrib, rank_distrib
+from deferred_imports import without_unused
 
-import compare
-from callbacks import LastTestPass, TimeToAccuracy, flip_tta_accuracy
-from checkpoint import fit, load_checkpoint, resumed_config
-from customresnet import CustomResNet
-from data import cifar10_data, cifar10_dataloaders
-from distributed import as_if_alone, join_processes, scratch_folder, split_batches
-from errors import one_line_errors
-from files import figures_to_files, write_json
-from hardware import (CpuEstimate, Phases, device_name, process_age, reports_out_of_memory, resolve_device,
-                      resolve_precision, seed_everything)
-from lifecycle import hold, stops_cleanly
-from lr_schedule import find_lr, one_cycle
-from optimizer import fused_adamw
-from recording import FailOnHostSync, record_on_device
-from outputs import (new_run_dir, plain_model, summarize, write_classes, write_curves, write_export,
-                     write_interpretation, write_schedule)
-from report import write_report
-from settings import UsageError, member
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
+with without_unused():  # fastai's modules without scikit-learn and SciPy's stats, which a run never calls
+    import pandas as pd
+    import torch
+    from accelerate.utils import broadcast_object_list
+    import fastai.callback.channelslast  # noqa: F401  Learner.to_channelslast, to_bf16 and to_fp16
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.torch_core import num_distrib, rank_distrib
+
+    import compare
+    from callbacks import LastTestPass, TimeToAccuracy, flip_tta_accuracy
+    from checkpoint import fit, load_checkpoint, resumed_config
+    from customresnet import CustomResNet
+    from data import cifar10_data, cifar10_dataloaders
+    from distributed import as_if_alone, join_processes, scratch_folder, split_batches
+    from errors import one_line_errors
+    from files import figures_to_files, write_json
+    from hardware import (CpuEstimate, Phases, device_name, process_age, reports_out_of_memory, resolve_device,
+                          resolve_precision, seed_everything)
+    from lifecycle import hold, stops_cleanly
+    from lr_schedule import find_lr, one_cycle
+    from optimizer import fused_adamw
+    from recording import FailOnHostSync, record_on_device
+    from outputs import (new_run_dir, plain_model, summarize, write_classes, write_curves, write_export,
+                         write_interpretation, write_schedule)
+    from report import write_report
+    from settings import UsageError, member
 
 gc.enable()
 

@@ -131,6 +131,25 @@ def test_the_per_item_path_serves_files_without_device_images(tiny_folder):
     check_labels_match_pixels(test_dl, stats)
 
 
+def test_files_of_another_size_are_squashed_as_fastais_resize_squashes_them_and_predict_reads_them(tiny_folder,
+                                                                                                      tmp_path):
+    """The exported learner's item transforms squash any size to 32x32 as fastai's Resize(method=Squish)
+    does, and as the decoded cache and predict.py do (images.read_rgb32), without loading torchvision."""
+    from fastai.vision.augment import Resize, ResizeMethod
+    from fastai.vision.core import PILImage
+    _, dls, stats = load(tiny_folder)
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 48, 3), dtype=np.uint8)).save(path)
+    image = PILImage.create(path)
+    squashed = np.asarray(data.Squash()(image))
+    assert np.array_equal(squashed, np.asarray(Resize(32, method=ResizeMethod.Squish)(image, split_idx=1)))
+    assert np.array_equal(squashed, images.read_rgb32(path)[0])
+    served, = dls.test_dl([path], with_labels=False).one_batch()
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
+    pixels = (served.as_subclass(torch.Tensor) * std + mean) * 255
+    assert torch.allclose(pixels[0], torch.tensor(squashed).permute(2, 0, 1).float(), atol=1e-3)
+
+
 def test_the_loaders_serve_test_batches_that_divide_the_test_set(tiny_folder):
     _, dls, _ = load(tiny_folder)  # 20 test images, bs 8
     assert [len(y) for _, y in dls.valid] == [10, 10]
