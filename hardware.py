@@ -54,7 +54,8 @@ def seed_everything(seed, deterministic):
     torch.backends.cudnn.benchmark = not deterministic  # autotuned convolutions, unless they must repeat
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to repeat itself
-    torch.use_deterministic_algorithms(deterministic)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # setting it loads torch._dynamo: 2 s
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def device_name(device):

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -6,7 +8,7 @@ import torch
 from fastai.vision.all import Learner
 
 import hardware
-from conftest import GIVEN_LRS, history_values, train
+from conftest import GIVEN_LRS, REPO, history_values, train
 from customresnet import CustomResNet
 from data import cifar10_dataloaders
 from hardware import seed_everything
@@ -31,9 +33,19 @@ def test_cudnn_autotunes_unless_the_run_must_repeat_bitwise():
         assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
         seed_everything(0, deterministic=True)
         assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        seed_everything(0, deterministic=False)  # the next run of a group
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = torch.backends.cudnn.benchmark = False
+
+
+def test_seeding_a_run_that_need_not_repeat_bitwise_leaves_torchs_compiler_unloaded():
+    """torch.use_deterministic_algorithms loads torch._dynamo: 2 s of every run on 2 cores, until
+    torch's optimizer loads it for the fit (the run makes it with the learner, before the fit)."""
+    script = "import sys, hardware; hardware.seed_everything(0, False); print('torch._dynamo' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "False\n", done.stderr
 
 
 def test_the_cpu_estimate_comes_from_the_runs_first_batches_once(tiny_folder, capsys):
