@@ -6,11 +6,13 @@ alone. On a GPU the recipe's fit is meant to take about 10 s; what surrounds it 
 imports, the data set-up, the range test, the figures, export and report) must not double that.
 The machine's load moves every figure, so the one to quote is the ratio of the run's fixed cost
 (its wall time less its fit) to the time `import torch` takes just before and just after it.
+Beside it, the ratio to `import torch` and torch's first optimizer: a torch optimizer loads
+torch._dynamo (its step calls it), so every run that trains with one pays that import too.
 
 Each run's phases come from the moment each of its lines reaches this process (the run's output
 is unbuffered) and from its summary.json:
     start_up    from the process's start to its "run folder:" line: Python, the imports, the data
-                set-up on a warm cache, the learner
+                set-up on a warm cache, the learner and its optimizer (which loads torch._dynamo)
     before_fit  from there to its "training:" line: the config, the LR range test when it runs (on
                 the code before issue 18, also the CPU estimate's own timing)
     range_test  from "LR range test: N iterations" to "LR range test: LRMIN ..." (a part of before_fit)
@@ -25,7 +27,7 @@ Where the run records its own phases (summary.json's `phases`), they are kept be
 The cases: `given_lrs`, the configuration of issue 18 (`--width 4 --subset 1024 --epochs 1
 --bs 512 --lr-min 1e-4 --lr-max 1e-3`), and `range_test`, the same run finding its LRs. One
 untimed run first fills the data cache (CIFAR10_CACHE, as the user's runs use it) and warms the
-machine's file cache; then the runs alternate with `import torch`. Results:
+machine's file cache; then the runs alternate with the two references. Results:
 bench/results/latency-<device>-<date>.json with the raw log (.log) beside it.
 """
 import argparse
@@ -58,7 +60,12 @@ SETTINGS = dict(repeats=5, range_test_repeats=3, warmup=1)
 SMOKE = dict(repeats=1, range_test_repeats=0, warmup=0)
 RATIO_GOAL = 2.0  # issue 18: the fixed cost at most twice `import torch`
 PHASES = ("start_up", "before_fit", "range_test", "fit", "outputs")
-FIGURES = ("torch_import_s", "wall_s", "fit_s", "fixed_s", "ratio", *(f"{phase}_s" for phase in PHASES))
+# What each run is measured against, in processes of their own: issue 18's `import torch`, and
+# that with torch's first optimizer, which loads torch._dynamo (every torch training run pays it).
+REFERENCES = {"torch_import_s": "import torch",
+              "torch_optimizer_s": "import torch; torch.optim.AdamW([torch.zeros(1, requires_grad=True)])"}
+FIGURES = (*REFERENCES, "wall_s", "fit_s", "fixed_s", "ratio", "ratio_with_optimizer",
+           *(f"{phase}_s" for phase in PHASES))
 # The run's lines that mark its phases: (name, the start of the line).
 MARKS = {"run_folder": re.compile(r"run folder: "), "range_test_start": re.compile(r"LR range test: \d+ iterations"),
          "range_test_end": re.compile(r"LR range test: LRMIN"), "training": re.compile(r"training: "),
@@ -118,10 +125,15 @@ def tiny_cifar10(folder, per_class=(16, 4)):
     return folder
 
 
-def time_torch_import():
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True)
-    return time.perf_counter() - start
+def time_references():
+    """{figure: seconds} of each of REFERENCES, printed."""
+    seconds = {}
+    for figure, code in REFERENCES.items():
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        seconds[figure] = time.perf_counter() - start
+        print(f"{code}: {seconds[figure]:.2f} s")
+    return seconds
 
 
 def time_run(argv, out):
@@ -163,24 +175,23 @@ def medians(runs):
 
 
 def run_cases(args, flags, work, results, save):
-    """The warm-up runs, then each repeat: `import torch`, a run of each case, ...,`import torch`;
-    each run's torch figure is the mean of the imports just before and just after it."""
+    """The warm-up runs, then each repeat: the references, a run of each case, ..., the references;
+    each run's reference figures are the means of those just before and just after it."""
     schedule = [("given_lrs", True)] * args.warmup + [
         (case, False) for repeat in range(args.repeats)
         for case in ("given_lrs", "range_test") if case == "given_lrs" or repeat < args.range_test_repeats]
     before = None
     for number, (case, warmup) in enumerate(schedule):
         if before is None and not warmup:
-            before = time_torch_import()
-            print(f"import torch: {before:.2f} s")
+            before = time_references()
         argv = flags[case]
         print(f"\n{case}{' (warm-up)' if warmup else ''}: python train_fastai.py {shlex.join(argv)}")
         run = {"case": case, "warmup": warmup, **time_run(argv, Path(tempfile.mkdtemp(dir=work, prefix="runs-")))}
         if not warmup:
-            after = time_torch_import()
-            print(f"import torch: {after:.2f} s")
-            run["torch_import_s"] = (before + after) / 2
+            after = time_references()
+            run.update({figure: (before[figure] + after[figure]) / 2 for figure in REFERENCES})
             run["ratio"] = run["fixed_s"] / run["torch_import_s"]
+            run["ratio_with_optimizer"] = run["fixed_s"] / run["torch_optimizer_s"]
             before = after
         results["cases"][case]["runs"].append(run)
         print(f"{case}: {json.dumps({k: v for k, v in run.items() if k != 'run_phases'})}")

@@ -1,5 +1,5 @@
 """bench/latency.py on the CPU (--smoke): a whole train_fastai.py process is timed by phase against
-`import torch`, and the results file holds every figure BENCHMARKS.md reads. Its figures mean
+`import torch` (and torch's first optimizer), and the results file holds every figure BENCHMARKS.md reads. Its figures mean
 nothing: no speed is asserted."""
 import json
 import statistics
@@ -27,9 +27,10 @@ def test_smoke_times_a_whole_run_by_phase_against_import_torch(tmp_path):
     assert given["command"].startswith("python train_fastai.py --width 4") and "--lr-max 1e-3" in given["command"]
     run, = given["runs"]
     assert run["case"] == "given_lrs" and not run["warmup"] and 0 <= run["final_accuracy"] <= 1
-    assert 0 < run["fit_s"] < run["wall_s"] and 0 < run["torch_import_s"]
+    assert 0 < run["fit_s"] < run["wall_s"] and 0 < run["torch_import_s"] and 0 < run["torch_optimizer_s"]
     assert run["fixed_s"] == pytest.approx(run["wall_s"] - run["fit_s"])
     assert run["ratio"] == pytest.approx(run["fixed_s"] / run["torch_import_s"])
+    assert run["ratio_with_optimizer"] == pytest.approx(run["fixed_s"] / run["torch_optimizer_s"])
     assert run["range_test_s"] == 0 and run["start_up_s"] > 0 and run["outputs_s"] > 0
     assert run["start_up_s"] + run["before_fit_s"] + run["fit_s"] + run["outputs_s"] == pytest.approx(run["wall_s"])
     assert given["median"] == {figure: statistics.median([run[figure]]) for figure in latency.FIGURES}
@@ -38,7 +39,7 @@ def test_smoke_times_a_whole_run_by_phase_against_import_torch(tmp_path):
                                               "runs": [], "median": None}
 
     log = results_file.with_suffix(".log").read_text()
-    assert "import torch: " in log and "final test accuracy" in log and "goal met: " in log
+    assert "import torch: " in log and "torch.optim.AdamW(" in log and "final test accuracy" in log and "goal met: " in log
     assert str(tmp_path) not in log and "$SCRATCH/cifar10" in log  # no path of this machine in a committed log
 
 
