@@ -204,10 +204,12 @@ def run_cases(args, flags, work, results, save):
 
 def report(results):
     print(f"\nmedians (s), the fixed cost over `import torch` in the same moment (goal: at most {RATIO_GOAL}):")
-    print(f"{'case':12}" + "".join(f"{figure.removesuffix('_s'):>12}" for figure in FIGURES))
+    names = [figure.removesuffix("_s") for figure in FIGURES]
+    print(f"{'case':12}" + "".join(f"{name:>{len(name) + 2}}" for name in names))
     for case, case_results in results["cases"].items():
         if case_results["median"]:
-            print(f"{case:12}" + "".join(f"{case_results['median'][figure]:12.2f}" for figure in FIGURES))
+            print(f"{case:12}" + "".join(f"{case_results['median'][figure]:{len(name) + 2}.2f}"
+                                         for figure, name in zip(FIGURES, names)))
     print(f"goal met: {results['goal_met']}")
 
 
