@@ -83,8 +83,8 @@ class PredictedInterpretation(ClassificationInterpretation):
 
     def confusion_matrix(self):
         classes = len(self.vocab)
-        pairs = torch.bincount(torch.as_tensor(self.targets * classes + self.decoded).flatten(), minlength=classes * classes)
-        return pairs.view(classes, classes).numpy()  # rows the actual class, columns the predicted one
+        pairs = self.targets.flatten() * classes + self.decoded.flatten()  # rows the actual class, columns the predicted
+        return torch.bincount(pairs, minlength=classes * classes).view(classes, classes).numpy()
 
     def plot_top_losses(self, k, **grid):
         """The `k` test images with the highest loss, titled as fastai.vision.learner titles them

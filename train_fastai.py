@@ -51,7 +51,7 @@ import warnings
 from deferred_imports import without_unused
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-with without_unused():  # fastai's modules without scikit-learn and SciPy's stats, which a run never calls
+with without_unused():  # fastai's modules without scikit-learn and SciPy's stats: a run never calls them
     import pandas as pd
     import torch
     from accelerate.utils import broadcast_object_list
