@@ -1,12 +1,12 @@
 """fastai's modules without the libraries they import at their top for functions a run never calls.
 
-fastai.data.transforms imports scikit-learn for `train_test_split` (RandomSplitter's and
-TrainTestSplitter's), fastai.metrics and fastai.interpret import sklearn.metrics and scipy.stats
-for the metrics that wrap them, and fastai.imports imports scipy.ndimage for DICOM zooms: 1.7 s of
-every run's start-up on 2 cores, more than half of `import torch`, for nothing a run does. While
-fastai loads, each of them is a stand-in; once it has loaded, the stand-ins leave sys.modules, so
-that the first use of one (a user's RandomSplitter, `skm.f1_score` in a metric) imports the real
-module and any later import gets it.
+fastai.data.transforms imports scikit-learn for `train_test_split` (its TrainTestSplitter's),
+fastai.metrics and fastai.interpret import sklearn.metrics and scipy.stats for the metrics that
+wrap them, and fastai.imports imports scipy.ndimage for DICOM zooms: 1.7 s of every run's
+start-up on 2 cores, more than half of `import torch`, for nothing a run does. While fastai
+loads, each of them is a stand-in; once it has loaded, the stand-ins leave sys.modules, so that
+the first use of one (a TrainTestSplitter, `skm.f1_score` in a metric) imports the real module
+and any later import gets it.
 """
 import importlib
 import sys
