@@ -176,7 +176,7 @@ def cifar10_dataloaders(data, bs=512, aug="gpu", device=None, subset=None, worke
     returns (dls, stats) with stats = (mean, std)."""
     data = data if isinstance(data, DecodedFolder) else decoded_folder(data)
     train, test = data.rows(subset)
-    block = cifar10_block(data.classes, [data.paths[row] for row in np.concatenate([train, test]).tolist()], len(train))
+    block = cifar10_block(data.classes, data.paths(np.concatenate([train, test]).tolist()), len(train))
     dsets = block.datasets(data.folder)
     stats = normalisation_stats(data, train)
     batch_tfms = [*block.batch_tfms, Normalize.from_stats(*stats)]

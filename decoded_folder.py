@@ -11,7 +11,7 @@ time, so that a changed file is noticed and decoded again, alone.
 import hashlib
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -41,11 +41,14 @@ class DecodedFolder:
     readable: np.ndarray
     train_stats: tuple = None  # channel_stats of every readable training image, cached with the pixels
 
-    @cached_property
-    def paths(self):
-        """Each file's Path, fastai's items: made once for all the runs on the folder (60,000 Paths
-        take a few tenths of a second)."""
-        return list(map(self.folder.joinpath, self.names))
+    made_paths: dict = field(default_factory=dict, repr=False)  # row: Path, those made so far
+
+    def paths(self, rows):
+        """fastai's items: the Path of the file at each of `rows`, made once for all the runs on the
+        folder, and only for the rows a run uses (60,000 Paths take a few tenths of a second)."""
+        missing = [row for row in rows if row not in self.made_paths]
+        self.made_paths.update(zip(missing, map(self.folder.joinpath, (self.names[row] for row in missing))))
+        return [self.made_paths[row] for row in rows]
 
     def channel_stats(self, rows):
         """channel_stats of the images at `rows`; of all the readable training images, from the cache."""

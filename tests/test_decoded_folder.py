@@ -50,6 +50,16 @@ def test_the_rows_of_a_run_are_the_class_interleaved_training_images_then_the_te
         data.rows(subset=81)
 
 
+def test_the_items_of_a_run_are_the_paths_of_its_rows_made_once_for_every_run_on_the_folder(tiny_folder):
+    data = decoded_folder(tiny_folder)
+    train, test = data.rows(subset=10)
+    rows = [*train.tolist(), *test.tolist()]
+    items = data.paths(rows)
+    assert items == [tiny_folder / data.names[row] for row in rows] and set(data.made_paths) == set(rows)
+    again = data.paths(rows[:3])  # the next run of a group
+    assert all(path is made for path, made in zip(again, items))
+
+
 def test_a_subset_smaller_than_the_classes_says_it_trains_on_some_of_them(tiny_folder, capsys):
     data = decoded_folder(tiny_folder)
     capsys.readouterr()  # the decoding line
