@@ -1,53 +1,68 @@
-"""The recipe's optimizer, fastai's Adam with decoupled weight decay, run by torch's fused AdamW.
+"""The recipe's optimizer: fastai's Adam with decoupled weight decay, each step taken by torch's
+fused AdamW kernel.
 
 fastai's `Adam` steps each parameter tensor in a Python loop of several small operations (on a
 GPU, a kernel launch each); torch's fused AdamW updates every tensor of a group in one kernel.
 The two compute the same update (decoupled weight decay, then Adam with bias correction from the
-current betas), and `fused_adamw` keeps the recipe's settings:
+current betas). `FusedAdamW` is a fastai `Optimizer`, so everything fastai does with its own
+Adam holds as it is:
 
-- fastai's defaults eps 1e-5 and beta2 (`sqr_mom`) 0.99; beta1 (`mom`) and the LR follow
-  `fit_one_cycle`: fastai's OptimWrapper maps its `mom`, `sqr_mom` and `wd` to torch's
-  `betas[0]`, `betas[1]` and `weight_decay`, so its schedulers and `learn.opt.hypers` work as with
-  fastai's own optimizers;
-- weight decay on conv and linear weights only, none on BatchNorm weights and biases or on any
-  bias: what fastai's Learner does with `wd_bn_bias=False`, its default (the Learner marks those
-  parameters `do_wd=False` in fastai's per-parameter state, which a wrapped torch optimizer
-  ignores, hence the parameter groups here; the Learner's `wd_bn_bias=True` has no effect).
+- the hyperparameters are fastai's (`lr`, `mom`, `sqr_mom`, `eps`, `wd`, with Adam's defaults eps
+  1e-5 and beta2 0.99), which `fit_one_cycle` schedules and the recorder reads;
+- weight decay spares the parameters the Learner marks `do_wd=False` (BatchNorm weights and every
+  bias, with its default `wd_bn_bias=False`);
+- its state (`grad_avg`, `sqr_avg`, `step` per parameter) is saved and loaded by fastai's
+  `save_model`/`load_model`, as a checkpoint does.
+
+It calls torch's functional `adamw`, not a `torch.optim.AdamW`: every `torch.optim.Optimizer`
+loads torch._dynamo (its constructor and its `step` ask it to stay out of the way), which an eager
+run never uses: 2.25 s on 2 cores (bench/results/latency-amd-epyc-2026-12-01-3.json: `import
+torch` 3.09 s, and with its first optimizer 5.34 s).
 """
 import torch
-from fastai.optimizer import OptimWrapper
+from fastai.optimizer import Optimizer
+from torch.optim.adamw import adamw
 
 
-class NoDecayGroupWrapper(OptimWrapper):
-    """fastai's OptimWrapper around a torch optimizer whose parameter groups say whether they take
-    weight decay (`do_wd`). fastai's Learner.fit sets one `wd` on every group; a group with
-    `do_wd=False` keeps 0."""
+class FusedAdamW(Optimizer):
+    """fastai's `Adam(params, lr, mom, sqr_mom, eps, wd)` (decoupled weight decay) as a fastai
+    `opt_func`; each step is one fused kernel per group of parameters that share their
+    hyperparameters and whether they decay."""
 
-    def _set_hyper(self, k, v):
-        if k == "wd":
-            v = [wd if group["do_wd"] else 0.0 for group, wd in zip(self.opt.param_groups, v)]
-        super()._set_hyper(k, v)
+    def __init__(self, params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01):
+        super().__init__(params, cbs=[], lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
+    def moments(self, p):
+        """The parameter's Adam state, made at its first step where the parameter is, in its
+        memory layout (channels-last on a GPU); the step count is a tensor there too, as the fused
+        kernel reads it."""
+        state = self.state[p]
+        if "step" not in state:
+            state.update(grad_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                         sqr_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                         step=torch.zeros((), dtype=torch.float32, device=p.device))
+        return state
 
-def decays(param):
-    """Whether weight decay applies to `param`: conv and linear weights (2-D and up) decay;
-    BatchNorm weights and biases and every other bias (1-D) do not. For a network of conv, linear
-    and BatchNorm layers such as CustomResNet this is exactly fastai's `norm_bias_params` split."""
-    return param.ndim > 1
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise NotImplementedError("fastai optimizers do not take a closure")
+        for params, hyper in zip(self.param_lists, self.hypers):
+            with_grad = [p for p in params if p.grad is not None]
+            for decays in (False, True):
+                group = [p for p in with_grad if self.state[p].get("do_wd", True) == decays]
+                if group:
+                    self.fused_step(group, hyper, weight_decay=hyper["wd"] if decays else 0.0)
 
+    def fused_step(self, params, hyper, weight_decay):
+        states = [self.moments(p) for p in params]
+        adamw(params, [p.grad for p in params], [s["grad_avg"] for s in states], [s["sqr_avg"] for s in states],
+              [], [s["step"] for s in states], fused=True, amsgrad=False, maximize=False,
+              beta1=hyper["mom"], beta2=hyper["sqr_mom"], lr=hyper["lr"], eps=hyper["eps"], weight_decay=weight_decay)
 
-def fused_adamw(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01):
-    """fastai `opt_func` (`Learner(..., opt_func=fused_adamw, wd=...)`): fastai calls it with the
-    model's trainable parameters (its default splitter) and the LR. The group without decay comes
-    first, so that `learn.opt.hypers[-1]`, which fastai's schedulers record, shows the `wd` that
-    the weights get."""
-    params = list(params)
-    groups = [{"params": [p for p in params if not decays(p)], "weight_decay": 0.0, "do_wd": False},
-              {"params": [p for p in params if decays(p)], "weight_decay": wd, "do_wd": True}]
-    # fused=True on every device. It runs on CUDA and on the CPU, one kernel per group for all its
-    # tensors; torch ranks it fastest of its three AdamW implementations (fused > foreach > for
-    # loop), and on a 2-core CPU (one thread) the width-64 net's step took 4 ms, against 18 ms with
-    # foreach=True and 22 ms with fastai's Adam. And fastai builds the optimizer before it moves
-    # the model to its device, so the parameters' device here does not tell where they will train.
-    adamw = torch.optim.AdamW(groups, lr=lr, betas=(mom, sqr_mom), eps=eps, fused=True)
-    return NoDecayGroupWrapper(opt=adamw)
+    def zero_grad(self):
+        """Gradients to None, as torch's optimizers do: no memset of every gradient each step, and
+        the next backward writes them fresh."""
+        for params in self.param_lists:
+            for p in params:
+                p.grad = None

@@ -73,7 +73,7 @@ with without_unused():  # fastai's modules without scikit-learn and SciPy's stat
                           resolve_precision, seed_everything)
     from lifecycle import hold, stops_cleanly
     from lr_schedule import find_lr, one_cycle
-    from optimizer import fused_adamw
+    from optimizer import FusedAdamW
     from recording import FailOnHostSync, record_on_device
     from outputs import (new_run_dir, plain_model, summarize, write_classes, write_curves, write_export,
                          write_interpretation, write_schedule)
@@ -98,10 +98,11 @@ def main(argv=None):
 
 def make_learner(dls, args, run_dir, precision):
     """The recipe's Learner: CustomResNet, cross-entropy, Adam with decoupled weight decay (none on
-    BatchNorm and biases) as torch's fused AdamW; on a GPU, channels-last and mixed precision."""
+    BatchNorm and biases) stepped by torch's fused AdamW kernel; on a GPU, channels-last and mixed
+    precision."""
     model = CustomResNet(num_classes=len(dls.vocab), width=args.width)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(label_smoothing=args.label_smoothing),
-                    opt_func=fused_adamw, wd=args.wd, metrics=accuracy, path=run_dir)
+                    opt_func=FusedAdamW, wd=args.wd, metrics=accuracy, path=run_dir)
     record_on_device(learn)  # the loss and accuracy stay on the GPU until the epoch's end
     if args.sync_debug:
         learn.add_cb(FailOnHostSync())
@@ -113,9 +114,6 @@ def make_learner(dls, args, run_dir, precision):
             learn.to_fp16()
     if args.compile:  # what it compiles, torch keeps for the next run (its FX graph and AOTAutograd caches)
         learn.model = torch.compile(learn.model)
-    # The optimizer now rather than at the fit's start, where fastai would make it: torch's first
-    # optimizer loads torch._dynamo (2 s on 2 cores), a cost of the run's set-up, not of its fit.
-    learn.create_opt()
     return learn
 
 

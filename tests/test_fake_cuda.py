@@ -15,6 +15,7 @@ import fake_cuda
 import train_fastai
 from conftest import GIVEN_LRS, REPO, RUN_FILES, TINY
 from fake_cuda import FakeCuda, NotOnAGpu, PhaseEnd, PhaseStart
+from optimizer import FusedAdamW
 from recording import FailOnHostSync
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -87,7 +88,7 @@ def test_a_whole_run_on_a_gpu_mixes_no_devices_and_never_waits_in_the_training_b
     assert summary["device"] == "fake CUDA (CPU)" and "tta_accuracy" in summary
     # The GPU's settings were in force: channels-last, bf16 mixed precision, fused AdamW, the check.
     assert {ChannelsLast, MixedPrecision, FailOnHostSync} <= {type(cb) for cb in learn.cbs}
-    assert learn.opt.opt.defaults["fused"]
+    assert isinstance(learn.opt, FusedAdamW)
     assert gpu.sync_debug_mode == 0
     # fastai's LRFinder reads the smoothed loss twice an iteration (its best, its divergence): the
     # reads the docs promise, and the only ones of the range test's batches.
