@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -14,12 +15,13 @@ from PIL import Image
 from errors import BadInput
 
 IMAGE_SIZE = 32
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # fastai's `image_extensions`, computed as fastai computes it (after reading the system's
 # mime.types), without importing fastai: predict.py must start fast.
 mimetypes.init()
 IMAGE_EXTENSIONS = frozenset(ext for ext, kind in mimetypes.types_map.items() if kind.startswith("image/"))
-# Files a process reads at a time: enough that handing them out costs nothing, few enough that
-# every core gets its share of a small set.
+# The fewest files worth a reading process of their own: enough that forking it costs little
+# beside them, few enough that every core gets its share of a small set.
 CHUNK = 500
 
 
@@ -80,26 +82,25 @@ def read_rgb32_all(paths):
     forked processes, one per usable core, which write the pixels straight into memory shared with
     this process. Forked, they start at once with what is imported already (spawned, each would
     import torch again). Elsewhere, and for a few hundred files, they are read in this process."""
-    pixels = IMAGE_SIZE * IMAGE_SIZE * 3
-    images = np.frombuffer(mmap.mmap(-1, max(1, len(paths)) * pixels), np.uint8)  # shared with forked children
-    images = images[:len(paths) * pixels].reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 3)
-    starts = range(0, len(paths), CHUNK)
+    pixels = np.frombuffer(shared_memory(len(paths) * IMAGE_SIZE * IMAGE_SIZE * 3), np.uint8)
+    pixels = pixels.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 3)
+    readable = np.frombuffer(shared_memory(len(paths)), bool)
     processes = reading_processes(len(paths))
-    try:
-        if processes > 1:
-            with multiprocessing.get_context("fork").Pool(processes, start_reader, (images, paths)) as pool:
-                read = pool.map(read_chunk, starts)  # on Ctrl-C or SIGTERM, leaving the block ends the workers
-        else:
-            reading.update(images=images, paths=paths)
-            read = list(map(read_chunk, starts))
-    finally:
-        reading.clear()
-    readable = np.concatenate([np.ones(0, bool), *(chunk_readable for chunk_readable, _ in read)])
-    return images, readable, [change for _, repairs in read for change in repairs]
+    shares = np.array_split(np.arange(len(paths)), processes)
+    if processes > 1:
+        repairs = read_in_forked_processes(pixels, readable, paths, shares)
+    else:
+        repairs = read_share(pixels, readable, paths, shares[0])
+    return pixels, readable, repairs
+
+
+def shared_memory(size):
+    """`size` zero bytes that a forked process writes into and this one sees."""
+    return memoryview(mmap.mmap(-1, max(1, size)))[:size]
 
 
 def reading_processes(n_files):
-    """How many processes read `n_files` files: a chunk each at least, one per usable core at most;
+    """How many processes read `n_files` files: CHUNK files each at least, one per usable core at most;
     one where processes are not forked."""
     if sys.platform != "linux":
         return 1
@@ -107,27 +108,73 @@ def reading_processes(n_files):
     return max(1, min(cores, -(-n_files // CHUNK)))
 
 
-reading = {}  # the files being read and the pixels they go into, in each reading process
+def read_in_forked_processes(pixels, readable, paths, shares):
+    """Each of `shares` of the files read by a forked process; their repairs, in the files' order.
+
+    No reader outlives this call, however it ends: on Ctrl-C or SIGTERM, or if a reader dies, the
+    others are killed (they hold nothing but the shared memory) and waited for. This process wakes
+    every tenth of a second, because its signal handler runs only in its main thread, and a signal
+    sent to the process may be taken by another of its threads (torch's, say): a main thread that
+    waited without a timeout would not see it until the readers were done."""
+    context = multiprocessing.get_context("fork")
+    readers = []
+    try:
+        with signals_blocked():  # a reader starts with this process's handlers, until it sets its own
+            for share in shares:
+                receiving, sending = context.Pipe(duplex=False)
+                reader = context.Process(target=reader_main, args=(pixels, readable, paths, share, sending),
+                                         daemon=True)
+                reader.start()
+                sending.close()
+                readers.append((reader, receiving))
+        return [change for reader, receiving in readers for change in reader_repairs(reader, receiving)]
+    finally:
+        for reader, receiving in readers:
+            reader.kill()
+            reader.join()
+            receiving.close()
 
 
-def start_reader(images, paths):
+@contextmanager
+def signals_blocked():
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def reader_main(pixels, readable, paths, share, sending):
     """A forked reader ignores Ctrl-C and dies of SIGTERM: the parent decides what an interruption
-    does, and a reader never prints a traceback of its own."""
+    does, and a reader never prints a traceback of its own. It sends its repairs when done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    reading.update(images=images, paths=paths)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    sending.send(read_share(pixels, readable, paths, share))
 
 
-def read_chunk(start):
-    """Reads the CHUNK files from `start` into the pixels; returns which could be read, and the repairs."""
-    paths, images = reading["paths"][start:start + CHUNK], reading["images"]
-    readable = np.ones(len(paths), dtype=bool)
+def reader_repairs(reader, receiving):
+    """The repairs `reader` sends when done, waited for a tenth of a second at a time."""
+    while not receiving.poll(0.1):
+        pass
+    try:
+        return receiving.recv()
+    except EOFError:  # it ended without sending them
+        reader.join()
+        ended = f"was killed by {signal.Signals(-reader.exitcode).name}" if reader.exitcode < 0 else \
+            f"ended with exit status {reader.exitcode}"
+        raise BadInput(f"a process reading the images {ended}, perhaps for want of memory: run again, with fewer "
+                       "other programs running") from None
+
+
+def read_share(pixels, readable, paths, share):
+    """Reads the files at the indices `share` into the pixels; returns the repairs made."""
     repairs = []
-    for i, path in enumerate(paths):
+    for i in share.tolist():
         try:
-            images[start + i], changes = read_rgb32(path)
+            pixels[i], changes = read_rgb32(paths[i])
         except UnreadableImage:
-            readable[i] = False
             continue
+        readable[i] = True
         repairs += changes
-    return readable, repairs
+    return repairs

@@ -5,6 +5,7 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -138,3 +139,34 @@ def test_sigterm_while_decoding_caches_nothing_and_says_so(tiny_folder, isolated
     assert cached_files(isolated_cache) == [] and multiprocessing.active_children() == []
     monkeypatch.setattr(images, "read_rgb32", real_read)
     assert decoded_folder(tiny_folder).readable.all() and len(cached_files(isolated_cache)) == 1
+
+
+def test_sigterm_taken_by_another_thread_ends_the_decode_at_once(tiny_folder, isolated_cache, monkeypatch):
+    """A signal sent to the process may be taken by any of its threads (torch starts some), and
+    Python runs its handler in the main thread only: the decode wakes to run it rather than wait
+    for its readers (here, 30 s)."""
+    monkeypatch.setattr(images, "CHUNK", 10)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    calls, real_read, parent = [], images.read_rgb32, os.getpid()
+
+    def sigterm_at_the_fifth(path):
+        calls.append(path)
+        if len(calls) == 5:
+            os.kill(parent, signal.SIGTERM)
+            time.sleep(30)
+        return real_read(path)
+
+    monkeypatch.setattr(images, "read_rgb32", sigterm_at_the_fifth)
+    other_thread = threading.Thread(target=threading.Event().wait, args=(40,), daemon=True)
+    other_thread.start()  # before the main thread blocks SIGTERM: only this thread can take it
+    unhandled = signal.signal(signal.SIGTERM, lambda *args: pytest.fail("SIGTERM reached no handler of the decode's"))
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    started = time.monotonic()
+    try:
+        with pytest.raises(SetUpInterrupted):
+            decoded_folder(tiny_folder)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        signal.signal(signal.SIGTERM, unhandled)
+    assert time.monotonic() - started < 10
+    assert cached_files(isolated_cache) == [] and multiprocessing.active_children() == []

@@ -1,11 +1,15 @@
 """Reading image files: many at once, with the machine's cores."""
+import multiprocessing
 import os
+import signal
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import images
 from conftest import class_image
+from errors import BadInput
 
 
 def some_images(folder):
@@ -46,3 +50,23 @@ def test_many_files_are_read_by_several_processes_as_one_process_reads_them(tmp_
 def test_no_files_read_as_no_pixels():
     pixels, readable, repairs = images.read_rgb32_all([])
     assert pixels.shape == (0, 32, 32, 3) and readable.shape == (0,) and repairs == []
+
+
+def test_a_reader_that_dies_is_said_in_one_line_and_none_is_left(tmp_path, monkeypatch):
+    """A reader killed (by the kernel, for memory, say) ends the read with a line that says so,
+    not a wait for it without end; the other readers are not left behind."""
+    paths = some_images(tmp_path / "images")
+    real_read = images.read_rgb32
+
+    def killed_at_the_fifth(path):
+        if path == paths[5]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_read(path)
+
+    monkeypatch.setattr(images, "CHUNK", 10)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(images, "read_rgb32", killed_at_the_fifth)
+    with pytest.raises(BadInput, match="^a process reading the images was killed by SIGKILL, perhaps for want of "
+                                       "memory: run again, with fewer other programs running$"):
+        images.read_rgb32_all(paths)
+    assert multiprocessing.active_children() == []
