@@ -2,8 +2,9 @@
 
 fastai.data.transforms imports scikit-learn for `train_test_split` (its TrainTestSplitter's),
 fastai.metrics and fastai.interpret import sklearn.metrics and scipy.stats for the metrics that
-wrap them, and fastai.imports imports scipy.ndimage for DICOM zooms: 1.7 s of every run's
-start-up on 2 cores, more than half of `import torch`, for nothing a run does. While fastai
+wrap them, and fastai.imports imports scipy.ndimage for DICOM zooms and requests for downloads:
+1.7 s of every run's start-up on 2 cores, more than half of `import torch`, for nothing a run
+does. While fastai
 loads, each of them is a stand-in; once it has loaded, the stand-ins leave sys.modules, so that
 the first use of one (a TrainTestSplitter, `skm.f1_score` in a metric) imports the real module
 and any later import gets it.
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 
 # The modules, and the names fastai binds from one of them as it loads (`from M import name`).
 FASTAI_UNUSED = {"sklearn": (), "sklearn.metrics": (), "sklearn.model_selection": ("train_test_split",),
-                 "scipy.stats": (), "scipy.ndimage": ()}
+                 "scipy.stats": (), "scipy.ndimage": (), "requests": ()}
 
 
 class StandIn(types.ModuleType):

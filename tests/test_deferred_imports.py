@@ -49,18 +49,20 @@ def test_a_stand_in_used_while_the_block_imports_says_which_and_what_to_do(heavy
             hm.score(1)
 
 
-def test_fastai_loads_for_a_run_without_scikit_learn_scipy_stats_or_torchvision_and_still_has_them():
-    """2 s of every run's start-up on 2 cores: what fastai imports for functions a run never calls.
-    fastai's functions that call them still work, importing them then."""
+def test_fastai_loads_for_a_run_without_scikit_learn_scipy_stats_requests_or_torchvision_and_still_has_them():
+    """2 s of every run's start-up on 2 cores: what fastai imports for functions a run never calls
+    (requests: its downloads). fastai's functions that call them still work, importing them then."""
     script = ("import sys, train_fastai\n"
-              "unused = ('sklearn', 'scipy.stats', 'scipy.ndimage', 'torchvision')\n"
+              "unused = ('sklearn', 'scipy.stats', 'scipy.ndimage', 'requests', 'torchvision')\n"
               "print(sorted(name for name in unused if name in sys.modules))\n"
               "from fastai.data.transforms import TrainTestSplitter\n"
               "from fastai.metrics import F1Score, PearsonCorrCoef\n"
               "from sklearn.model_selection import train_test_split\n"
               "ours = TrainTestSplitter(test_size=0.25, random_state=0)(list(range(8)))\n"
               "print(list(map(list, ours)) == train_test_split(range(8), test_size=0.25, random_state=0))\n"
-              "print(F1Score().func.__name__, PearsonCorrCoef().func.__name__)\n")
+              "print(F1Score().func.__name__, PearsonCorrCoef().func.__name__)\n"
+              "from fastai.imports import requests\n"
+              "print(requests.codes.ok)\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[]", "True", "f1_score pearsonr"]
+    assert done.stdout.splitlines() == ["[]", "True", "f1_score pearsonr", "200"]
