@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import decoded_folder as decoded
@@ -30,6 +31,20 @@ def test_a_folder_is_decoded_once_by_where_it_resolves(tiny_folder, isolated_cac
     data = decoded_folder("../../cifar10")
     assert "decoding" not in capsys.readouterr().out and len(cached_files(isolated_cache)) == 1
     assert (data.images[data.labels == 3] == class_image(3)).all() and data.readable.all()
+
+
+def test_a_warm_cache_maps_its_pixels_and_one_it_cannot_map_is_decoded_again(tiny_folder, isolated_cache, capsys):
+    decoded = decoded_folder(tiny_folder)
+    cache, = (isolated_cache / "decoded").iterdir()
+    warm = decoded_folder(tiny_folder)
+    assert isinstance(warm.images, np.memmap) and not warm.images.flags.writeable
+    assert np.array_equal(warm.images, decoded.images) and np.array_equal(warm.readable, decoded.readable)
+    with np.load(cache) as saved:
+        arrays = dict(saved)
+    np.savez_compressed(cache, **arrays)  # what np.savez never writes: its pixels cannot be mapped
+    capsys.readouterr()
+    again = decoded_folder(tiny_folder)
+    assert "decoding 100 images" in capsys.readouterr().out and np.array_equal(again.images, decoded.images)
 
 
 def test_the_fingerprint_counts_the_image_files_and_hashes_their_names_and_sizes(tiny_folder):
