@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from pathlib import PurePosixPath
 
-from cache import DISK_FULL, NOT_WRITABLE, build_once, cache_problem, cache_root, disk_is_full, entry_name
+from cache import (DISK_FULL, NOT_WRITABLE, UNPACKED, build_once, cache_problem, cache_root, disk_is_full,
+                   entry_name)
 from errors import DataError
 
 
@@ -40,7 +41,7 @@ def unpack(archive):
         else:
             extract_with_tarfile(archive, tmp)
 
-    return build_once(cache_root() / "unpacked" / entry_name(archive), extract, f"unpacking {archive}")
+    return build_once(cache_root() / UNPACKED / entry_name(archive), extract, f"unpacking {archive}")
 
 
 @cache

@@ -25,6 +25,16 @@ PARTIAL = ".partial-"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 FULL_BELOW = 2**20
+# The cache's folders of the entries that build_once makes: unpacked archives, converted batches.
+UNPACKED, CONVERTED = "unpacked", "converted"
+
+
+def built_once(path):
+    """Whether `path` lies in an entry that `build_once` made (an unpacked archive, converted python
+    batches): renamed into place whole and never changed after, since a changed source gets an
+    entry of its own."""
+    path, root = Path(path).resolve(), cache_root()
+    return any(path.is_relative_to(root / kind) for kind in (UNPACKED, CONVERTED))
 
 
 def cache_root():

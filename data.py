@@ -31,7 +31,7 @@ from PIL import Image
 
 from archives import unpack
 from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
-from cache import build_once, cache_root, entry_name
+from cache import CONVERTED, build_once, cache_root, entry_name
 from decoded_folder import SPLITS, DecodedFolder, as_nchw, decoded_folder
 from device_loader import DeviceDataLoader, valid_batch_size
 from errors import DataError
@@ -131,7 +131,7 @@ def python_batches_to_folder(batches):
             for i, (image, label) in enumerate(zip(images, labels)):
                 Image.fromarray(image).save(tmp / split / classes[label] / f"{name}-{i:05d}.png")
 
-    return build_once(cache_root() / "converted" / entry_name(batches / "test_batch"), write,
+    return build_once(cache_root() / CONVERTED / entry_name(batches / "test_batch"), write,
                       f"writing out the python batches in {batches}")
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache import cache_problem, cache_root, entry_name, interruptible, remove_abandoned, write_atomically
+from cache import (built_once, cache_problem, cache_root, entry_name, interruptible, remove_abandoned,
+                   write_atomically)
 from errors import DataError, warn
 from images import (IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32, read_rgb32_all,
                     reading_processes)
@@ -110,17 +111,20 @@ def refuse_unreadable(path):
 
 
 def decoded_folder(folder):
-    """`folder` listed, checked and decoded: from the cache where its files are unchanged."""
+    """`folder` listed, checked and decoded: from the cache where its files are unchanged. The files
+    of a folder that the cache built whole (an unpacked archive, converted batches) never change,
+    so where the cache lists the same files, their sizes and times are taken from it rather than
+    read again (60,000 calls to stat, 0.3 s on 2 cores)."""
     folder = Path(folder)
     classes, names, counts = list_folder(folder)
-    stats = [os.stat(f"{folder}/{name}") for name in names]
-    sizes = np.array([s.st_size for s in stats], dtype=np.int64)
-    stamps = np.stack([sizes, np.array([s.st_mtime_ns for s in stats], dtype=np.int64)], axis=1)
     labels = np.repeat(np.tile(np.arange(len(classes)), len(SPLITS)), counts)  # counts: by split, then class
     is_test = np.repeat([split == "test" for split in SPLITS for _ in classes], counts)
     cache = cache_root() / "decoded" / f"{entry_name(folder, stamped=False)}.npz"
+    stamps = cached_stamps(cache, names) if built_once(folder) else None
+    if stamps is None:
+        stamps = file_stamps(folder, names)
     images, readable, train_stats, fresh = cached(cache, np.array(names), stamps)
-    data = DecodedFolder(folder, classes, names, sizes, labels, is_test, images, readable, train_stats)
+    data = DecodedFolder(folder, classes, names, stamps[:, 0], labels, is_test, images, readable, train_stats)
     if not fresh.all():
         decode(data, np.flatnonzero(~fresh), stamps, cache)
     return data
@@ -141,6 +145,23 @@ def decode(data, rows, stamps, cache):
         data.train_stats = channel_stats(as_nchw(data.images[training])) if len(training) else None
         save(cache, names=np.array(data.names), stamps=stamps, images=data.images, readable=data.readable,
              train_stats=np.array(data.train_stats or np.zeros(0)))
+
+
+def file_stamps(folder, names):
+    """Each file's (size, modification time in ns): what tells the cache that a file changed."""
+    stats = (os.stat(f"{folder}/{name}") for name in names)
+    return np.array([(stat.st_size, stat.st_mtime_ns) for stat in stats], dtype=np.int64).reshape(-1, 2)
+
+
+def cached_stamps(cache, names):
+    """The stamps `cache` holds for the files `names`, or None unless it holds exactly those."""
+    try:
+        with np.load(cache) as saved:
+            return saved["stamps"] if saved["names"].tolist() == names else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: cached() decodes again
+        return None
 
 
 def cached(cache, names, stamps):

@@ -13,7 +13,8 @@ import pytest
 
 import decoded_folder as decoded
 import images
-from conftest import CLASSES, class_image, write_folder
+from conftest import CLASSES, class_image, write_folder, write_tgz
+from data import cifar10_folder
 from decoded_folder import decoded_folder
 from errors import DataError
 from lifecycle import SetUpInterrupted
@@ -45,6 +46,25 @@ def test_a_warm_cache_maps_its_pixels_and_one_it_cannot_map_is_decoded_again(tin
     capsys.readouterr()
     again = decoded_folder(tiny_folder)
     assert "decoding 100 images" in capsys.readouterr().out and np.array_equal(again.images, decoded.images)
+
+
+def test_the_files_of_an_unpacked_archive_are_stamped_from_the_cache_and_those_of_a_folder_given_are_not(
+        tiny_folder, isolated_cache, monkeypatch):
+    """An archive the cache unpacked never changes (a changed archive is unpacked anew), so a warm
+    run takes its files' sizes and times from the decoded cache; a folder the user gave has its
+    files stat'ed every run, so that a file changed in it is decoded again."""
+    unpacked = cifar10_folder(write_tgz(tiny_folder, tiny_folder.parent / "tiny.tgz", "cifar10"))
+    stamped = []
+    real_file_stamps = decoded.file_stamps
+    monkeypatch.setattr(decoded, "file_stamps", lambda folder, names: stamped.append(folder) or
+                        real_file_stamps(folder, names))
+    cold = decoded_folder(unpacked)
+    warm = decoded_folder(unpacked)
+    assert stamped == [unpacked] and warm.fingerprint == cold.fingerprint
+    assert np.array_equal(warm.sizes, [os.path.getsize(unpacked / name) for name in warm.names])
+    decoded_folder(tiny_folder)
+    decoded_folder(tiny_folder)
+    assert stamped == [unpacked, tiny_folder, tiny_folder]
 
 
 def test_the_fingerprint_counts_the_image_files_and_hashes_their_names_and_sizes(tiny_folder):
