@@ -6,13 +6,14 @@ alone. On a GPU the recipe's fit is meant to take about 10 s; what surrounds it 
 imports, the data set-up, the range test, the figures, export and report) must not double that.
 The machine's load moves every figure, so the one to quote is the ratio of the run's fixed cost
 (its wall time less its fit) to the time `import torch` takes just before and just after it.
-Beside it, the ratio to `import torch` and torch's first optimizer: a torch optimizer loads
-torch._dynamo (its step calls it), so every run that trains with one pays that import too.
+Beside it, the ratio to `import torch` and a first `torch.optim` optimizer, which loads
+torch._dynamo (its constructor and step call it): the floor of a run that trains with one (ours
+steps with torch's functional fused AdamW and does not load it).
 
 Each run's phases come from the moment each of its lines reaches this process (the run's output
 is unbuffered) and from its summary.json:
     start_up    from the process's start to its "run folder:" line: Python, the imports, the data
-                set-up on a warm cache, the learner and its optimizer (which loads torch._dynamo)
+                set-up on a warm cache, the learner
     before_fit  from there to its "training:" line: the config, the LR range test when it runs (on
                 the code before issue 18, also the CPU estimate's own timing)
     range_test  from "LR range test: N iterations" to "LR range test: LRMIN ..." (a part of before_fit)
@@ -61,7 +62,7 @@ SMOKE = dict(repeats=1, range_test_repeats=0, warmup=0)
 RATIO_GOAL = 2.0  # issue 18: the fixed cost at most twice `import torch`
 PHASES = ("start_up", "before_fit", "range_test", "fit", "outputs")
 # What each run is measured against, in processes of their own: issue 18's `import torch`, and
-# that with torch's first optimizer, which loads torch._dynamo (every torch training run pays it).
+# that with a first torch.optim optimizer, which loads torch._dynamo (a run that trains with one pays it).
 REFERENCES = {"torch_import_s": "import torch",
               "torch_optimizer_s": "import torch; torch.optim.AdamW([torch.zeros(1, requires_grad=True)])"}
 FIGURES = (*REFERENCES, "wall_s", "fit_s", "fixed_s", "ratio", "ratio_with_optimizer",
