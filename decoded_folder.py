@@ -158,9 +158,7 @@ def cached_stamps(cache, names):
     try:
         with np.load(cache) as saved:
             return saved["stamps"] if saved["names"].tolist() == names else None
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: cached() decodes again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # none, or damaged: cached() decodes
         return None
 
 
@@ -189,8 +187,8 @@ def cached(cache, names, stamps):
 def mapped(npz, name):
     """The array `name` of the .npz file `npz`, mapped rather than read: np.savez stores each array
     uncompressed, as an .npy file inside the zip, so its pixels are read where a run touches them
-    (a --subset run, a fifth of them), from the page cache, and never copied whole (0.4 s on 2
-    cores). A later cache file takes its name by a rename: the mapped one stays as it was."""
+    (a --subset run, a fifth of them), from the page cache, and never copied whole (about half a
+    second on 2 cores). A later cache file takes its name by a rename: the mapped one stays as it was."""
     with zipfile.ZipFile(npz) as archive:
         member = archive.getinfo(f"{name}.npy")
     if member.compress_type != zipfile.ZIP_STORED:

@@ -4,10 +4,9 @@ fastai.data.transforms imports scikit-learn for `train_test_split` (its TrainTes
 fastai.metrics and fastai.interpret import sklearn.metrics and scipy.stats for the metrics that
 wrap them, and fastai.imports imports scipy.ndimage for DICOM zooms and requests for downloads:
 1.7 s of every run's start-up on 2 cores, more than half of `import torch`, for nothing a run
-does. While fastai
-loads, each of them is a stand-in; once it has loaded, the stand-ins leave sys.modules, so that
-the first use of one (a TrainTestSplitter, `skm.f1_score` in a metric) imports the real module
-and any later import gets it.
+does. While fastai loads, each of them is a stand-in; once it has loaded, the stand-ins leave
+sys.modules, so that the first use of one (a TrainTestSplitter, `skm.f1_score` in a metric)
+imports the real module and any later import gets it.
 """
 import importlib
 import sys
