@@ -66,3 +66,8 @@ class FusedAdamW(Optimizer):
         for params in self.param_lists:
             for p in params:
                 p.grad = None
+
+
+# What the learners exported before FusedAdamW (a run's export.pkl) name as their optimizer: the
+# name resolves to it, so that `predict.py --pickle` still loads them.
+fused_adamw = FusedAdamW

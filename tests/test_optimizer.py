@@ -1,5 +1,6 @@
 """FusedAdamW against fastai's Adam as the Learner runs it (opt_func=Adam, wd=0.01)."""
 import copy
+import pickle
 import sys
 import warnings
 
@@ -161,3 +162,9 @@ def test_a_fit_runs_without_torch_dynamo(dls, thin_resnet, monkeypatch):
     learn.lr_find(start_lr=1e-5, end_lr=1e-1, num_it=5, show_plot=False)
     learn.fit_one_cycle(1, lr_max=4e-3)
     copy.deepcopy(learn.opt.state_dict())
+
+
+def test_an_export_made_before_fused_adamw_was_a_class_still_finds_its_optimizer():
+    """A run's export.pkl names its opt_func by module and name; those made before FusedAdamW name
+    `optimizer.fused_adamw`, which must still resolve for `predict.py --pickle` to load them."""
+    assert pickle.loads(b"coptimizer\nfused_adamw\n.") is FusedAdamW
