@@ -60,12 +60,37 @@ class FusedAdamW(Optimizer):
               [], [s["step"] for s in states], fused=True, amsgrad=False, maximize=False,
               beta1=hyper["mom"], beta2=hyper["sqr_mom"], lr=hyper["lr"], eps=hyper["eps"], weight_decay=weight_decay)
 
+    def load_state_dict(self, state_dict):
+        """fastai's state dict, or the torch AdamW's that checkpoints written before FusedAdamW hold."""
+        if "param_groups" in state_dict:
+            state_dict = from_torch_adamw(state_dict, list(self.all_params().itemgot(0)))
+        super().load_state_dict(state_dict)
+
     def zero_grad(self):
         """Gradients to None, as torch's optimizers do: no memset of every gradient each step, and
         the next backward writes them fresh."""
         for params in self.param_lists:
             for p in params:
                 p.grad = None
+
+
+def from_torch_adamw(state_dict, params):
+    """FusedAdamW's state dict for `params` from that of the torch AdamW the recipe stepped with
+    before it (through fastai's OptimWrapper): two groups, the parameters without weight decay
+    (BatchNorm weights and biases, 1-D) then those with it, each in the model's order; a
+    parameter's state under its index in them, its moments named as torch names them."""
+    order = [p for p in params if p.ndim <= 1] + [p for p in params if p.ndim > 1]
+    indices = [index for group in state_dict["param_groups"] for index in group["params"]]
+    if len(indices) != len(order):
+        raise ValueError(f"a state for {len(indices)} parameters, not {len(order)}")
+    saved = {id(p): state_dict["state"].get(index) for index, p in zip(indices, order)}
+    state = [{"do_wd": p.ndim > 1, **({"grad_avg": moments["exp_avg"], "sqr_avg": moments["exp_avg_sq"],
+                                       "step": moments["step"]} if (moments := saved[id(p)]) else {})}
+             for p in params]
+    decay = state_dict["param_groups"][-1]
+    mom, sqr_mom = decay["betas"]
+    return {"state": state, "hypers": [dict(lr=decay["lr"], mom=mom, sqr_mom=sqr_mom, eps=decay["eps"],
+                                            wd=decay["weight_decay"])]}
 
 
 # What the learners exported before FusedAdamW (a run's export.pkl) name as their optimizer: the

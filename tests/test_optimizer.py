@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 from fastai.learner import load_model, save_model
+from fastai.optimizer import OptimWrapper
 from fastai.vision.all import Adam, Callback, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, norm_bias_params
 
 from customresnet import CustomResNet
@@ -119,17 +120,32 @@ def test_weight_decay_falls_on_conv_and_linear_weights_only(dls, thin_resnet):
     assert {names[p] for p in norm_bias_params(thin_resnet)} == set(names.values()) - weights
 
 
+def resumed_learner(dls, learn, checkpoint):
+    """A new Learner with FusedAdamW, resumed from `learn` as a checkpoint resumes a run: its weights
+    and optimizer state written by save_model and read by load_model."""
+    save_model(checkpoint, learn.model, learn.opt)
+    resumed = learner(dls, CustomResNet(width=8), FusedAdamW)
+    resumed.create_opt()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "Could not load the optimizer state")  # fastai only warns
+        load_model(checkpoint, resumed.model, resumed.opt)
+    return resumed
+
+
+def assert_fit_on_alike(learn, resumed):
+    """One more epoch on each leaves the same weights."""
+    for learn_ in (learn, resumed):
+        learn_.fit(1, lr=1e-3)
+    for a, b in zip(learn.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_optimizer_state_survives_fastai_save_model_and_load_model(dls, thin_resnet, tmp_path):
     """What a checkpoint does: a deep copy of the state, written by save_model, read by load_model."""
     learn = learner(dls, thin_resnet, FusedAdamW)
     learn.fit_one_cycle(1, lr_max=4e-3)
     saved = copy.deepcopy(learn.opt.state_dict())
-    save_model(tmp_path / "checkpoint.pth", learn.model, learn.opt)
-    resumed = learner(dls, CustomResNet(width=8), FusedAdamW)
-    resumed.create_opt()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", "Could not load the optimizer state")  # fastai only warns
-        load_model(tmp_path / "checkpoint.pth", resumed.model, resumed.opt)
+    resumed = resumed_learner(dls, learn, tmp_path / "checkpoint.pth")
     loaded = resumed.opt.state_dict()
     assert list(loaded["hypers"]) == list(saved["hypers"])
     assert len(loaded["state"]) == len(saved["state"]) == len(list(learn.model.parameters()))
@@ -137,10 +153,7 @@ def test_optimizer_state_survives_fastai_save_model_and_load_model(dls, thin_res
         assert before.keys() == after.keys() and {"grad_avg", "sqr_avg", "step"} <= before.keys()
         for key, value in before.items():
             assert torch.equal(after[key], value) if torch.is_tensor(value) else after[key] == value, key
-    for learn_ in (learn, resumed):
-        learn_.fit(1, lr=1e-3)
-    for a, b in zip(learn.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b)
+    assert_fit_on_alike(learn, resumed)
 
 
 def test_lr_find_runs_and_restores_the_weights(dls, thin_resnet):
@@ -168,3 +181,28 @@ def test_an_export_made_before_fused_adamw_was_a_class_still_finds_its_optimizer
     """A run's export.pkl names its opt_func by module and name; those made before FusedAdamW name
     `optimizer.fused_adamw`, which must still resolve for `predict.py --pickle` to load them."""
     assert pickle.loads(b"coptimizer\nfused_adamw\n.") is FusedAdamW
+
+
+class NoDecayGroupWrapper(OptimWrapper):
+    """The recipe's optimizer as it was before FusedAdamW (ccda85b's optimizer.py): fastai's
+    OptimWrapper around torch's fused AdamW, weight decay in its second group alone."""
+
+    def _set_hyper(self, k, v):
+        if k == "wd":
+            v = [0.0, *v[1:]]
+        super()._set_hyper(k, v)
+
+
+def torch_adamw(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01):
+    params = list(params)
+    groups = [{"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+              {"params": [p for p in params if p.ndim > 1], "weight_decay": wd}]
+    return NoDecayGroupWrapper(opt=torch.optim.AdamW(groups, lr=lr, betas=(mom, sqr_mom), eps=eps, fused=True))
+
+
+def test_a_checkpoint_written_before_fused_adamw_resumes_as_if_never_stopped(dls, thin_resnet, tmp_path):
+    """A run interrupted before FusedAdamW has torch AdamW's state in its checkpoint: it loads into
+    FusedAdamW, and the fit goes on with the very steps the old optimizer would have taken."""
+    before = learner(dls, thin_resnet, torch_adamw)
+    before.fit_one_cycle(1, lr_max=4e-3)
+    assert_fit_on_alike(before, resumed_learner(dls, before, tmp_path / "checkpoint.pth"))
