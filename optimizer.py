@@ -84,9 +84,12 @@ def from_torch_adamw(state_dict, params):
     if len(indices) != len(order):
         raise ValueError(f"a state for {len(indices)} parameters, not {len(order)}")
     saved = {id(p): state_dict["state"].get(index) for index, p in zip(indices, order)}
-    state = [{"do_wd": p.ndim > 1, **({"grad_avg": moments["exp_avg"], "sqr_avg": moments["exp_avg_sq"],
-                                       "step": moments["step"]} if (moments := saved[id(p)]) else {})}
-             for p in params]
+    state = []
+    for p in params:
+        moments = saved[id(p)]  # None before the parameter's first step
+        state.append({"do_wd": p.ndim > 1} if moments is None else
+                     {"do_wd": p.ndim > 1, "grad_avg": moments["exp_avg"], "sqr_avg": moments["exp_avg_sq"],
+                      "step": moments["step"]})
     decay = state_dict["param_groups"][-1]
     mom, sqr_mom = decay["betas"]
     return {"state": state, "hypers": [dict(lr=decay["lr"], mom=mom, sqr_mom=sqr_mom, eps=decay["eps"],
