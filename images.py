@@ -7,15 +7,14 @@ import os
 import signal
 import sys
 import warnings
-from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
 
 from errors import BadInput
+from lifecycle import STOP_SIGNALS, stop_signals_blocked
 
 IMAGE_SIZE = 32
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # fastai's `image_extensions`, computed as fastai computes it (after reading the system's
 # mime.types), without importing fastai: predict.py must start fast.
 mimetypes.init()
@@ -119,7 +118,7 @@ def read_in_forked_processes(pixels, readable, paths, shares):
     context = multiprocessing.get_context("fork")
     readers = []
     try:
-        with signals_blocked():  # a reader starts with this process's handlers, until it sets its own
+        with stop_signals_blocked():  # a reader starts with this process's handlers, until it sets its own
             for share in shares:
                 receiving, sending = context.Pipe(duplex=False)
                 reader = context.Process(target=reader_main, args=(pixels, readable, paths, share, sending),
@@ -133,15 +132,6 @@ def read_in_forked_processes(pixels, readable, paths, shares):
             reader.kill()
             reader.join()
             receiving.close()
-
-
-@contextmanager
-def signals_blocked():
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def reader_main(pixels, readable, paths, share, sending):

@@ -201,6 +201,17 @@ def stopping_on_signals():
 
 
 @contextmanager
+def stop_signals_blocked():
+    """Ctrl-C and SIGTERM held back from this thread inside the block, and taken at its end: a
+    process forked inside starts with them held back too, until it has set its own handlers."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
 def stops_cleanly(resumed=None):
     """Inside: Ctrl-C or SIGTERM ends the process with one line saying what its run folder kept and
     how to go on, exit status 130; a failure of the machine (an OSError) in a run that can be
