@@ -32,7 +32,7 @@ from PIL import Image
 from archives import unpack
 from augment import AlbumentationsTransform, albumentations_pipeline, gpu_augmentations
 from cache import CONVERTED, build_once, cache_root, entry_name
-from decoded_folder import SPLITS, DecodedFolder, as_nchw, decoded_folder
+from decoded_folder import SPLITS, DecodedFolder, decoded_folder
 from device_loader import DeviceDataLoader, valid_batch_size
 from errors import DataError
 from images import squashed
@@ -182,7 +182,7 @@ def cifar10_dataloaders(data, bs=512, aug="gpu", device=None, subset=None, worke
     batch_tfms = [*block.batch_tfms, Normalize.from_stats(*stats)]
     val_bs = valid_batch_size(len(test), bs)
     if aug == "gpu":  # the images as NCHW views of NHWC memory: the channels-last layout a GPU convolves fastest
-        splits_kwargs = [dict(images=as_nchw(data.images[rows]), labels=torch.from_numpy(data.labels[rows]))
+        splits_kwargs = [dict(images=data.nchw(rows), labels=torch.from_numpy(data.labels[rows]))
                          for rows in (train, test)]
         dls = dsets.dataloaders(bs=bs, val_bs=val_bs, device=device, seed=seed, dl_type=DeviceDataLoader,
                                 dl_kwargs=splits_kwargs, after_item=block.item_tfms,

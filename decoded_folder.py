@@ -52,13 +52,19 @@ class DecodedFolder:
         self.made_paths.update(zip(missing, map(self.folder.joinpath, (self.names[row] for row in missing))))
         return [self.made_paths[row] for row in rows]
 
+    def nchw(self, rows):
+        """The images at `rows` as uint8 (N, 3, 32, 32) torch images, a view of an (N, 32, 32, 3)
+        copy (channels-last): a warm cache's pixels are a read-only map of its file, which a tensor
+        must not write into."""
+        return torch.from_numpy(self.images[rows]).permute(0, 3, 1, 2)
+
     def channel_stats(self, rows):
         """channel_stats of the images at `rows`; of all the readable training images, from the cache."""
         every_training_image = np.flatnonzero(~self.is_test & self.readable)
         if not np.array_equal(np.sort(rows), every_training_image):
-            return channel_stats(as_nchw(self.images[rows]))
+            return channel_stats(self.nchw(rows))
         if self.train_stats is None:
-            self.train_stats = channel_stats(as_nchw(self.images[every_training_image]))
+            self.train_stats = channel_stats(self.nchw(every_training_image))
         return self.train_stats
 
     @cached_property
@@ -95,11 +101,6 @@ class DecodedFolder:
             warn(f"skipped {len(unreadable)} unreadable training images (such as {example}): remove or replace them "
                  "to silence this")
         return train[self.readable[train]], test
-
-
-def as_nchw(images):
-    """uint8 (N, 3, 32, 32) torch images, a view of the (N, 32, 32, 3) numpy pixels."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
 def refuse_unreadable(path):
@@ -142,7 +143,7 @@ def decode(data, rows, stamps, cache):
                                                                            for row in rows.tolist()])
         warn_of(repairs)
         training = np.flatnonzero(~data.is_test & data.readable)
-        data.train_stats = channel_stats(as_nchw(data.images[training])) if len(training) else None
+        data.train_stats = channel_stats(data.nchw(training)) if len(training) else None
         save(cache, names=np.array(data.names), stamps=stamps, images=data.images, readable=data.readable,
              train_stats=np.array(data.train_stats or np.zeros(0)))
 

@@ -2,13 +2,12 @@
 ours decodes (decoded_folder.py's cache), in ours' image order."""
 import torch
 
-from decoded_folder import as_nchw, decoded_folder
+from decoded_folder import decoded_folder
 
 
 def data_tensors(folder, subset):
     """uint8 (N, 3, 32, 32) images and int64 labels of the train and test splits, and the class names."""
     data = decoded_folder(folder)
     train, test = data.rows(subset)  # unreadable training images skipped, as ours does
-    # Indexed before they become tensors: the cache's pixels are a read-only map of its file.
-    return {"train": (as_nchw(data.images[train]), torch.from_numpy(data.labels[train])),
-            "test": (as_nchw(data.images[test]), torch.from_numpy(data.labels[test])), "classes": data.classes}
+    return {"train": (data.nchw(train), torch.from_numpy(data.labels[train])),
+            "test": (data.nchw(test), torch.from_numpy(data.labels[test])), "classes": data.classes}
