@@ -1,4 +1,4 @@
-# make setup    create .venv in this checkout and install the pinned requirements
+# make setup    create .venv in this checkout and install the project (editable) with its pinned requirements
 # make test     run the test suite (CPU, a few minutes)
 VENV := .venv
 PYTHON := $(VENV)/bin/python
@@ -9,11 +9,11 @@ export CIFAR10_DATA
 
 setup: $(VENV)/installed
 
-$(VENV)/installed: requirements.txt
+$(VENV)/installed: pyproject.toml requirements.txt requirements-test.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --editable '.[test]'
 	touch $@
 
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15

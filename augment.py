@@ -102,6 +102,17 @@ def gpu_augmentations(pad_mode="reflect"):
     return [PadCrop(PAD, pad_mode), FlipLR(), Cutout(CUTOUT_SIZE)]
 
 
+def training_augmentations(backend, seed=None):
+    """The recipe's augmentation on `backend` ("gpu" or "albumentations") as the data layer takes it:
+    a function of the training images' mean (which the per-image Cutout fills with) that gives the
+    GPU batch transforms or the per-image item transform."""
+    if backend == "gpu":
+        return lambda mean: gpu_augmentations()
+    if backend == "albumentations":
+        return lambda mean: [AlbumentationsTransform(albumentations_pipeline(mean, seed))]
+    raise ValueError(f"unknown augmentation backend {backend!r}")
+
+
 def albumentations_pipeline(mean, seed=None):
     """The same three steps per uint8 HWC image; `mean` (RGB in [0, 1]) is Cutout's fill."""
     # A second to load: only the per-image path does. It asks PyPI for a newer version when it is

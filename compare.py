@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from errors import BadInput, one_line_errors, warn
-from files import atomic, check_new_file, figures_to_files, save_figure, unused_names
-from settings import OneLineParser, user_path
+from cifar10_fast.core.errors import BadInput, one_line_errors, warn
+from cifar10_fast.core.files import atomic, check_new_file, figures_to_files, save_figure, unused_names
+from cifar10_fast.core.settings import OneLineParser, user_path
 
 
 def parse_args(argv=None):

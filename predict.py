@@ -16,10 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from errors import BadInput, one_line_errors, warn
-from files import atomic, check_new_file
-from images import has_image_extension
-from settings import OneLineParser, user_path
+from cifar10_fast.core.errors import BadInput, one_line_errors, warn
+from cifar10_fast.core.files import atomic, check_new_file
+from cifar10_fast.core.run_folder import EXPORT_PICKLE
+from cifar10_fast.core.settings import OneLineParser, user_path
+from cifar10_fast.data.images import has_image_extension
 
 REFERENCE = Path(__file__).resolve().parent / "models" / "customresnet-cifar10"  # .safetensors and .json
 # What fastai's import and load_learner warn of (torch.jit.script's deprecation, pickle's risk):
@@ -46,7 +47,7 @@ def weights_files(run_dir):
     for path in files:
         if not path.is_file():
             raise PredictError(f"the reference checkpoint {path} is not here: give --run RUN_DIR, or write it "
-                               "from a 24-epoch run with `python bench/reference.py RUN_DIR`")
+                               "from a 24-epoch run with `python -m bench.reference RUN_DIR`")
     return files
 
 
@@ -129,8 +130,8 @@ import torch  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from cifar10_fast.data.images import read_rgb32  # noqa: E402
 from customresnet import CustomResNet  # noqa: E402
-from images import read_rgb32  # noqa: E402
 
 
 def read_classes(meta):
@@ -205,7 +206,7 @@ def load_exported_learner(export):
         # fastai is needed only to unpickle the learner, and takes seconds to import.
         from fastai.learner import load_learner
         try:
-            return load_learner(export, cpu=True)
+            return load_learner(export, cpu=True, pickle_module=EXPORT_PICKLE)
         except Exception as e:  # unpickling raises whatever the file's code does: the file is at fault
             raise PredictError(f"{export} is not a learner that train_fastai.py exported ({type(e).__name__}); "
                                "whatever code it names has run: delete it, and give --pickle only runs you "

@@ -19,8 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-import settings
-from lifecycle import INTERRUPTED, what_it_kept
+from cifar10_fast.core import settings
+from cifar10_fast.core.lifecycle import INTERRUPTED, what_it_kept
 
 
 def stop_while_loading(resumed):
@@ -42,43 +42,61 @@ if __name__ == "__main__":
 # million objects that live as long as the process: no collection looks through them while they
 # load (a second of it on 2 cores) nor after (gc.freeze, below).
 import gc
+
 gc.disable()
 import atexit
 import json
 import os
 import warnings
 
-from deferred_imports import without_unused
+from cifar10_fast.training.deferred_imports import without_unused
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
 with without_unused():  # fastai's modules without scikit-learn and SciPy's stats: a run never calls them
+    import fastai.callback.channelslast  # noqa: F401  Learner.to_channelslast, to_bf16 and to_fp16
     import pandas as pd
     import torch
     from accelerate.utils import broadcast_object_list
-    import fastai.callback.channelslast  # noqa: F401  Learner.to_channelslast, to_bf16 and to_fp16
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
     from fastai.torch_core import num_distrib, rank_distrib
 
+    import augment
     import compare
-    from callbacks import LastTestPass, TimeToAccuracy, flip_tta_accuracy
-    from checkpoint import fit, load_checkpoint, resumed_config
+    from cifar10_fast.core.errors import one_line_errors
+    from cifar10_fast.core.files import figures_to_files, write_json
+    from cifar10_fast.core.lifecycle import hold, stops_cleanly
+    from cifar10_fast.core.report import write_report
+    from cifar10_fast.core.settings import UsageError, member
+    from cifar10_fast.data.loaders import cifar10_data, cifar10_dataloaders
+    from cifar10_fast.training.callbacks import LastTestPass, TimeToAccuracy, flip_tta_accuracy
+    from cifar10_fast.training.distributed import as_if_alone, join_processes, scratch_folder, split_batches
+    from cifar10_fast.training.fit import fit, load_checkpoint, resumed_config
+    from cifar10_fast.training.hardware import (
+        CpuEstimate,
+        Phases,
+        device_name,
+        process_age,
+        reports_out_of_memory,
+        resolve_device,
+        resolve_precision,
+        seed_everything,
+    )
+    from cifar10_fast.training.lr_schedule import find_lr, one_cycle
+    from cifar10_fast.training.optimizer import FusedAdamW
+    from cifar10_fast.training.outputs import (
+        new_run_dir,
+        plain_model,
+        summarize,
+        write_classes,
+        write_curves,
+        write_export,
+        write_interpretation,
+        write_schedule,
+    )
+    from cifar10_fast.training.recording import FailOnHostSync, record_on_device
     from customresnet import CustomResNet
-    from data import cifar10_data, cifar10_dataloaders
-    from distributed import as_if_alone, join_processes, scratch_folder, split_batches
-    from errors import one_line_errors
-    from files import figures_to_files, write_json
-    from hardware import (CpuEstimate, Phases, device_name, process_age, reports_out_of_memory, resolve_device,
-                          resolve_precision, seed_everything)
-    from lifecycle import hold, stops_cleanly
-    from lr_schedule import find_lr, one_cycle
-    from optimizer import FusedAdamW
-    from recording import FailOnHostSync, record_on_device
-    from outputs import (new_run_dir, plain_model, summarize, write_classes, write_curves, write_export,
-                         write_interpretation, write_schedule)
-    from report import write_report
-    from settings import UsageError, member
 
 gc.enable()
 
@@ -130,8 +148,9 @@ def run(args, data=None, start_up=None):
 
     # Data: CIFAR-10 through fastai's DataBlock, the augmentation on the device; a group's runs share `data`.
     data = data or cifar10_data(args.data)
-    dls, stats = cifar10_dataloaders(data, bs=args.bs, aug=args.aug, device=device, subset=args.subset,
-                                     workers=args.workers, seed=args.seed)
+    dls, stats = cifar10_dataloaders(data, bs=args.bs, device=device, subset=args.subset, workers=args.workers,
+                                     seed=args.seed, on_device=args.aug == "gpu",
+                                     augmentations=augment.training_augmentations(args.aug, args.seed))
     if len(dls.train) == 0:
         raise UsageError(f"{len(dls.train_ds)} training images make no full batch of --bs {args.bs}: "
                          "lower --bs or raise --subset")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from measure import peak_memory, synchronize
+from bench.measure import peak_memory, synchronize
 
 UNAVAILABLE_ON_CPU = ("airbench 0.1.8 trains on CUDA only (make_net94 calls .cuda(), train() times "
                       "with torch.cuda.Event)")

@@ -12,9 +12,9 @@ Rows, all on the same data copy, one module each in this folder:
 measure.py holds what is measured beside the rows (driver, matmul ceiling, FLOPs, memory, profiler);
 tensors.py the decoded images as tensors; this file the flags, the rows in order and the results file.
 
-    python bench/bench.py                         # all rows; results in bench/results/<device>-<date>.json
-    python bench/bench.py --rows ours --profile   # ours alone, and where its time goes
-    python bench/bench.py --smoke --out DIR       # everything tiny on the CPU: tests the harness only
+    python -m bench.bench                         # all rows; results in bench/results/<device>-<date>.json
+    python -m bench.bench --rows ours --profile   # ours alone, and where its time goes
+    python -m bench.bench --smoke --out DIR       # everything tiny on the CPU: tests the harness only
 
 Results are rewritten after every run, so a run cut short keeps what it finished. BENCHMARKS.md
 says what every field means.
@@ -25,9 +25,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the trainer's modules; this folder's are on the path as the script's own
 
-import settings  # noqa: E402
+from cifar10_fast.core import settings  # noqa: E402
 
 ROWS = ("ours", "seed-style", "fastai-stock", "airbench94")
 # The full bench, and the smoke run that only checks the harness (never a figure to quote).
@@ -107,16 +106,19 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # r
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import airbench94  # noqa: E402
-import fastai_stock  # noqa: E402
-import ours  # noqa: E402
-import seed_style  # noqa: E402
-from data import cache_root, cifar10_folder  # noqa: E402
-from errors import BadInput, one_line_errors  # noqa: E402
-from files import unused_names, write_json  # noqa: E402
-from hardware import device_name, library_versions  # noqa: E402
-from measure import driver_version, flops_per_image, matmul_peak_tflops  # noqa: E402
-from tensors import data_tensors  # noqa: E402
+from bench import (
+    airbench94,  # noqa: E402
+    fastai_stock,  # noqa: E402
+    ours,  # noqa: E402
+    seed_style,  # noqa: E402
+)
+from bench.measure import driver_version, flops_per_image, matmul_peak_tflops  # noqa: E402
+from bench.tensors import data_tensors  # noqa: E402
+from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
+from cifar10_fast.core.files import unused_names, write_json  # noqa: E402
+from cifar10_fast.data.cache import cache_root  # noqa: E402
+from cifar10_fast.data.sources import cifar10_folder  # noqa: E402
+from cifar10_fast.training.hardware import device_name, library_versions  # noqa: E402
 
 RUNNERS = dict(zip(ROWS, (ours.run, seed_style.run, fastai_stock.run, airbench94.run)))
 
@@ -251,7 +253,7 @@ def bench_and_record(args, argv):
     args.peak_tflops = matmul_peak_tflops(device, args.matmul_size)
     args.train_flops, args.eval_flops = flops_per_image(args.width, True), flops_per_image(args.width, False)
     results = {
-        "command": shlex.join(["python", "bench/bench.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "bench.bench", *(sys.argv[1:] if argv is None else argv)]),
         "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device), "driver": driver_version(), "host": platform.node(),
         "versions": library_versions(), "data": args.data or os.environ.get("CIFAR10_DATA"),  # as given, not the cache it unpacks to

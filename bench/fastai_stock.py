@@ -7,11 +7,12 @@ from pathlib import Path
 
 from fastai.vision.all import Adam, CrossEntropyLossFlat, Learner, accuracy, set_seed
 
-import settings
+from augment import training_augmentations
+from bench.measure import peak_memory, synchronize
+from cifar10_fast.core import settings
+from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.training.lr_schedule import one_cycle
 from customresnet import CustomResNet
-from data import cifar10_dataloaders
-from lr_schedule import one_cycle
-from measure import peak_memory, synchronize
 
 
 def run(args, device, seed, work):
@@ -19,8 +20,9 @@ def run(args, device, seed, work):
     with peak_memory(device, result):
         start = time.perf_counter()
         set_seed(seed)
-        dls, _ = cifar10_dataloaders(args.folder, bs=args.bs, aug="albumentations", device=device,
-                                     subset=args.subset, workers=args.workers, seed=seed)
+        dls, _ = cifar10_dataloaders(args.folder, bs=args.bs, device=device, subset=args.subset, workers=args.workers,
+                                     seed=seed, on_device=False,
+                                     augmentations=training_augmentations("albumentations", seed))
         learn = Learner(dls, CustomResNet(len(dls.vocab), args.width), loss_func=CrossEntropyLossFlat(),
                         opt_func=Adam, metrics=accuracy, wd=settings.RECIPE["wd"],
                         path=Path(tempfile.mkdtemp(dir=work, prefix="fastai-stock-")))

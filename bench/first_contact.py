@@ -17,9 +17,9 @@ on disk line by line, so that it comes back even if the command is killed:
     bench-1epoch  bench/bench.py, every row for one epoch, with --profile
     bench-seeds   with the time left: airbench94 and ours, 2 seeds each, at full length
 
-    python bench/first_contact.py --prepare     # here, once: the wheels and the data into .carry/
-    python3 bench/first_contact.py              # there, through the device tool (BENCHMARKS.md)
-    python bench/first_contact.py --smoke --data DIR_OR_TGZ --out DIR   # tiny, on a CPU: tests it
+    python -m bench.first_contact --prepare     # here, once: the wheels and the data into .carry/
+    python3 -m bench.first_contact              # there, through the device tool (BENCHMARKS.md)
+    python -m bench.first_contact --smoke --data DIR_OR_TGZ --out DIR   # tiny, on a CPU: tests it
 
 What comes back under $OUT lies where the repository keeps it, to be copied in and committed:
 
@@ -57,10 +57,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import settings  # noqa: E402  (the standard library only)
-from errors import BadInput, one_line_errors  # noqa: E402
+from cifar10_fast.core import settings  # noqa: E402  (the standard library only)
+from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
 
 BUDGET_S = 450  # the driver's own: the device call's timeout_s is 480, and a rerun must still fit in 15 minutes
 KILL_GRACE_S = 5  # from SIGTERM to SIGKILL for a step past its budget
@@ -71,7 +70,7 @@ TRAVEL_MIB = 64
 CARRY = REPO / ".carry"
 DATA = ".carry/cifar10-jpeg.tgz"  # relative to the checkout, as the results record it
 WHEELS = ("wheels-py312", "wheels-py312-albumentations", "wheels-peers")  # ../shared/device/README.md
-DEVICE_CALL = 'command "python3 bench/first_contact.py", carry [".carry"], timeout_s 480'
+DEVICE_CALL = 'command "python3 -m bench.first_contact", carry [".carry"], timeout_s 480'
 # What the smoke form adds to the GPU commands (a later flag wins): tiny and on the CPU, with given
 # LRs. The range test's 100 iterations take minutes on a busy CPU, and fewer find no LR on tiny
 # data; the bench's ours runs one per seed, so the smoke benches leave ours out (tests/test_bench.py
@@ -284,7 +283,7 @@ def installed_marker(ctx):
 
 def install_argv(ctx):
     if not wheels():
-        raise StepError(f"no wheels in {CARRY.name}/{{{','.join(WHEELS)}}}: run `python bench/first_contact.py "
+        raise StepError(f"no wheels in {CARRY.name}/{{{','.join(WHEELS)}}}: run `python -m bench.first_contact "
                         "--prepare` on the development machine first")
     if installed_marker(ctx).exists():
         return None
@@ -348,7 +347,7 @@ def reference_argv(ctx):
     run_dir = run_folder(ctx, "reference")
     if run_dir is None:
         raise StepError("the recipe step left no run folder")
-    return [ctx.python, "bench/reference.py", str(run_dir), "--models", str(ctx.scratch / "models"), "--debug"]
+    return [ctx.python, "-m", "bench.reference", str(run_dir), "--models", str(ctx.scratch / "models"), "--debug"]
 
 
 def collect_reference(ctx, status):
@@ -358,7 +357,7 @@ def collect_reference(ctx, status):
 
 def bench_argv(folder, *flags):
     def argv(ctx):
-        return [ctx.python, "bench/bench.py", *flags, "--data", ctx.data, "--out", str(ctx.scratch / folder), "--debug"]
+        return [ctx.python, "-m", "bench.bench", *flags, "--data", ctx.data, "--out", str(ctx.scratch / folder), "--debug"]
     return argv
 
 
@@ -379,10 +378,10 @@ STEPS = [
     Step("install", "the wheels installed for the GPU machine's Python", 90, 10, install_argv, collect_install,
          smoke_skip="this environment's own packages (the wheels are the GPU machine's, for Python 3.12)"),
     Step("versions", "torch, CUDA and the GPU; fastai, albumentations, airbench and our modules import", 60, 10,
-         lambda ctx: [ctx.python, "bench/first_contact.py", "--versions", str(ctx.scratch / "versions.json")],
+         lambda ctx: [ctx.python, "-m", "bench.first_contact", "--versions", str(ctx.scratch / "versions.json")],
          collect_json("versions", "versions.json"), smoke_argv=("--smoke",)),
     Step("data", "the JPEG copy unpacked and decoded, timed, and cached for every later step", 150, 20,
-         lambda ctx: [ctx.python, "bench/first_contact.py", "--time-data", str(ctx.scratch / "data.json"),
+         lambda ctx: [ctx.python, "-m", "bench.first_contact", "--time-data", str(ctx.scratch / "data.json"),
                       "--data", ctx.data],
          collect_json("data", "data.json")),
     Step("sync-debug", "no host-GPU sync in a training batch; the range test, flip TTA and every output run", 120, 30,
@@ -474,7 +473,6 @@ def versions(path, smoke):
                      nvidia_smi=nvidia_smi("name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu"))
     elif not smoke:
         problems.append("no CUDA GPU visible to torch")
-    sys.path[:0] = [str(REPO), str(REPO / "bench")]
     packages = {name: name for name in ("torchvision", "numpy", "fastai", "fastcore", "fasttransform", "fastprogress",
                                         "albumentations", "albucore", "pydantic", "safetensors", "accelerate",
                                         "matplotlib", "pandas", "airbench")}
@@ -503,11 +501,11 @@ def importable(module, problems):
 
 def time_data(path, data):
     """Unpack and decode the data set as the runs do, timed, and write the times to `path`."""
-    sys.path[:0] = [str(REPO), str(REPO / "bench")]
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
     import torch
-    from data import cifar10_folder
-    from tensors import data_tensors
+
+    from bench.tensors import data_tensors
+    from cifar10_fast.data.sources import cifar10_folder
     start = time.perf_counter()
     folder = cifar10_folder(data)
     unpacked = time.perf_counter()
@@ -672,7 +670,7 @@ def first_contact(args, argv, steps=STEPS, clock=time.monotonic):
     ctx = Context(out=args.out, scratch=scratch, data=args.data, smoke=args.smoke, stem=stem, site=site,
                   env=step_environment(home, site, cache, args.data), plain=log.plain)
     commit = CARRY / "commit.txt"
-    command = ["python3", "bench/first_contact.py", *(sys.argv[1:] if argv is None else argv)]
+    command = ["python3", "-m", "bench.first_contact", *(sys.argv[1:] if argv is None else argv)]
     ctx.record.update(command=log.plain(subprocess.list2cmdline(command)), smoke=args.smoke,
                       started=started.isoformat(timespec="seconds"), budget_s=args.budget, commit_at_prepare=commit.read_text().strip() if commit.is_file() else None)
     driver = Driver(ctx, steps, log, args.budget, clock)

@@ -22,8 +22,8 @@ is unbuffered) and from its summary.json:
                 the index row, and the interpreter's exit
 Where the run records its own phases (summary.json's `phases`), they are kept beside these.
 
-    python bench/latency.py                    # the measured configuration (~5 minutes on 2 idle cores)
-    python bench/latency.py --smoke --out DIR  # tiny data, to test the harness: its figures mean nothing
+    python -m bench.latency                    # the measured configuration (~5 minutes on 2 idle cores)
+    python -m bench.latency --smoke --out DIR  # tiny data, to test the harness: its figures mean nothing
 
 The cases: `given_lrs`, the configuration of issue 18 (`--width 4 --subset 1024 --epochs 1
 --bs 512 --lr-min 1e-4 --lr-max 1e-3`), and `range_test`, the same run finding its LRs. One
@@ -47,9 +47,8 @@ from pathlib import Path
 from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import settings  # noqa: E402
+from cifar10_fast.core import settings  # noqa: E402
 
 DATA = "../shared/data/cifar10-jpeg.tgz"  # relative to the checkout, as the Makefile has it
 # Issue 18's measured configuration: a thin model, a whole pass over the 10,000 test images.
@@ -104,13 +103,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench import Tee, finish, results_stem  # noqa: E402
-from cache import cache_root  # noqa: E402
-from errors import one_line_errors  # noqa: E402
-from files import write_json  # noqa: E402
-from hardware import library_versions  # noqa: E402
-from outputs import git_commit  # noqa: E402
-from overhead import device_label  # noqa: E402
+from bench.bench import Tee, finish, results_stem  # noqa: E402
+from bench.overhead import device_label  # noqa: E402
+from cifar10_fast.core.errors import one_line_errors  # noqa: E402
+from cifar10_fast.core.files import write_json  # noqa: E402
+from cifar10_fast.data.cache import cache_root  # noqa: E402
+from cifar10_fast.training.hardware import library_versions  # noqa: E402
+from cifar10_fast.training.outputs import git_commit  # noqa: E402
 
 
 def tiny_cifar10(folder, per_class=(16, 4)):
@@ -227,7 +226,7 @@ def measure_and_record(args, argv):
     stem = results_stem(args.out, f"latency {device}")
     data = args.data or os.environ.get("CIFAR10_DATA") or DATA
     results = {
-        "command": shlex.join(["python", "bench/latency.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "bench.latency", *(sys.argv[1:] if argv is None else argv)]),
         "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(),
         "versions": library_versions(), "git_commit": git_commit(), "data": None if args.smoke else data,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fastai.vision.all import CancelFitException, Callback
+from fastai.vision.all import Callback, CancelFitException
 from torch.utils.flop_counter import FlopCounterMode
 
 from customresnet import CustomResNet

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
-import settings
 import train_fastai
-from data import cifar10_dataloaders
-from hardware import resolve_precision
-from lr_schedule import one_cycle
-from measure import ProfileSteps, peak_memory, synchronize
+from augment import training_augmentations
+from bench.measure import ProfileSteps, peak_memory, synchronize
+from cifar10_fast.core import settings
+from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.training.hardware import resolve_precision
+from cifar10_fast.training.lr_schedule import one_cycle
 
 
 def train_fastai_argv(args, device, seed, out, lrs=None):
@@ -52,7 +53,8 @@ def run(args, device, seed, work):
 def profile(args, device, lrs, path):
     """Profile ours' training steps: the top kernels and operators by device time (CPU time on a CPU)."""
     targs = settings.parse_args(train_fastai_argv(args, device, 0, path.parent, lrs))
-    dls, _ = cifar10_dataloaders(args.folder, bs=args.bs, device=device, subset=args.subset, seed=0)
+    dls, _ = cifar10_dataloaders(args.folder, bs=args.bs, device=device, subset=args.subset, seed=0,
+                                 augmentations=training_augmentations("gpu"))
     with tempfile.TemporaryDirectory() as tmp:
         learn = train_fastai.make_learner(dls, targs, Path(tmp), resolve_precision("auto", device))
         warmup = max(1, args.profile_steps // 4)

@@ -18,9 +18,9 @@ first fits once untimed (warm-up); then the repeats alternate ours and plain, so
 machine's load falls on both. Last, torch.profiler counts the aten operators (on a GPU also the
 CUDA kernels) of `profile_steps` training steps of each, `profile_warmup` steps into the second epoch.
 
-    python bench/overhead.py                         # the measurement, ~2 minutes on 2 idle cores
-    python bench/overhead.py --smoke --out DIR       # tiny, to test the harness: its figures mean nothing
-    python bench/overhead.py --device cuda --width 64 --bs 512   # on a GPU, at the recipe's sizes
+    python -m bench.overhead                         # the measurement, ~2 minutes on 2 idle cores
+    python -m bench.overhead --smoke --out DIR       # tiny, to test the harness: its figures mean nothing
+    python -m bench.overhead --device cuda --width 64 --bs 512   # on a GPU, at the recipe's sizes
 
 Each setting has a flag (--help lists them with their defaults). Results:
 bench/results/overhead-<device>-<date>.json with the raw log (.log) beside it.
@@ -31,9 +31,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import settings  # noqa: E402
+from cifar10_fast.core import settings  # noqa: E402
 
 # The measurement. A thin model (width 8) in batches of 16 on one thread keeps the model's compute
 # (10-15 ms a step on a 2-core Xeon) of the order of the framework's cost, and the whole bench at
@@ -119,14 +118,14 @@ from PIL import Image  # noqa: E402
 
 import train_fastai  # noqa: E402
 from augment import gpu_augmentations  # noqa: E402
-from bench import Tee, finish, results_stem  # noqa: E402
+from bench.bench import Tee, finish, results_stem  # noqa: E402
+from bench.measure import cpu_name, synchronize  # noqa: E402
+from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
+from cifar10_fast.core.files import write_json  # noqa: E402
+from cifar10_fast.data.decoded_folder import channel_stats  # noqa: E402
+from cifar10_fast.training.hardware import library_versions, seed_everything  # noqa: E402
+from cifar10_fast.training.outputs import git_commit  # noqa: E402
 from customresnet import CustomResNet  # noqa: E402
-from decoded_folder import channel_stats  # noqa: E402
-from errors import BadInput, one_line_errors  # noqa: E402
-from files import write_json  # noqa: E402
-from hardware import library_versions, seed_everything  # noqa: E402
-from measure import cpu_name, synchronize  # noqa: E402
-from outputs import git_commit  # noqa: E402
 
 
 def device_label(device):
@@ -403,7 +402,7 @@ def measure_and_record(args, argv):
     args.out.mkdir(parents=True, exist_ok=True)
     stem = results_stem(args.out, f"overhead {device_label(device)}")
     results = {
-        "command": shlex.join(["python", "bench/overhead.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "bench.overhead", *(sys.argv[1:] if argv is None else argv)]),
         "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_label(device), "threads": torch.get_num_threads(), "precision": precision,
         "versions": library_versions(), "git_commit": git_commit(),

@@ -2,7 +2,7 @@
 when it is given no run folder.
 
     python train_fastai.py --epochs 24 --name reference
-    python bench/reference.py runs/<timestamp>-reference        # writes models/customresnet-cifar10.*
+    python -m bench.reference runs/<timestamp>-reference        # writes models/customresnet-cifar10.*
 
 Writes models/customresnet-cifar10.safetensors (the weights in fp16, about 13 MB) and
 models/customresnet-cifar10.json (accuracy, recipe, data copy, the command, and the class names and
@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import settings  # noqa: E402
-from errors import BadInput, one_line_errors  # noqa: E402
+from cifar10_fast.core import settings  # noqa: E402
+from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
 
 # Every setting of config.json that makes the run the recipe: the seed preset's, and no thin model,
 # subset or early stop. The LRs are the run's own (its finder's or the flags').
@@ -94,7 +93,7 @@ if __name__ == "__main__":
 # The rest loads torch (seconds): it comes after the checks.
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from files import write_json  # noqa: E402
+from cifar10_fast.core.files import write_json  # noqa: E402
 from predict import REFERENCE, read_classes  # noqa: E402
 
 

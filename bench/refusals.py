@@ -2,8 +2,8 @@
 Python's own start (`python -c pass`) and torch's import (`python -c "import torch"`), which no
 refusal or --help should wait for.
 
-    python bench/refusals.py                      # results: bench/results/refusals-<cpu>-<date>.json and .log
-    python bench/refusals.py --smoke --out DIR    # each command timed once: tests the harness
+    python -m bench.refusals                      # results: bench/results/refusals-<cpu>-<date>.json and .log
+    python -m bench.refusals --smoke --out DIR    # each command timed once: tests the harness
 
 First each command runs once under `python -X importtime`: its exit status, its stderr (a refusal:
 one `error:` line) and whether it imported torch are recorded. Then the commands and the two
@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import settings  # noqa: E402
+from cifar10_fast.core import settings  # noqa: E402
 
 # Each command as a user types it, after `python`; {scratch} is a folder the bench makes, with a
 # run folder whose config.json was cut short in {scratch}/run. A --help answers with status 0,
@@ -35,12 +34,12 @@ COMMANDS = [
     ("train_fastai.py", "--wd", "1e308", "--lr-max", "1e-3"),
     ("train_fastai.py", "--sweep", "lr_max=1e-2,1e-2"),
     ("train_fastai.py", "--find-lr", "--tta"),
-    ("bench/bench.py", "--help"),
-    ("bench/bench.py", "--rows", "ours,ours"),
-    ("bench/overhead.py", "--help"),
-    ("bench/overhead.py", "--profile-warmup", "-1"),
-    ("bench/reference.py", "--help"),
-    ("bench/reference.py", "{scratch}/run"),
+    ("-m", "bench.bench", "--help"),
+    ("-m", "bench.bench", "--rows", "ours,ours"),
+    ("-m", "bench.overhead", "--help"),
+    ("-m", "bench.overhead", "--profile-warmup", "-1"),
+    ("-m", "bench.reference", "--help"),
+    ("-m", "bench.reference", "{scratch}/run"),
     ("predict.py", "--help"),
     ("predict.py", "--topk", "0", "x.png"),
     ("predict.py", "--run", "{scratch}/nope", "x.png"),
@@ -84,10 +83,10 @@ from contextlib import redirect_stdout  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from importlib import metadata  # noqa: E402
 
-from bench import Tee, results_stem  # noqa: E402
-from files import write_json  # noqa: E402
-from measure import cpu_name  # noqa: E402
-from outputs import git_commit  # noqa: E402
+from bench.bench import Tee, results_stem  # noqa: E402
+from bench.measure import cpu_name  # noqa: E402
+from cifar10_fast.core.files import write_json  # noqa: E402
+from cifar10_fast.training.outputs import git_commit  # noqa: E402
 
 # A user's CIFAR10_DATA would be checked before most of the flags: the commands run without it.
 ENVIRONMENT = {name: value for name, value in os.environ.items() if name != "CIFAR10_DATA"}
@@ -173,7 +172,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     stem = results_stem(args.out, "refusals smoke" if args.smoke else f"refusals {cpu_name()}")
     results = {
-        "command": shlex.join(["python", "bench/refusals.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "bench.refusals", *(sys.argv[1:] if argv is None else argv)]),
         "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": cpu_name(), "cores": os.cpu_count(), "load_average_before": os.getloadavg(),
         "versions": {"python": platform.python_version(),

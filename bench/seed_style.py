@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from fastai.vision.all import set_seed
 
-import settings
 from augment import albumentations_pipeline
+from bench.measure import peak_memory, synchronize
+from bench.tensors import data_tensors
+from cifar10_fast.core import settings
+from cifar10_fast.data.decoded_folder import channel_stats
 from customresnet import CustomResNet
-from decoded_folder import channel_stats
-from measure import peak_memory, synchronize
-from tensors import data_tensors
 
 
 class AugmentedImages(torch.utils.data.Dataset):

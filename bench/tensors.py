@@ -2,7 +2,7 @@
 ours decodes (decoded_folder.py's cache), in ours' image order."""
 import torch
 
-from decoded_folder import decoded_folder
+from cifar10_fast.data.decoded_folder import decoded_folder
 
 
 def data_tensors(folder, subset):

@@ -38,7 +38,7 @@ import torch
 from fastai.vision.all import Callback, GatherPredsCallback, Recorder
 from torch.overrides import TorchFunctionMode
 
-import settings
+from cifar10_fast.core import settings
 
 try:
     from torch.utils._python_dispatch import TorchDispatchMode

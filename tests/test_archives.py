@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import archives
-from archives import unpack
-from conftest import write_folder, write_tgz
-from errors import DataError
-from lifecycle import SetUpInterrupted
+from cifar10_fast.core.errors import DataError
+from cifar10_fast.core.lifecycle import SetUpInterrupted
+from cifar10_fast.data import archives
+from cifar10_fast.data.archives import unpack
+from tests.conftest import write_folder, write_tgz
 
 EXTRACTORS = ["tar", "tarfile"]
 

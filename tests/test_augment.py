@@ -10,9 +10,17 @@ import torch
 from fastai.torch_core import TensorBase
 from fastai.vision.all import PILImage, Pipeline, TensorImage
 
-from augment import (CUTOUT_SIZE, PAD, AlbumentationsTransform, Cutout, FlipLR, PadCrop, albumentations_pipeline,
-                     gpu_augmentations)
-from conftest import REPO
+from augment import (
+    CUTOUT_SIZE,
+    PAD,
+    AlbumentationsTransform,
+    Cutout,
+    FlipLR,
+    PadCrop,
+    albumentations_pipeline,
+    gpu_augmentations,
+)
+from tests.conftest import REPO
 
 N = 64
 MEAN = (0.5, 0.25, 0.75)

@@ -23,13 +23,13 @@ from PIL import Image
 from safetensors import SafetensorError
 
 import compare
-import files
 import predict
-import settings
-from conftest import CLASSES, GIVEN_LRS, one_line_error, write_folder, write_python_batches, write_tgz
-from data import DataError, cifar10_dataloaders, cifar10_folder
-from errors import unexpected_line
-from lifecycle import resume_command
+from cifar10_fast.core import files, settings
+from cifar10_fast.core.errors import DataError, unexpected_line
+from cifar10_fast.core.lifecycle import resume_command
+from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.data.sources import cifar10_folder
+from tests.conftest import CLASSES, GIVEN_LRS, one_line_error, write_folder, write_python_batches, write_tgz
 from train_fastai import main
 
 MARKER = "pwned"  # what a malicious pickle would create
@@ -895,7 +895,7 @@ def test_a_full_disk_while_the_weights_are_written_is_one_line_naming_them_and_l
     def full_disk(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("outputs.save_file", full_disk)
+    monkeypatch.setattr("cifar10_fast.training.outputs.save_file", full_disk)
     with pytest.raises(SystemExit) as e:
         main(["--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16", *GIVEN_LRS,
               "--epochs", "1"])
@@ -939,7 +939,7 @@ def test_a_resume_after_the_cache_was_cleaned_names_the_data_it_was_given(tmp_pa
 
 def test_sigterm_while_unpacking_is_one_line_saying_what_was_kept(tmp_path, tiny_folder, isolated_cache, monkeypatch,
                                                                   capsys):
-    import archives
+    from cifar10_fast.data import archives
     archive = write_tgz(tiny_folder, tmp_path / "x.tgz", "cifar10")
 
     def sigterm(*args):

@@ -7,15 +7,15 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, one_line_error
-
-sys.path.insert(0, str(REPO / "bench"))
-import airbench94  # noqa: E402
-import bench  # noqa: E402
-import seed_style  # noqa: E402
-from customresnet import CustomResNet  # noqa: E402
-from settings import RECIPE  # noqa: E402
-from tensors import data_tensors  # noqa: E402
+from bench import (
+    airbench94,
+    bench,
+    seed_style,
+)
+from bench.tensors import data_tensors
+from cifar10_fast.core.settings import RECIPE
+from customresnet import CustomResNet
+from tests.conftest import REPO, one_line_error
 
 RUN_FIELDS = {"seed", "accuracy", "fit_s", "total_s", "images_per_s", "peak_gpu_mib"}
 
@@ -107,7 +107,7 @@ def test_the_full_bench_without_a_gpu_is_refused_as_bad_input(monkeypatch, capsy
 
 def test_the_bench_shows_no_library_warning():
     """fastai's import warns that torch.jit.script is deprecated: nothing a user of the bench can act on."""
-    done = subprocess.run([sys.executable, "bench/bench.py", "--rows", "bogus"], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "bench.bench", "--rows", "bogus"], cwd=REPO, capture_output=True,
                           text=True)
     assert done.returncode == 2 and done.stderr.startswith("error: --rows") and len(done.stderr.splitlines()) == 1
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-import cache
-from cache import build_once, cache_root, entry_name
+from cifar10_fast.data import cache
+from cifar10_fast.data.cache import build_once, cache_root, entry_name
 
 
 def test_a_relative_cache_variable_is_made_absolute(tmp_path, monkeypatch):

@@ -7,10 +7,10 @@ import torch
 from fastai.test_utils import synth_learner
 from fastai.vision.all import Callback, CrossEntropyLossFlat, DataLoaders, Learner
 
-from callbacks import HistoryLogger, LastTestPass, TimeToAccuracy, flip_tta_accuracy
-from conftest import train
+from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.training.callbacks import HistoryLogger, LastTestPass, TimeToAccuracy, flip_tta_accuracy
 from customresnet import CustomResNet
-from data import cifar10_dataloaders
+from tests.conftest import train
 
 
 def test_time_to_accuracy_records_each_milestone_once_and_stops_at_the_target():

@@ -8,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-import data
-import images
-from conftest import CLASSES, class_value, write_folder, write_python_batches, write_tgz
-from data import cifar10_dataloaders, cifar10_folder
-from decoded_folder import channel_stats
+from augment import training_augmentations
+from cifar10_fast.core.errors import DataError
+from cifar10_fast.data import images, sources
+from cifar10_fast.data.decoded_folder import channel_stats
+from cifar10_fast.data.loaders import Squash, cifar10_dataloaders
+from cifar10_fast.data.sources import cifar10_folder
+from tests.conftest import CLASSES, class_value, write_folder, write_python_batches, write_tgz
 
 
 def check_labels_match_pixels(dl, stats):
@@ -56,7 +58,7 @@ def test_env_variable_is_the_default_source(tiny_folder, monkeypatch):
 
 
 def test_training_batches_are_augmented_and_test_batches_are_not(tiny_folder):
-    _, dls, stats = load(tiny_folder)
+    _, dls, stats = load(tiny_folder, augmentations=training_augmentations("gpu"))
     x, _ = dls.train.one_batch()
     # Cutout puts the mean (0 after Normalize) into flat class images, which hold no mean pixel.
     assert ((x == 0).all(1).sum((1, 2)) == 64).all()
@@ -104,7 +106,8 @@ def test_channel_stats_are_exact():
 
 
 def test_albumentations_backend_serves_the_same_split(tiny_folder):
-    _, dls, stats = load(tiny_folder, aug="albumentations", workers=0)
+    _, dls, stats = load(tiny_folder, on_device=False, workers=0,
+                            augmentations=training_augmentations("albumentations", seed=0))
     x, _ = dls.train.one_batch()
     assert x.shape == (8, 3, 32, 32)
     check_labels_match_pixels(dls.valid, stats)
@@ -116,9 +119,9 @@ def test_no_data_and_no_route_to_the_download_fails_within_seconds(tmp_path, mon
         time.sleep(20)
         raise TimeoutError
 
-    monkeypatch.setattr(data.socket, "create_connection", hang)
+    monkeypatch.setattr(sources.socket, "create_connection", hang)
     start = time.perf_counter()
-    with pytest.raises(data.DataError, match="cannot be reached: pass --data PATH or set CIFAR10_DATA"):
+    with pytest.raises(DataError, match="cannot be reached: pass --data PATH or set CIFAR10_DATA"):
         cifar10_folder()
     assert time.perf_counter() - start < 10
 
@@ -141,7 +144,7 @@ def test_files_of_another_size_are_squashed_as_fastais_resize_squashes_them_and_
     path = tmp_path / "wide.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 48, 3), dtype=np.uint8)).save(path)
     image = PILImage.create(path)
-    squashed = np.asarray(data.Squash()(image))
+    squashed = np.asarray(Squash()(image))
     assert np.array_equal(squashed, np.asarray(Resize(32, method=ResizeMethod.Squish)(image, split_idx=1)))
     assert np.array_equal(squashed, images.read_rgb32(path)[0])
     served, = dls.test_dl([path], with_labels=False).one_batch()
@@ -206,5 +209,5 @@ def test_a_training_image_above_pils_bomb_limit_is_skipped_with_our_warning_alon
 
 def test_a_test_image_above_pils_bomb_limit_is_refused_naming_it(tiny_folder, monkeypatch):
     big = image_above_pils_bomb_limit(tiny_folder, "test", monkeypatch)
-    with pytest.raises(data.DataError, match=f"cannot read image {re.escape(str(big))} .*decompression bombs"):
+    with pytest.raises(DataError, match=f"cannot read image {re.escape(str(big))} .*decompression bombs"):
         load(tiny_folder)

@@ -12,13 +12,13 @@ import warnings
 import numpy as np
 import pytest
 
-import decoded_folder as decoded
-import images
-from conftest import CLASSES, class_image, write_folder, write_tgz
-from data import cifar10_folder
-from decoded_folder import decoded_folder
-from errors import DataError
-from lifecycle import SetUpInterrupted
+from cifar10_fast.core.errors import DataError
+from cifar10_fast.core.lifecycle import SetUpInterrupted
+from cifar10_fast.data import decoded_folder as decoded
+from cifar10_fast.data import images
+from cifar10_fast.data.decoded_folder import decoded_folder
+from cifar10_fast.data.sources import cifar10_folder
+from tests.conftest import CLASSES, class_image, write_folder, write_tgz
 
 
 def cached_files(cache):

@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from deferred_imports import without_unused
+from cifar10_fast.training.deferred_imports import without_unused
+from tests.conftest import REPO
 
 HEAVY = {"heavy": (), "heavy.metrics": (), "heavy.split": ("split",)}
 

@@ -7,7 +7,7 @@ import torch
 from fastai.data.load import DataLoader
 from fastai.distributed import DistributedDL
 
-from device_loader import DeviceDataLoader, valid_batch_size
+from cifar10_fast.data.device_loader import DeviceDataLoader, valid_batch_size
 
 
 def numbered_loader(n, bs, seed=0, shuffle=True):

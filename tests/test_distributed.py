@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import train_fastai
-from conftest import GIVEN_LRS, REPO, TINY, train
+from tests.conftest import GIVEN_LRS, REPO, TINY, train
 
 
 def test_two_processes_train_data_parallel_and_one_writes_the_run(tmp_path, tiny_folder):

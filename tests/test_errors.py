@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from errors import BadInput, command_to_retype, one_line_errors
+from cifar10_fast.core.errors import BadInput, command_to_retype, one_line_errors
 
 
 def ended_with(error, capsys, debug=False):

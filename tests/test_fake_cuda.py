@@ -3,7 +3,6 @@ it goes on a GPU, failing at any operator that mixes CPU and CUDA tensors, any n
 tensor, and any host read or host/device copy inside the training batches; and first, proof that
 the fake GPU refuses each of those (a check that cannot fail proves nothing)."""
 import json
-import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,15 +10,13 @@ import pytest
 import torch
 from fastai.vision.all import ChannelsLast, MixedPrecision
 
-import fake_cuda
 import train_fastai
-from conftest import GIVEN_LRS, REPO, RUN_FILES, TINY
-from fake_cuda import FakeCuda, NotOnAGpu, PhaseEnd, PhaseStart
-from optimizer import FusedAdamW
-from recording import FailOnHostSync
-
-sys.path.insert(0, str(REPO / "bench"))
-import bench  # noqa: E402
+from bench import bench
+from cifar10_fast.training.optimizer import FusedAdamW
+from cifar10_fast.training.recording import FailOnHostSync
+from tests import fake_cuda
+from tests.conftest import GIVEN_LRS, RUN_FILES, TINY
+from tests.fake_cuda import FakeCuda, NotOnAGpu, PhaseEnd, PhaseStart
 
 pytestmark = pytest.mark.skipif(fake_cuda.MISSING is not None,
                                 reason=f"this torch lacks a private API that faking CUDA needs: {fake_cuda.MISSING}")

@@ -14,9 +14,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-import files
-from conftest import GIVEN_LRS, train
-from files import atomic
+from cifar10_fast.core import files
+from cifar10_fast.core.files import atomic
+from tests.conftest import GIVEN_LRS, train
 
 
 def test_every_output_file_reaches_its_name_by_a_rename(tmp_path, tiny_folder, monkeypatch):

@@ -12,14 +12,14 @@ import time
 import pytest
 from safetensors.torch import save_file
 
-import settings
-from conftest import REPO, one_line_error, write_folder, write_tgz
+from bench import (
+    bench,
+    reference,
+)
+from bench import first_contact as fc
+from cifar10_fast.core import settings
 from customresnet import CustomResNet
-
-sys.path.insert(0, str(REPO / "bench"))
-import bench  # noqa: E402
-import first_contact as fc  # noqa: E402
-import reference  # noqa: E402
+from tests.conftest import REPO, one_line_error, write_folder, write_tgz
 
 SMOKE_STATUSES = {"install": "skipped", "versions": "ok", "data": "ok", "sync-debug": "ok", "recipe": "ok",
                   "reference": "failed", "bench-1epoch": "ok", "bench-seeds": "ok"}
@@ -37,7 +37,7 @@ def smoke(tmp_path_factory):
     data = write_tgz(write_folder(tmp / "cifar10"), tmp / "tiny.tgz", "cifar10")
     out, scratch, cache = tmp / "out", tmp / "scratch", tmp / "cache"
     env = {**os.environ, "CIFAR10_CACHE": str(cache)}
-    done = subprocess.run([sys.executable, "bench/first_contact.py", "--smoke", "--data", str(data), "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "bench.first_contact", "--smoke", "--data", str(data), "--out", str(out),
                            "--scratch", str(scratch)], cwd=REPO, env=env, capture_output=True, text=True)
     record_file, = (out / "bench" / "results").glob("first-contact-cpu-smoke-*.json")
     return (done.returncode, out, scratch, cache, json.loads(record_file.read_text()),
@@ -53,7 +53,7 @@ def test_smoke_runs_every_step_in_order_and_goes_on_after_a_failure(smoke):
     assert steps["install"]["reason"].startswith("smoke: ")
     assert "train_fastai.py --epochs 2 --sync-debug --tta" in steps["sync-debug"]["command"]
     assert "train_fastai.py --epochs 24" in steps["recipe"]["command"]
-    assert "bench/bench.py --rows airbench94,ours --seeds 2" in steps["bench-seeds"]["command"]
+    assert "-m bench.bench --rows airbench94,ours --seeds 2" in steps["bench-seeds"]["command"]
     assert "smoke: its command with --device cpu --width 8" in log  # the smoke says what it shrank
     assert re.search(r"summary:\n.*step +status", log) and record["finished"]
 
@@ -108,16 +108,17 @@ def test_every_command_the_gpu_runs_is_one_its_tool_takes(tmp_path, monkeypatch,
     assert list(commands) == fc.STEP_NAMES[1:]
     for name, argv in commands.items():
         assert argv[0] == ctx.python and "--smoke" not in argv, name
-        script, flags = argv[1], argv[2:]
+        script = argv[1] if argv[1] != "-m" else argv[2]
+        flags = argv[argv.index(script) + 1:]
         if script == "train_fastai.py":
             settings.parse_args(flags)
-        elif script == "bench/bench.py":
+        elif script == "bench.bench":
             args = bench.parse_args(flags)
             assert not args.smoke and args.width == 64 and args.bs == 512
-        elif script == "bench/first_contact.py":
+        elif script == "bench.first_contact":
             fc.parse_args(flags)
         else:
-            assert script == "bench/reference.py"
+            assert script == "bench.reference"
             assert "is not a finished training run" in one_line_error(reference.main, flags[:-1], capsys)
     assert "--epochs 24" in " ".join(commands["recipe"])
     assert "--rows airbench94,ours" in " ".join(commands["bench-seeds"])
@@ -205,8 +206,7 @@ def test_the_log_is_on_disk_line_by_line_and_survives_a_kill(tmp_path):
     """The device tool kills a command at its limit and brings back what is under $OUT."""
     driver = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
-sys.path.insert(0, {str(REPO / 'bench')!r})
-import first_contact as fc
+from bench import first_contact as fc
 step = fc.Step("hangs", "hangs", 60, 0, lambda ctx: [sys.executable, "-c",
                "import os, time; print('hanging', os.getpid(), flush=True); time.sleep(60)"])
 fc.first_contact(fc.parse_args(["--out", {str(tmp_path / 'out')!r}, "--scratch", {str(tmp_path / 'scratch')!r}]),
@@ -256,7 +256,7 @@ def test_what_would_not_come_back_is_named(tmp_path):
 def test_install_says_to_prepare_and_installs_once(tmp_path, monkeypatch):
     monkeypatch.setattr(fc, "CARRY", tmp_path / ".carry")
     ctx = gpu_context(tmp_path)
-    with pytest.raises(fc.StepError, match="run `python bench/first_contact.py --prepare`"):
+    with pytest.raises(fc.StepError, match="run `python -m bench.first_contact --prepare`"):
         fc.install_argv(ctx)
     (tmp_path / ".carry" / "wheels-py312").mkdir(parents=True)
     (tmp_path / ".carry" / "wheels-py312" / "fastai-2.8.12-py3-none-any.whl").write_bytes(b"wheel")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import images
-from conftest import class_image
-from errors import BadInput
+from cifar10_fast.core.errors import BadInput
+from cifar10_fast.data import images
+from tests.conftest import class_image
 
 
 def some_images(folder):

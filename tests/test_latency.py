@@ -3,14 +3,11 @@
 nothing: no speed is asserted."""
 import json
 import statistics
-import sys
 
 import pytest
 
-from conftest import REPO, one_line_error
-
-sys.path.insert(0, str(REPO / "bench"))
-import latency  # noqa: E402
+from bench import latency
+from tests.conftest import one_line_error
 
 
 def test_smoke_times_a_whole_run_by_phase_against_import_torch(tmp_path):

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 from fastai.callback.core import Callback
 
-import checkpoint
-import lifecycle
 import train_fastai
-from cache import interruptible
-from conftest import GIVEN_LRS, REPO, TINY, ctrl_c_while_torch_loads, history_values, train
-from errors import command_to_retype, one_line_errors
-from settings import FINDER_ITERS_MIN, parse_args
+from cifar10_fast.core import lifecycle
+from cifar10_fast.core.errors import command_to_retype, one_line_errors
+from cifar10_fast.core.settings import FINDER_ITERS_MIN, parse_args
+from cifar10_fast.data.cache import interruptible
+from cifar10_fast.training import fit as checkpoint
+from tests.conftest import GIVEN_LRS, REPO, TINY, ctrl_c_while_torch_loads, history_values, train
 from train_fastai import main
 
 
@@ -220,7 +220,7 @@ def test_two_resumes_of_one_run_cannot_both_train_it(tmp_path, capsys):
     refused at once, naming it; once it has died (SIGKILL), its lock is gone with it."""
     run_dir = interrupted_run(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, lifecycle; from pathlib import Path; lifecycle.hold(Path(sys.argv[1]));"
+        [sys.executable, "-c", "import sys, time; from cifar10_fast.core import lifecycle; from pathlib import Path; lifecycle.hold(Path(sys.argv[1]));"
          " print('held', flush=True); time.sleep(120)", str(run_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"

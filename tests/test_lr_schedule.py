@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from fastai.test_utils import synth_learner
 
-from lr_schedule import lr_bounds, one_cycle, usable_curve
-from settings import FINDER_END_LR, FINDER_ITERS_MIN, FINDER_START_LR, UsageError
+from cifar10_fast.core.settings import FINDER_END_LR, FINDER_ITERS_MIN, FINDER_START_LR, UsageError
+from cifar10_fast.training.lr_schedule import lr_bounds, one_cycle, usable_curve
 
 
 def test_one_cycle_goes_lrmin_to_lrmax_at_the_peak_and_back_never_lower():

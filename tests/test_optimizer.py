@@ -1,6 +1,6 @@
 """FusedAdamW against fastai's Adam as the Learner runs it (opt_func=Adam, wd=0.01)."""
 import copy
-import pickle
+import io
 import sys
 import warnings
 
@@ -11,8 +11,9 @@ from fastai.learner import load_model, save_model
 from fastai.optimizer import OptimWrapper
 from fastai.vision.all import Adam, Callback, CrossEntropyLossFlat, DataLoader, DataLoaders, Learner, norm_bias_params
 
+from cifar10_fast.core.run_folder import EXPORT_PICKLE
+from cifar10_fast.training.optimizer import FusedAdamW
 from customresnet import CustomResNet
-from optimizer import FusedAdamW
 
 STEPS, BS, WD = 20, 8, 0.01
 
@@ -180,7 +181,7 @@ def test_a_fit_runs_without_torch_dynamo(dls, thin_resnet, monkeypatch):
 def test_an_export_made_before_fused_adamw_was_a_class_still_finds_its_optimizer():
     """A run's export.pkl names its opt_func by module and name; those made before FusedAdamW name
     `optimizer.fused_adamw`, which must still resolve for `predict.py --pickle` to load them."""
-    assert pickle.loads(b"coptimizer\nfused_adamw\n.") is FusedAdamW
+    assert EXPORT_PICKLE.Unpickler(io.BytesIO(b"coptimizer\nfused_adamw\n.")).load() is FusedAdamW
 
 
 class NoDecayGroupWrapper(OptimWrapper):

@@ -6,10 +6,10 @@ from fastai.interpret import ClassificationInterpretation
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 
-from conftest import REPO
+from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.training.outputs import PredictedInterpretation, git_commit, new_run_dir
 from customresnet import CustomResNet
-from data import cifar10_dataloaders
-from outputs import PredictedInterpretation, git_commit, new_run_dir
+from tests.conftest import REPO
 
 
 def test_run_folders_are_never_reused(tmp_path):

@@ -9,12 +9,10 @@ import sys
 import pytest
 import torch
 
-import settings
-from conftest import REPO, one_line_error
+from bench import overhead
+from cifar10_fast.core import settings
 from customresnet import CustomResNet
-
-sys.path.insert(0, str(REPO / "bench"))
-import overhead  # noqa: E402
+from tests.conftest import REPO, one_line_error
 
 
 def test_smoke_writes_every_figure(tmp_path):
@@ -132,7 +130,7 @@ def test_an_out_that_is_a_file_is_one_line_and_kept(tmp_path, capsys):
 
 def test_help_shows_no_library_warning():
     """fastai's import warns that torch.jit.script is deprecated: nothing a user of the bench can act on."""
-    done = subprocess.run([sys.executable, "bench/overhead.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "bench.overhead", "--help"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and done.stderr == "" and "--threads" in done.stdout
 
 

@@ -12,8 +12,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import predict
-from conftest import REPO
 from customresnet import CustomResNet
+from tests.conftest import REPO
 
 
 def run_predict(capsys, *args):
@@ -77,7 +77,7 @@ def exported_run(tmp_path, tiny_folder):
     classes.json, the way train_fastai.py writes them."""
     from fastai.vision.all import CrossEntropyLossFlat, Learner
 
-    from data import cifar10_dataloaders
+    from cifar10_fast.data.loaders import cifar10_dataloaders
     dls, (mean, std) = cifar10_dataloaders(tiny_folder, bs=8, device="cpu")
     learn = Learner(dls, CustomResNet(width=8), loss_func=CrossEntropyLossFlat())
     run = tmp_path / "exported"

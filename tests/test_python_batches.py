@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from python_batches import labels_problem, load_pickled_arrays, plain_folder_name
+from cifar10_fast.data.python_batches import labels_problem, load_pickled_arrays, plain_folder_name
 
 
 @pytest.mark.parametrize("raw,name", [(b"cat", "cat"), (b"sea lion", "sea lion"), ("k\u00f6nig".encode(), "k\u00f6nig"),

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CLASSES, FINDER_FILES, REPO, TRAINING_FILES, class_image, write_folder, write_tgz
+from tests.conftest import CLASSES, FINDER_FILES, REPO, TRAINING_FILES, class_image, write_folder, write_tgz
 
 README = REPO / "README.md"
 THIN_MODEL = Path(__file__).parent / "thin_model"

@@ -4,13 +4,13 @@ import sys
 import torch
 from fastai.vision.all import Callback, Recorder
 
-import recording
 import train_fastai
-from callbacks import TimeToAccuracy
-from checkpoint import fit
-from data import cifar10_dataloaders
-from lr_schedule import one_cycle
-from settings import member, parse_args
+from cifar10_fast.core.settings import member, parse_args
+from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.training import recording
+from cifar10_fast.training.callbacks import TimeToAccuracy
+from cifar10_fast.training.fit import fit
+from cifar10_fast.training.lr_schedule import one_cycle
 
 # What hands a tensor's value to the host: on a GPU each waits for the device to finish its queue.
 HOST_READS = ("cpu", "item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__format__")

@@ -1,17 +1,14 @@
 """The reference checkpoint: written from a finished recipe run, read by predict.py without --run."""
 import json
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import predict
+from bench import reference
 from customresnet import CustomResNet
-from conftest import REPO, one_line_error, real_subset
-
-sys.path.insert(0, str(REPO / "bench"))
-import reference  # noqa: E402
+from tests.conftest import one_line_error, real_subset
 
 RECIPE_CONFIG = {"epochs": 24, "peak_epoch": 5.0, "bs": 512, "lr_min": 1e-4, "lr_max": 1e-3, "lr_source": "lr_find.json",
                  "wd": 0.01, "aug": "gpu", "precision": "bf16", "width": 64, "subset": None, "seed": 0,
@@ -105,7 +102,7 @@ def test_predict_without_run_or_reference_says_how_to_get_one(images, tmp_path, 
         predict.main([str(images)])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1
-    assert "reference checkpoint" in err[0] and "--run RUN_DIR" in err[0] and "bench/reference.py" in err[0]
+    assert "reference checkpoint" in err[0] and "--run RUN_DIR" in err[0] and "-m", "bench.reference" in err[0]
 
 
 @pytest.mark.skipif(not predict.REFERENCE.with_suffix(".safetensors").is_file(),

@@ -2,15 +2,12 @@
 its own process, as a user runs it), and the bench times them (--smoke: the harness only; its
 figures mean nothing and are asserted nowhere)."""
 import json
-import sys
 import tempfile
 
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "bench"))
-import refusals  # noqa: E402
+from bench import refusals
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from report import PLOTS
+from cifar10_fast.core.report import PLOTS
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 

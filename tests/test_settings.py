@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-import settings
-from conftest import REPO
-from settings import PRESETS, member, parse_args
+from cifar10_fast.core import settings
+from cifar10_fast.core.settings import PRESETS, member, parse_args
+from tests.conftest import REPO
 
 
 def test_presets_fill_the_flags_left_unset_and_given_flags_win():
@@ -55,7 +55,7 @@ def test_a_cache_folder_that_is_a_file_or_lies_under_one_is_refused_before_any_w
 
 def test_help_and_flag_errors_never_import_torch_or_fastai():
     """What makes them answer in well under a second (torch and fastai take seconds to import)."""
-    probe = ("import sys, settings\n"
+    probe = ("import sys\nfrom cifar10_fast.core import settings\n"
              "try:\n    settings.parse_args(['--bogus'])\nexcept SystemExit:\n    pass\n"
              "print(sorted(m for m in ('torch', 'fastai', 'numpy', 'pandas') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)

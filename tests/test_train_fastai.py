@@ -8,11 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-import lr_schedule
-from conftest import (CLASSES, GIVEN_LRS, REPO, RUN_FILES, TINY, TRAINING_FILES, ctrl_c_while_torch_loads,
-                      real_subset, write_folder)
+from cifar10_fast.core.settings import FINDER_ITERS_MIN, UsageError
+from cifar10_fast.training import lr_schedule
 from customresnet import CustomResNet
-from settings import FINDER_ITERS_MIN, UsageError
+from tests.conftest import (
+    CLASSES,
+    GIVEN_LRS,
+    REPO,
+    RUN_FILES,
+    TINY,
+    TRAINING_FILES,
+    ctrl_c_while_torch_loads,
+    real_subset,
+    write_folder,
+)
 from train_fastai import main
 
 
@@ -225,7 +234,7 @@ def test_a_group_stopped_by_a_later_member_still_lists_the_runs_it_finished(tmp_
 
 
 def test_a_group_sets_its_data_up_once_and_each_run_takes_its_subset(tmp_path, tiny_folder, monkeypatch):
-    import decoded_folder
+    from cifar10_fast.data import decoded_folder
     listings, real_list = [], decoded_folder.list_folder
     monkeypatch.setattr(decoded_folder, "list_folder", lambda folder: listings.append(folder) or real_list(folder))
     cli("--data", tiny_folder, "--out", tmp_path / "runs", *TINY, *GIVEN_LRS, "--epochs", 1, "--sweep", "subset=32,80")

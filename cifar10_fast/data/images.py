@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from errors import BadInput
-from lifecycle import STOP_SIGNALS, stop_signals_blocked
+from cifar10_fast.core.errors import BadInput
+from cifar10_fast.core.lifecycle import STOP_SIGNALS, stop_signals_blocked
 
 IMAGE_SIZE = 32
 # fastai's `image_extensions`, computed as fastai computes it (after reading the system's

@@ -10,7 +10,7 @@ import warnings
 from contextlib import contextmanager
 from functools import cache
 
-from errors import BadInput, warn
+from cifar10_fast.core.errors import BadInput, warn
 
 MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")  # matplotlib's warning, one per character
 NOT_A_FALLBACK = "Last Resort"  # matplotlib's font of placeholder boxes: it "has" every character

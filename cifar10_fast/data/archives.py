@@ -19,9 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from pathlib import PurePosixPath
 
-from cache import (DISK_FULL, NOT_WRITABLE, UNPACKED, build_once, cache_problem, cache_root, disk_is_full,
-                   entry_name)
-from errors import DataError
+from cifar10_fast.core.errors import DataError
+from cifar10_fast.data.cache import (
+    DISK_FULL,
+    NOT_WRITABLE,
+    UNPACKED,
+    build_once,
+    cache_problem,
+    cache_root,
+    disk_is_full,
+    entry_name,
+)
 
 
 def unpack(archive):

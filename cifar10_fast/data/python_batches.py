@@ -10,8 +10,8 @@ import pickle
 
 import numpy as np
 
-from errors import DataError
-from images import IMAGE_SIZE
+from cifar10_fast.core.errors import DataError
+from cifar10_fast.data.images import IMAGE_SIZE
 
 PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from fastai.learner import load_model
 from fastai.callback.core import Callback
+from fastai.learner import load_model
 from safetensors.torch import load_file
 
-from callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence, TimeToAccuracy
-from files import atomic, write_json
-from hardware import seconds_compiling
-from lifecycle import CHECKPOINT_EVERY_S
-from outputs import plain_model, write_curves, write_weights
-from recording import sync_debug_lifted_after
-from settings import UsageError
+from cifar10_fast.core.files import atomic, write_json
+from cifar10_fast.core.lifecycle import CHECKPOINT_EVERY_S
+from cifar10_fast.core.settings import UsageError
+from cifar10_fast.training.callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence, TimeToAccuracy
+from cifar10_fast.training.hardware import seconds_compiling
+from cifar10_fast.training.outputs import plain_model, write_curves, write_weights
+from cifar10_fast.training.recording import sync_debug_lifted_after
 
 
 def fit(learn, schedule, run_dir, resumed, cbs=()):

@@ -13,8 +13,8 @@ import re
 import sys
 from pathlib import Path
 
-import lifecycle
-from errors import BadInput
+from cifar10_fast.core import lifecycle
+from cifar10_fast.core.errors import BadInput
 
 # The recipe (Myrtle's DAWNBench ResNet): the values a flag left unset takes. "seed" is the spec.
 # "fast" departs from it for the shortest time to 94%, with the tricks of Myrtle's "How to train

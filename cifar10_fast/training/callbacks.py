@@ -12,7 +12,7 @@ from fastai.learner import Recorder
 from fastai.metrics import accuracy
 from fastai.torch_core import get_model
 
-from hardware import seconds_compiling
+from cifar10_fast.training.hardware import seconds_compiling
 
 ACCURACY_MILESTONES = (0.90, 0.93, 0.94)
 

@@ -11,7 +11,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import find_bs, set_seed
 
-from settings import UsageError, no_gpu
+from cifar10_fast.core.settings import UsageError, no_gpu
 
 # What torch says when an allocation fails, on the CPU (DefaultCPUAllocator) or elsewhere.
 OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")

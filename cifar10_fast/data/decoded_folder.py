@@ -19,12 +19,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cache import (built_once, cache_problem, cache_root, entry_name, interruptible, remove_abandoned,
-                   write_atomically)
-from errors import DataError, warn
-from images import (IMAGE_SIZE, UnreadableImage, has_image_extension, read_rgb32, read_rgb32_all,
-                    reading_processes)
-from python_batches import differing_only_in_case
+from cifar10_fast.core.errors import DataError, warn
+from cifar10_fast.data.cache import (
+    built_once,
+    cache_problem,
+    cache_root,
+    entry_name,
+    interruptible,
+    remove_abandoned,
+    write_atomically,
+)
+from cifar10_fast.data.images import (
+    IMAGE_SIZE,
+    UnreadableImage,
+    has_image_extension,
+    read_rgb32,
+    read_rgb32_all,
+    reading_processes,
+)
+from cifar10_fast.data.python_batches import differing_only_in_case
 
 CIFAR10_CLASSES = 10
 SPLITS = ("train", "test")

@@ -17,8 +17,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from errors import DataError
-from lifecycle import SetUpInterrupted, stopping_on_signals
+from cifar10_fast.core.errors import DataError
+from cifar10_fast.core.lifecycle import SetUpInterrupted, stopping_on_signals
 
 PARTIAL = ".partial-"
 # The errors that are the cache's disk's or its permissions', not the data's.

@@ -14,11 +14,11 @@ from fastai.torch_core import num_distrib
 from fastai.vision.data import get_grid
 from safetensors.torch import save_file
 
+from cifar10_fast.core.files import atomic, save_figure, unused_names, write_csv, write_json
+from cifar10_fast.core.settings import UsageError
+from cifar10_fast.data.loaders import Squash
+from cifar10_fast.training.hardware import device_name, library_versions
 from customresnet import count_parameters
-from data import Squash
-from files import atomic, save_figure, unused_names, write_csv, write_json
-from hardware import device_name, library_versions
-from settings import UsageError
 
 
 def new_run_dir(out, name):

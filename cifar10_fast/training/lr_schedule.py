@@ -2,16 +2,16 @@
 schedule they make."""
 import shutil
 
+import fastai.callback.schedule  # noqa: F401  Learner.lr_find and fit_one_cycle, Recorder.plot_lr_find
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import fastai.callback.schedule  # noqa: F401  Learner.lr_find and fit_one_cycle, Recorder.plot_lr_find
 from fastai.callback.core import Callback
 
-from files import save_figure, write_csv, write_json
-from recording import quiet
-from settings import FINDER_END_LR, FINDER_START_LR, UsageError
+from cifar10_fast.core.files import save_figure, write_csv, write_json
+from cifar10_fast.core.settings import FINDER_END_LR, FINDER_START_LR, UsageError
+from cifar10_fast.training.recording import quiet
 
 # The smoothed loss must fall by more than this many standard deviations of one batch's loss. Pure
 # noise through fastai's smoothing (an average over about 50 batches) falls, from the start of the

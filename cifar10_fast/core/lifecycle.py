@@ -15,6 +15,7 @@ once a checkpoint exists says how to resume too.
 
 Nothing here loads torch: `--resume` of a folder in use is refused before anything loads.
 """
+import importlib.util
 import json
 import os
 import shlex
@@ -28,9 +29,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from errors import BadInput, command_to_retype
+from cifar10_fast.core.errors import BadInput, command_to_retype
 
-TRAINER = Path(__file__).with_name("train_fastai.py")
+TRAINER = Path(importlib.util.find_spec("train_fastai").origin)  # found, not imported: it loads torch
 LOCK = ".lock"
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C or SIGTERM
 NOTHING_TO_RESUME = "interrupted before training: nothing to resume"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from files import atomic
+from cifar10_fast.core.files import atomic
 
 PLOTS = {"lr_find.png": "LR range test", "lr_schedule.png": "LR and momentum schedule",
          "curves.png": "loss and test accuracy per epoch", "confusion_matrix.png": "confusion matrix (test set)",
