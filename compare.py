@@ -15,7 +15,19 @@ import sys
 from pathlib import Path
 
 from cifar10_fast.core.errors import BadInput, one_line_errors, warn
-from cifar10_fast.core.files import atomic, check_new_file, figures_to_files, save_figure, unused_names
+from cifar10_fast.core.files import check_new_file, figures_to_files, save_figure, unused_names
+from cifar10_fast.core.run_folder import (
+    CONFIG,
+    INDEX,
+    SUMMARY,
+    headline,
+    missing_run_file,
+    read_config,
+    read_history,
+    read_index,
+    read_schedule,
+    read_summary,
+)
 from cifar10_fast.core.settings import OneLineParser, user_path
 
 
@@ -33,14 +45,12 @@ if __name__ == "__main__":
     parse_args(sys.argv[1:])  # --help and bad flags answer before pandas and matplotlib load (seconds)
 
 # The rest loads in seconds: it comes after the flags are checked.
-import json  # noqa: E402
 import re  # noqa: E402
 from datetime import datetime  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from filelock import FileLock  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
 # What a comparison shows of each run's config.json and summary.json. data_sha256 and classes
@@ -50,15 +60,8 @@ SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_sour
 # Settings too long to show whole: the data's hash by its first 12 digits (as git shortens a
 # commit), the class names joined.
 SHORT_FORMS = {"data_sha256": lambda digest: digest[:12], "classes": ",".join}
-METRICS = ["final_accuracy", "tta_accuracy", "best_accuracy", "fit_seconds", "train_images_per_s", "epochs_run",
-           "first_epoch_90", "first_epoch_93", "first_epoch_94", "seconds_to_90", "seconds_to_93", "seconds_to_94",
-           "stopped_early"]
-# A run is finished when it has all of these. A training run writes report.html after every file
-# compare reads, so a run that crashed on the way (in its export, say) has a summary.json but no report.html.
-RUN_FILES = ["config.json", "summary.json", "history.csv", "lr_schedule.csv", "report.html"]
 SUMMARY_NUMBERS = ["final_accuracy", "fit_seconds"]  # what the tables need of every run
 RUN_FILE_FIX = "leave its run out, or delete the run"
-INDEX_FIX = "repair it, or move it away (the next finished run starts a new index)"
 GROUP_NAME = re.compile(r"-group(-\d+)?$")  # train_fastai.py's name for a group folder, -2 and on if taken
 MAX_LINES = 10  # runs drawn one line each; beyond, each configuration's mean and range
 LEGEND_ROWS = 24  # legend entries in a column of the figure's height at font size 8
@@ -68,73 +71,10 @@ class CompareError(BadInput):
     """Bad input to a comparison, worded as one line that says what to do."""
 
 
-def headline(summary):
-    return {name: summary.get("epochs") if name == "epochs_run" else summary.get(name) for name in METRICS}
-
-
-def append_to_index(out, run_dir, config, summary):
-    """Add the run's row to <out>/index.csv. Under a lock, the whole table is read, extended and
-    written through a temporary file, so concurrent runs and crashes lose no row, and a new setting
-    becomes a new column (empty in older rows). A run has one row: one resumed after its row was
-    written (stopped before it deleted its checkpoint) replaces it."""
-    index = Path(out) / "index.csv"
-    # Lists (the class names) as JSON, their text as it is: the CSV is UTF-8, and "\\u732b" is no name.
-    settings = {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
-                for key, value in config.items()}
-    row = pd.DataFrame([{"run": run_dir.name, "finished": datetime.now().isoformat(timespec="seconds"),
-                         "git_commit": summary.get("git_commit"), **settings, **headline(summary)}])
-    with FileLock(index.with_name(".index.csv.lock")):
-        if index.exists():  # read as text, so that every earlier value is written back unchanged
-            earlier = read_index(index)
-            row = pd.concat([earlier[earlier.run != run_dir.name], row], ignore_index=True)
-        with atomic(index) as tmp:
-            row.to_csv(tmp, index=False)
-
-
-def check_index(out):
-    """Refuse, before a run trains, an <out>/index.csv it could not add its row to at the end."""
-    index = Path(out) / "index.csv"
-    if index.exists():
-        read_index(index)
-
-
-def read_json(path):
-    """The JSON object in `path`; a damaged file is refused, named."""
-    try:
-        content = json.loads(path.read_text())
-    except ValueError as e:  # not JSON, or not even UTF-8 text
-        raise CompareError(f"{path} is damaged ({type(e).__name__}: {e}): {RUN_FILE_FIX}") from e
-    if not isinstance(content, dict):
-        raise CompareError(f"{path} is damaged (not a JSON object): {RUN_FILE_FIX}")
-    return content
-
-
-def read_table(path, columns, fix=RUN_FILE_FIX, **read_csv_options):
-    """The CSV table in `path`, which must have `columns`; a damaged file is refused, named."""
-    try:
-        table = pd.read_csv(path, **read_csv_options)
-    except ValueError as e:  # pandas' ParserError and EmptyDataError, or a file that is not UTF-8 text
-        raise CompareError(f"{path} is damaged ({type(e).__name__}: {' '.join(str(e).split())}): {fix}") from e
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise CompareError(f"{path} is damaged (no column {missing[0]}): {fix}")
-    return table
-
-
-def read_index(index):
-    """index.csv as text, so that every value can be written back as it was."""
-    return read_table(index, ["run"], INDEX_FIX, dtype=str, keep_default_na=False)
-
-
-def missing_run_file(run_dir):
-    """The first file of a finished run that `run_dir` lacks, or None."""
-    return next((name for name in RUN_FILES if not (run_dir / name).is_file()), None)
-
-
 def indexed_runs(out):
     """Every finished run in <out>/index.csv that is still there; one that is not finished is
     skipped with a warning."""
-    index = out / "index.csv"
+    index = out / INDEX
     if not index.is_file():
         raise CompareError(f"no runs to compare: {index} does not exist; train a run first or give run folders")
     runs = []
@@ -157,10 +97,10 @@ def given_runs(given):
     for path in map(Path, given):
         if not path.is_dir():
             raise CompareError(f"{path} is not a folder: give run folders or group folders that train_fastai.py wrote")
-        summary = path / "summary.json"
-        if not summary.is_file() and not (path / "config.json").exists() and GROUP_NAME.search(path.name):
+        summary = path / SUMMARY
+        if not summary.is_file() and not (path / CONFIG).exists() and GROUP_NAME.search(path.name):
             raise unfinished_group(path)
-        members = read_json(summary).get("members") if summary.is_file() else None
+        members = read_summary(path, RUN_FILE_FIX).get("members") if summary.is_file() else None
         dirs += [path.parent / name for name in members] if members else [path]
     return dirs
 
@@ -177,7 +117,7 @@ def unfinished_group(group):
 
 def finished_members(group):
     """The finished runs of `group` that its folder's index.csv lists (a run joins it when it finishes)."""
-    index = group.parent / "index.csv"
+    index = group.parent / INDEX
     if not index.is_file():
         return []
     table = read_index(index)
@@ -206,16 +146,14 @@ def load_runs(dirs):
         if missing:
             raise CompareError(f"{path} is not a finished training run (no {missing}): give run folders or group "
                                "folders of runs that train_fastai.py finished")
-        config = read_json(path / "config.json")
-        summary = read_json(path / "summary.json")
+        config, summary = read_config(path, RUN_FILE_FIX), read_summary(path, RUN_FILE_FIX)
         for name in SUMMARY_NUMBERS:
             if not isinstance(summary.get(name), (int, float)):
-                raise CompareError(f"{path / 'summary.json'} is damaged (no number {name}): {RUN_FILE_FIX}")
+                raise CompareError(f"{path / SUMMARY} is damaged (no number {name}): {RUN_FILE_FIX}")
         rows.append({"run": path.name, "group": config.get("group") or path.name,
                      "point": config.get("sweep_point") or "",
                      **{name: shown_setting(config, name) for name in SETTINGS}, **headline(summary),
-                     "history": read_table(path / "history.csv", ["epoch", "accuracy"]),
-                     "schedule": read_table(path / "lr_schedule.csv", ["epoch", "lr"])})
+                     "history": read_history(path, RUN_FILE_FIX), "schedule": read_schedule(path, RUN_FILE_FIX)})
     return pd.DataFrame(rows)
 
 

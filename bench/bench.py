@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from cifar10_fast.core import settings  # noqa: E402
+from cifar10_fast.core.config import option  # noqa: E402
 
 ROWS = ("ours", "seed-style", "fastai-stock", "airbench94")
 # The full bench, and the smoke run that only checks the harness (never a figure to quote).
@@ -80,7 +81,7 @@ def parse_args(argv=None):
         p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
     for name in ("seeds", "baseline_seeds"):
         if not 1 <= getattr(args, name) <= SEEDS_LIMIT:
-            p.error(f"{settings.option(name)} must be from 1 to {SEEDS_LIMIT}, not {getattr(args, name)}")
+            p.error(f"{option(name)} must be from 1 to {SEEDS_LIMIT}, not {getattr(args, name)}")
     settings.check_training_flags(args, TRAINING_FLAGS)
     args.out = args.out or REPO / "bench" / "results"
     settings.check_out_folder(p, args.out)

@@ -9,7 +9,7 @@ from fastai.vision.all import Adam, CrossEntropyLossFlat, Learner, accuracy, set
 
 from augment import training_augmentations
 from bench.measure import peak_memory, synchronize
-from cifar10_fast.core import settings
+from cifar10_fast.core.config import PEAK_FRACTION, RECIPE
 from cifar10_fast.data.loaders import cifar10_dataloaders
 from cifar10_fast.training.lr_schedule import one_cycle
 from customresnet import CustomResNet
@@ -24,9 +24,9 @@ def run(args, device, seed, work):
                                      seed=seed, on_device=False,
                                      augmentations=training_augmentations("albumentations", seed))
         learn = Learner(dls, CustomResNet(len(dls.vocab), args.width), loss_func=CrossEntropyLossFlat(),
-                        opt_func=Adam, metrics=accuracy, wd=settings.RECIPE["wd"],
+                        opt_func=Adam, metrics=accuracy, wd=RECIPE.wd,
                         path=Path(tempfile.mkdtemp(dir=work, prefix="fastai-stock-")))
-        schedule = one_cycle(*args.lrs, args.epochs * settings.PEAK_FRACTION, args.epochs)
+        schedule = one_cycle(*args.lrs, args.epochs * PEAK_FRACTION, args.epochs)
         fit_start = time.perf_counter()  # fastai's fit alone: none of ours' checkpoints or outputs
         learn.fit_one_cycle(**schedule)
         synchronize(device)

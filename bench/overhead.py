@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from cifar10_fast.core import settings  # noqa: E402
+from cifar10_fast.core.config import PEAK_FRACTION, RECIPE, option  # noqa: E402
 
 # The measurement. A thin model (width 8) in batches of 16 on one thread keeps the model's compute
 # (10-15 ms a step on a 2-core Xeon) of the order of the framework's cost, and the whole bench at
@@ -74,7 +75,7 @@ def parse_args(argv=None):
     settings.check_training_flags(args, TRAINING_FLAGS)  # --width, --bs and --epochs at least 1 among them
     for name in ("threads", "train_batches", "test_batches", "repeats", "profile_steps", "top"):
         if getattr(args, name) < 1:
-            p.error(f"{settings.option(name)} must be at least 1, not {getattr(args, name)}")
+            p.error(f"{option(name)} must be at least 1, not {getattr(args, name)}")
     if args.profile_warmup < 0:  # else the window never opens, found only after the whole measurement
         p.error(f"--profile-warmup must not be negative, not {args.profile_warmup}")
     if args.threads > os.cpu_count():  # more compute threads than cores only measures their contention
@@ -195,10 +196,10 @@ class PlainFit:
         self.model = CustomResNet(len(CLASSES), args.width).to(device)
         if device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)  # as ours' learn.to_channelslast
-        self.opt = fused_adamw(self.model, args.lr_max, settings.RECIPE["wd"])
+        self.opt = fused_adamw(self.model, args.lr_max, RECIPE.wd)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(
             self.opt, max_lr=args.lr_max, total_steps=args.epochs * args.train_batches,
-            pct_start=settings.PEAK_FRACTION, div_factor=args.lr_max / args.lr_min, final_div_factor=1.0,
+            pct_start=PEAK_FRACTION, div_factor=args.lr_max / args.lr_min, final_div_factor=1.0,
             base_momentum=BETA1_LOW, max_momentum=BETA1_HIGH)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         self.augmentations = gpu_augmentations()

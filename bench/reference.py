@@ -18,12 +18,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from cifar10_fast.core import settings  # noqa: E402
+from cifar10_fast.core.config import RECIPE  # noqa: E402
 from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
 
 # Every setting of config.json that makes the run the recipe: the seed preset's, and no thin model,
 # subset or early stop. The LRs are the run's own (its finder's or the flags').
-RECIPE = {**settings.PRESETS["seed"], "preset": "seed", "target_acc": None, "width": 64, "subset": None}
-# What the reference's .json takes from each file of the run (check_recipe reads RECIPE's settings too).
+RECIPE_SETTINGS = {name: getattr(RECIPE, name) for name in ("preset", "epochs", "bs", "wd", "label_smoothing", "tta",
+                                                            "target_acc", "width", "subset")}
+# What the reference's .json takes from each file of the run (check_recipe reads RECIPE_SETTINGS too).
 RECORDED = {"config": ("epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "aug", "precision",
                        "width", "seed", "test_images", "data"),
             "summary": ("final_accuracy", "fit_seconds", "device", "versions"),
@@ -70,10 +72,10 @@ def read_json(path, keys):
 def check_recipe(run_dir, run):
     """Refuse a run whose settings are not the recipe's, or that stopped before its last epoch."""
     config, summary = run["config"], run["summary"]
-    off_recipe = {key: config.get(key) for key, value in RECIPE.items() if config.get(key) != value}
+    off_recipe = {key: config.get(key) for key, value in RECIPE_SETTINGS.items() if config.get(key) != value}
     if off_recipe:
         raise ReferenceError(f"{run_dir} is not the recipe ({', '.join(f'{k}={v}' for k, v in off_recipe.items())}; "
-                             f"the reference is {', '.join(f'{k}={v}' for k, v in RECIPE.items())}): "
+                             f"the reference is {', '.join(f'{k}={v}' for k, v in RECIPE_SETTINGS.items())}): "
                              "train one with `python train_fastai.py --epochs 24`")
     # --target-acc is refused above; a run that ran fewer epochs than it was given is no 24-epoch run either.
     if summary.get("stopped_early") or summary.get("epochs", config["epochs"]) < config["epochs"]:

@@ -11,7 +11,7 @@ from fastai.vision.all import set_seed
 from augment import albumentations_pipeline
 from bench.measure import peak_memory, synchronize
 from bench.tensors import data_tensors
-from cifar10_fast.core import settings
+from cifar10_fast.core.config import PEAK_FRACTION, RECIPE
 from cifar10_fast.data.decoded_folder import channel_stats
 from customresnet import CustomResNet
 
@@ -44,9 +44,9 @@ def notebook_optimizer(model, lr_min, lr_max, total_steps):
     """What the notebooks wrote: torch.optim.Adam at its defaults (betas 0.9/0.999, eps 1e-8) with L2
     weight decay on every parameter, added to the gradient as torch does, and OneCycleLR at its
     defaults but for the recipe's knots (beta1 cycles 0.95 -> 0.85 -> 0.95)."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr_max, weight_decay=settings.RECIPE["wd"])
+    opt = torch.optim.Adam(model.parameters(), lr=lr_max, weight_decay=RECIPE.wd)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr_max, total_steps=total_steps,
-                                                pct_start=settings.PEAK_FRACTION, div_factor=lr_max / lr_min,
+                                                pct_start=PEAK_FRACTION, div_factor=lr_max / lr_min,
                                                 final_div_factor=1.0)
     return opt, sched
 

@@ -575,7 +575,7 @@ CASES = {
     "config.json with tta that is not true or false": ("train", config_saying(tta=1), REFUSE,
                                                        "holds tta = 1, which --tta cannot give", None),
     "checkpoint.json that is not JSON": ("train", unreadable_checkpoint, REFUSE,
-                                         "checkpoint.json cannot be read (UnicodeDecodeError)", None),
+                                         "checkpoint.json is damaged (UnicodeDecodeError", None),
     "--resume into another --out": ("train", resume_into_another_out, REFUSE, "belongs to --out", None),
     "--width too large for memory": ("train", flags("--width", "100000"), REFUSE,
                                      "out of memory for CustomResNet --width 100000 in batches of --bs 16", None),
@@ -848,11 +848,11 @@ def test_debug_shows_the_traceback(tmp_path):
 # Issue 9, train side: failures no check before the run can foresee -------------------------
 
 def train_until(monkeypatch, name, failure, tmp_path, tiny_folder, *debug):
-    """A run whose step `name` (as train_fastai calls it) raises `failure` instead."""
+    """A run whose step `name` ("fit", or "outputs.write_export": as it is called) raises `failure` instead."""
     def fail(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(f"train_fastai.{name}", fail)
+    monkeypatch.setattr(f"train_fastai.{name}" if name == "fit" else f"cifar10_fast.training.{name}", fail)
     main([*debug, "--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16",
           *GIVEN_LRS, "--epochs", "1"])
 
@@ -874,7 +874,7 @@ def test_a_file_system_failure_midway_is_one_line_and_keeps_what_the_run_finishe
     it happened."""
     denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "runs" / "x" / "export.pkl"))
     with pytest.raises(SystemExit) as e:
-        train_until(monkeypatch, "write_export", denied, tmp_path, tiny_folder)
+        train_until(monkeypatch, "outputs.write_export", denied, tmp_path, tiny_folder)
     assert e.value.code == 2
     err = capsys.readouterr().err
     run_dir, = (tmp_path / "runs").iterdir()
@@ -884,7 +884,7 @@ def test_a_file_system_failure_midway_is_one_line_and_keeps_what_the_run_finishe
     for name in ("config.json", "history.csv", "curves.png", "summary.json", "model.safetensors"):
         assert (run_dir / name).is_file(), name
     with pytest.raises(PermissionError):
-        train_until(monkeypatch, "write_export", denied, tmp_path, tiny_folder, "--debug")
+        train_until(monkeypatch, "outputs.write_export", denied, tmp_path, tiny_folder, "--debug")
 
 
 # Issue 17, class 2: the machine's failures name the path and the fix -------------------------
@@ -895,7 +895,7 @@ def test_a_full_disk_while_the_weights_are_written_is_one_line_naming_them_and_l
     def full_disk(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("cifar10_fast.training.outputs.save_file", full_disk)
+    monkeypatch.setattr("cifar10_fast.training.fit.save_file", full_disk)
     with pytest.raises(SystemExit) as e:
         main(["--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16", *GIVEN_LRS,
               "--epochs", "1"])
@@ -909,7 +909,7 @@ def test_a_full_disk_while_the_weights_are_written_is_one_line_naming_them_and_l
 
 def test_a_programming_error_keeps_its_traceback(tmp_path, tiny_folder, monkeypatch):
     with pytest.raises(KeyError):
-        train_until(monkeypatch, "write_export", KeyError("a bug of ours"), tmp_path, tiny_folder)
+        train_until(monkeypatch, "outputs.write_export", KeyError("a bug of ours"), tmp_path, tiny_folder)
 
 
 def test_text_in_another_encoding_is_one_line_naming_it():

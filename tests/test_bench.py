@@ -13,7 +13,7 @@ from bench import (
     seed_style,
 )
 from bench.tensors import data_tensors
-from cifar10_fast.core.settings import RECIPE
+from cifar10_fast.core.config import RECIPE
 from customresnet import CustomResNet
 from tests.conftest import REPO, one_line_error
 
@@ -119,7 +119,7 @@ def test_seed_style_trains_as_the_notebooks_did():
     opt, sched = seed_style.notebook_optimizer(model, 1e-4, 4e-3, total_steps=240)
     group, = opt.param_groups
     assert len(group["params"]) == len(list(model.parameters()))  # BatchNorm and biases decayed too
-    assert group["weight_decay"] == RECIPE["wd"] and not group["decoupled_weight_decay"]
+    assert group["weight_decay"] == RECIPE.wd and not group["decoupled_weight_decay"]
     assert group["eps"] == 1e-8 and group["betas"] == (0.95, 0.999)  # beta1 at OneCycleLR's start
     lrs = []
     for _ in range(240):

@@ -10,8 +10,8 @@ import pytest
 from fastai.callback.core import Callback
 
 import train_fastai
+from cifar10_fast.core.config import UsageError
 from cifar10_fast.core.errors import command_to_retype
-from cifar10_fast.core.settings import UsageError
 from cifar10_fast.training.fit import load_checkpoint
 from tests.conftest import GIVEN_LRS, REPO, history_values, train, write_folder, write_tgz
 from train_fastai import main

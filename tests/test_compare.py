@@ -9,6 +9,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 import compare
+from cifar10_fast.core import run_folder
 
 
 def members(group):
@@ -52,12 +53,12 @@ def test_every_finished_run_is_a_row_of_the_index(finished_sweep):
 
 def append_rows(out, first, count):
     for i in range(first, first + count):
-        compare.append_to_index(out, out / f"run{i}", {"i": i}, {"final_accuracy": 0.5})
+        run_folder.append_to_index(out, out / f"run{i}", {"i": i}, {"final_accuracy": 0.5})
 
 
 def test_index_keeps_every_row_adds_new_columns_and_survives_concurrent_runs(tmp_path):
-    compare.append_to_index(tmp_path, tmp_path / "old", {"name": "007", "lr_max": 0.01}, {"final_accuracy": 0.9})
-    compare.append_to_index(tmp_path, tmp_path / "new", {"name": "x", "lr_max": 0.02, "label_smoothing": 0.2},
+    run_folder.append_to_index(tmp_path, tmp_path / "old", {"name": "007", "lr_max": 0.01}, {"final_accuracy": 0.9})
+    run_folder.append_to_index(tmp_path, tmp_path / "new", {"name": "x", "lr_max": 0.02, "label_smoothing": 0.2},
                             {"final_accuracy": 0.95})
     index = pd.read_csv(tmp_path / "index.csv", dtype=str, keep_default_na=False)
     assert list(index.run) == ["old", "new"] and list(index.name) == ["007", "x"]  # earlier values as written
@@ -192,16 +193,16 @@ def test_a_group_that_did_not_finish_names_its_finished_runs(finished_sweep, tmp
 def test_a_run_has_one_row_however_often_it_finishes(tmp_path):
     """A resumed run stopped after its row was written, before it deleted its checkpoint: resumed
     again, it writes its row again, in place of the first."""
-    compare.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
-    compare.append_to_index(tmp_path, tmp_path / "b", {"seed": 1}, {"final_accuracy": 0.6})
-    compare.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
+    run_folder.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
+    run_folder.append_to_index(tmp_path, tmp_path / "b", {"seed": 1}, {"final_accuracy": 0.6})
+    run_folder.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
     assert list(pd.read_csv(tmp_path / "index.csv").run) == ["b", "a"]
 
 
 # Issue 17: what is recorded is what happened; output a person can read ------------------------
 
 def test_index_writes_class_names_in_any_script_as_they_are(tmp_path):
-    compare.append_to_index(tmp_path, tmp_path / "run", {"classes": ["猫", "犬", "chat"]}, {"final_accuracy": 0.5})
+    run_folder.append_to_index(tmp_path, tmp_path / "run", {"classes": ["猫", "犬", "chat"]}, {"final_accuracy": 0.5})
     text = (tmp_path / "index.csv").read_text(encoding="utf-8")
     assert '猫' in text and "\\u" not in text
     assert json.loads(pd.read_csv(tmp_path / "index.csv").classes[0]) == ["猫", "犬", "chat"]

@@ -88,7 +88,8 @@ def test_a_whole_run_on_a_gpu_mixes_no_devices_and_never_waits_in_the_training_b
     assert isinstance(learn.opt, FusedAdamW)
     assert gpu.sync_debug_mode == 0
     # fastai's LRFinder reads the smoothed loss twice an iteration (its best, its divergence): the
-    # reads the docs promise, and the only ones of the range test's batches.
+    # reads the docs promise, and the only ones of the range test's batches. It may stop before its
+    # 100 iterations where the loss diverges, which lr_find.json says.
     iterations = json.loads((run_dir / "lr_find.json").read_text())["iterations"]
     finder_reads = [(phase, kind) for phase, kind, _, where in gpu.events if where.startswith("schedule.py")]
     assert set(finder_reads) == {("range test", "host read")}

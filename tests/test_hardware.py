@@ -7,7 +7,7 @@ import pytest
 import torch
 from fastai.vision.all import Learner
 
-from cifar10_fast.core.settings import UsageError
+from cifar10_fast.core.config import UsageError
 from cifar10_fast.data.loaders import cifar10_dataloaders
 from cifar10_fast.training import hardware
 from cifar10_fast.training.hardware import seed_everything

@@ -16,10 +16,12 @@ from fastai.callback.core import Callback
 
 import train_fastai
 from cifar10_fast.core import lifecycle
+from cifar10_fast.core.config import FINDER_ITERS_MIN
 from cifar10_fast.core.errors import command_to_retype, one_line_errors
-from cifar10_fast.core.settings import FINDER_ITERS_MIN, parse_args
+from cifar10_fast.core.settings import parse_args
 from cifar10_fast.data.cache import interruptible
 from cifar10_fast.training import fit as checkpoint
+from cifar10_fast.training import outputs
 from tests.conftest import GIVEN_LRS, REPO, TINY, ctrl_c_while_torch_loads, history_values, train
 from train_fastai import main
 
@@ -100,13 +102,13 @@ def test_sigterm_after_the_fit_keeps_it_and_resume_writes_the_outputs_without_tr
         tmp_path, tiny_folder, monkeypatch, capsys, sigterm_fails_the_test):
     """The fit stops early at --target-acc, and a SIGTERM comes while its outputs are written: the
     weights and what the summary needs are kept; --resume writes every output, training nothing."""
-    real_interpretation = train_fastai.write_interpretation
+    real_interpretation = outputs.write_interpretation
 
     def sigterm_then_interpretation(*args):
         os.kill(os.getpid(), signal.SIGTERM)
         real_interpretation(*args)
 
-    monkeypatch.setattr(train_fastai, "write_interpretation", sigterm_then_interpretation)
+    monkeypatch.setattr(outputs, "write_interpretation", sigterm_then_interpretation)
     out = tmp_path / "runs"
     line = stopped(["--data", tiny_folder, "--out", out, *GIVEN_LRS, "--epochs", 2, "--tta", "--target-acc", 0.01,
                     "--name", "cut"], capsys)
@@ -119,7 +121,7 @@ def test_sigterm_after_the_fit_keeps_it_and_resume_writes_the_outputs_without_tr
     assert not (run_dir / "summary.json").exists() and not (out / "index.csv").exists()
     history = history_values(run_dir)
 
-    monkeypatch.setattr(train_fastai, "write_interpretation", real_interpretation)
+    monkeypatch.setattr(outputs, "write_interpretation", real_interpretation)
     trained = with_callback(monkeypatch, CountTrainingBatches())
     main(["--resume", str(run_dir)])
     assert trained.count == 0 and "the fit was done (1 epochs): writing its outputs, training nothing" in capsys.readouterr().out

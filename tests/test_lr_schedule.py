@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from fastai.test_utils import synth_learner
 
-from cifar10_fast.core.settings import FINDER_END_LR, FINDER_ITERS_MIN, FINDER_START_LR, UsageError
+from cifar10_fast.core.config import FINDER_END_LR, FINDER_ITERS_MIN, FINDER_START_LR, UsageError
 from cifar10_fast.training.lr_schedule import lr_bounds, one_cycle, usable_curve
 
 

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from cifar10_fast.core import settings
-from cifar10_fast.core.settings import PRESETS, member, parse_args
+from cifar10_fast.core.config import PRESETS, RECIPE, lr_source, member
+from cifar10_fast.core.settings import parse_args
 from tests.conftest import REPO
 
 
@@ -18,7 +19,7 @@ def test_presets_fill_the_flags_left_unset_and_given_flags_win():
     assert {name: getattr(fast, name) for name in PRESETS["fast"]} == PRESETS["fast"]
     assert fast.epochs < 24 and fast.label_smoothing > 0 and fast.tta
     given = parse_args(["--preset", "fast", "--epochs", "12", "--no-tta", "--label-smoothing", "0"])
-    assert (given.epochs, given.tta, given.label_smoothing, given.bs) == (12, False, 0.0, PRESETS["fast"]["bs"])
+    assert (given.epochs, given.tta, given.label_smoothing, given.bs) == (12, False, 0.0, RECIPE.bs)
 
 
 def run_script(*args):
@@ -91,8 +92,7 @@ def test_a_resumed_run_takes_back_its_name_and_its_place_in_a_group(tmp_path):
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "checkpoint.json").write_text(json.dumps({"epochs_done": 1, "history": [["0"]], "lrs": [1e-4],
                                                          "moms": [0.95], "fit_seconds": 1.0}))
-    args = parse_args(["--resume", str(run_dir)])
-    resumed = member(args, args.points[0])
+    resumed = member(parse_args(["--resume", str(run_dir)]), {})
     for key in ("name", "tta", "target_acc", "group", "sweep_point", "seed", "lr_max"):
         assert getattr(resumed, key) == config[key], key
 
@@ -143,10 +143,10 @@ def test_the_fast_presets_tta_goes_with_find_lr_and_a_given_one_does_not(capsys)
 
 
 def test_each_lr_records_its_own_source():
-    assert settings.lr_source(None, None) == "lr_find.json"
-    assert settings.lr_source(1e-4, 1e-3) == "flags"
-    assert settings.lr_source(None, 1e-3) == "lr_min: lr_find.json, lr_max: flags"
-    assert settings.lr_source(1e-4, None) == "lr_min: flags, lr_max: lr_find.json"
+    assert lr_source(None, None) == "lr_find.json"
+    assert lr_source(1e-4, 1e-3) == "flags"
+    assert lr_source(None, 1e-3) == "lr_min: lr_find.json, lr_max: flags"
+    assert lr_source(1e-4, None) == "lr_min: flags, lr_max: lr_find.json"
 
 
 def test_a_weight_decay_is_checked_against_each_swept_lr_max(capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar10_fast.core.settings import FINDER_ITERS_MIN, UsageError
+from cifar10_fast.core.config import FINDER_ITERS_MIN, UsageError
 from cifar10_fast.training import lr_schedule
 from customresnet import CustomResNet
 from tests.conftest import (

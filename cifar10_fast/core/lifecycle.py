@@ -16,7 +16,6 @@ once a checkpoint exists says how to resume too.
 Nothing here loads torch: `--resume` of a folder in use is refused before anything loads.
 """
 import importlib.util
-import json
 import os
 import shlex
 import signal
@@ -30,9 +29,9 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from cifar10_fast.core.errors import BadInput, command_to_retype
+from cifar10_fast.core.run_folder import CONFIG, LOCK, REPORT, epochs_logged, is_range_test, read_progress
 
 TRAINER = Path(importlib.util.find_spec("train_fastai").origin)  # found, not imported: it loads torch
-LOCK = ".lock"
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C or SIGTERM
 NOTHING_TO_RESUME = "interrupted before training: nothing to resume"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -117,25 +116,6 @@ def refuse_if_held(run_dir):
     let_go()
 
 
-def read_progress(run_dir):
-    """checkpoint.json of `run_dir`, or None where there is none. (It is written whole, by a rename.)"""
-    path = Path(run_dir) / "checkpoint.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def is_range_test(run_dir):
-    """Whether `run_dir` is a --find-lr run's, by its config.json (which may be damaged: then not)."""
-    try:
-        return json.loads((Path(run_dir) / "config.json").read_text()).get("find_lr") is True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def epochs_logged(run_dir):
-    history = Path(run_dir) / "history.csv"
-    return max(len(history.read_text().splitlines()) - 1, 0) if history.is_file() else 0
-
-
 def what_it_kept(run_dir):
     """One line: what `run_dir` keeps of a run stopped now, and how to go on."""
     if run_dir is None:
@@ -147,7 +127,7 @@ def what_it_kept(run_dir):
     if progress:
         return f"interrupted; epochs 1-{progress['epochs_done']} are saved in {run_dir}. Resume with: " \
                f"{resume_command(run_dir)}"
-    if (run_dir / "report.html").is_file():
+    if (run_dir / REPORT).is_file():
         return f"interrupted after {run_dir} was finished: it is whole"
     if is_range_test(run_dir):
         return f"interrupted in the LR range test: nothing to resume in {run_dir}; start it again"
@@ -156,9 +136,9 @@ def what_it_kept(run_dir):
 
 def nothing_to_resume(run_dir):
     """Why `run_dir`, which holds no checkpoint.json, cannot be resumed, and what to do instead."""
-    if not (run_dir / "config.json").is_file():
+    if not (run_dir / CONFIG).is_file():
         return f"{run_dir} holds no checkpoint.json and no config.json: give the folder of an interrupted run"
-    if (run_dir / "report.html").is_file():
+    if (run_dir / REPORT).is_file():
         return f"{run_dir} holds no checkpoint.json: its run finished, so there is nothing to resume"
     if is_range_test(run_dir):
         return f"{run_dir} holds no checkpoint.json: it is an LR range test (--find-lr), which has nothing to resume"

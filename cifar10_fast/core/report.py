@@ -9,10 +9,20 @@ from pathlib import Path
 import pandas as pd
 
 from cifar10_fast.core.files import atomic
+from cifar10_fast.core.run_folder import (
+    CONFUSION_MATRIX_PNG,
+    CURVES_PNG,
+    LR_FIND_PNG,
+    LR_SCHEDULE_PNG,
+    MISCLASSIFIED_PNG,
+    REPORT,
+    read_config,
+    read_summary,
+)
 
-PLOTS = {"lr_find.png": "LR range test", "lr_schedule.png": "LR and momentum schedule",
-         "curves.png": "loss and test accuracy per epoch", "confusion_matrix.png": "confusion matrix (test set)",
-         "misclassified.png": "the test images with the highest loss"}
+PLOTS = {LR_FIND_PNG: "LR range test", LR_SCHEDULE_PNG: "LR and momentum schedule",
+         CURVES_PNG: "loss and test accuracy per epoch", CONFUSION_MATRIX_PNG: "confusion matrix (test set)",
+         MISCLASSIFIED_PNG: "the test images with the highest loss"}
 HEADLINE = {"final_accuracy": "final test accuracy (the headline)", "tta_accuracy": "with flip TTA",
             "best_accuracy": "best epoch (for information only)", "epochs": "epochs trained",
             "stopped_early": "stopped at --target-acc", "fit_seconds": "fit seconds",
@@ -33,8 +43,7 @@ def key_value_table(values):
 
 
 def render(run_dir):
-    config = json.loads((run_dir / "config.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text())
+    config, summary = read_config(run_dir), read_summary(run_dir)
     numbers = {label: summary[key] for key, label in HEADLINE.items() if key in summary}
     for key in ("final_accuracy", "tta_accuracy", "best_accuracy"):
         if key in summary:
@@ -51,7 +60,7 @@ def render(run_dir):
 
 def write_report(run_dir):
     run_dir = Path(run_dir)
-    with atomic(run_dir / "report.html") as tmp:
+    with atomic(run_dir / REPORT) as tmp:
         tmp.write_text(render(run_dir))
-    return run_dir / "report.html"
+    return run_dir / REPORT
 

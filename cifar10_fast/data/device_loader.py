@@ -4,6 +4,8 @@ import torch
 from fastai.data.core import TfmdDL
 from fastai.torch_core import TensorCategory, TensorImage, num_distrib
 
+from cifar10_fast.core.internals import dataloader_order
+
 
 class DeviceDataLoader(TfmdDL):
     """A fastai DataLoader that serves batches straight from uint8 images held in device memory.
@@ -52,7 +54,7 @@ class DeviceDataLoader(TfmdDL):
     def sample(self):
         # fastai's sample() hands on get_idxs' order (which its __iter__ keeps in a private
         # attribute) one Python int at a time; an order on the device, or a range, goes on whole.
-        order = self._DataLoader__idxs
+        order = dataloader_order(self)
         return order if torch.is_tensor(order) or isinstance(order, range) else super().sample()
 
     def create_batches(self, samps):

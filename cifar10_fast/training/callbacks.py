@@ -2,6 +2,7 @@
 interruption saves, the history log, the last test pass's predictions, and the flip of test-time
 augmentation."""
 import copy
+import os
 import time
 
 import numpy as np
@@ -12,7 +13,8 @@ from fastai.learner import Recorder
 from fastai.metrics import accuracy
 from fastai.torch_core import get_model
 
-from cifar10_fast.training.hardware import seconds_compiling
+from cifar10_fast.core.internals import compile_seconds
+from cifar10_fast.core.run_folder import HISTORY
 
 ACCURACY_MILESTONES = (0.90, 0.93, 0.94)
 
@@ -34,7 +36,7 @@ class TimeToAccuracy(Callback):
     def before_fit(self):
         self.start, self.stopped_early = time.perf_counter(), self.earlier["stopped_early"]
         self.reached = {float(milestone): tuple(when) for milestone, when in self.earlier["reached"].items()}
-        self.compiling_before = seconds_compiling()  # compiling is not training: --compile counts it apart
+        self.compiling_before = compile_seconds()  # compiling is not training: --compile counts it apart
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:
@@ -42,7 +44,7 @@ class TimeToAccuracy(Callback):
         accuracy = float(dict(zip(self.recorder.metric_names[1:-1], self.recorder.values[-1]))["accuracy"])
         for milestone in self.milestones:
             if accuracy >= milestone and milestone not in self.reached:
-                seconds = time.perf_counter() - self.start - (seconds_compiling() - self.compiling_before)
+                seconds = time.perf_counter() - self.start - (compile_seconds() - self.compiling_before)
                 self.reached[milestone] = (self.epoch + 1, round(seconds, 3))
         if self.target and accuracy >= self.target and self.epoch + 1 < self.n_epoch:
             self.stopped_early = True
@@ -110,22 +112,31 @@ class EpochSnapshot(Callback):
 
 
 class HistoryLogger(CSVLogger):
-    """fastai's CSVLogger; on a resumed run, the epochs fit_one_cycle skips are logged with their
-    rows from before the interruption, so history.csv is whole again."""
+    """fastai's CSVLogger (its file and header, its closing), each epoch's line written and synced
+    to disk as fastai writes it; on a resumed run, the epochs fit_one_cycle skips are logged with
+    their rows from before the interruption, so history.csv is whole again."""
 
     def __init__(self, earlier_rows):
-        super().__init__("history.csv")
+        super().__init__(HISTORY)
         self.earlier_rows, self.rows = earlier_rows, []
 
-    def _write_line(self, log):
+    def before_fit(self):
+        super().before_fit()
+        if hasattr(self, "old_logger"):  # CSVLogger opened the file (not under get_preds): its lines are ours
+            self.learn.logger = self.write_line
+
+    def write_line(self, log):
         if log[0] < len(self.earlier_rows):
             log = self.earlier_rows[log[0]]
         self.rows.append([str(v) for v in log])
         try:
-            super()._write_line(log)
+            self.file.write(",".join(self.rows[-1]) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
         except OSError as e:  # a write names no file: this one (a full disk, say)
             e.filename = e.filename or str(self.path / self.fname)
             raise
+        self.old_logger(log)
 
     def close(self):
         """The file closed where the fit did not reach after_fit (Ctrl-C, SIGTERM: fastai runs no

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from fastai.distributed import DistributedDL
 from fastai.torch_core import num_distrib
+
+from cifar10_fast.core.internals import broadcast_epoch_order_with
 
 
 def join_processes(device):
@@ -23,7 +24,7 @@ def join_processes(device):
     if not state.is_main_process:
         sys.stdout = open(os.devnull, "w")  # one process tells the user what happens
     if device.type == "cpu":
-        DistributedDL._broadcast = broadcast_on_cpu
+        broadcast_epoch_order_with(broadcast_on_cpu)
         return state.num_processes, device  # accelerate would say cpu:0
     return state.num_processes, state.device
 

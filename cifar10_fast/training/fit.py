@@ -9,23 +9,29 @@ whatever comes after: the weights as model.safetensors (what the outputs would w
 checkpoint.json marked fit_done, so that nothing after the fit (a signal, a full disk, a crash while
 the outputs are written) loses it: --resume of such a run writes the outputs without training. The
 run deletes both files once it is whole."""
-import json
 import time
 import warnings
-from pathlib import Path
 
-import pandas as pd
+import fastai.distributed  # noqa: F401  Learner.distrib_ctx
 import torch
 from fastai.callback.core import Callback
 from fastai.learner import load_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from cifar10_fast.core.files import atomic, write_json
+from cifar10_fast.core.config import UsageError
+from cifar10_fast.core.files import atomic
+from cifar10_fast.core.internals import compile_seconds, uncompiled
 from cifar10_fast.core.lifecycle import CHECKPOINT_EVERY_S
-from cifar10_fast.core.settings import UsageError
+from cifar10_fast.core.run_folder import (
+    CHECKPOINT_WEIGHTS,
+    WEIGHTS,
+    read_config,
+    read_history,
+    read_progress,
+    write_progress,
+)
 from cifar10_fast.training.callbacks import EpochSnapshot, HistoryLogger, StopOnDivergence, TimeToAccuracy
-from cifar10_fast.training.hardware import seconds_compiling
-from cifar10_fast.training.outputs import plain_model, write_curves, write_weights
+from cifar10_fast.training.outputs import write_curves
 from cifar10_fast.training.recording import sync_debug_lifted_after
 
 
@@ -38,12 +44,12 @@ def fit(learn, schedule, run_dir, resumed, cbs=()):
     if fit_was_done:
         print(f"the fit was done ({done} epochs): writing its outputs, training nothing")
         schedule = {**schedule, "n_epoch": done}
-    start, compiling, finished = time.perf_counter(), seconds_compiling(), False
+    start, compiling, finished = time.perf_counter(), compile_seconds(), False
 
     def seconds():
         if fit_was_done:
             return resumed["fit_seconds"]
-        return resumed.get("fit_seconds", 0) + time.perf_counter() - start - (seconds_compiling() - compiling)
+        return resumed.get("fit_seconds", 0) + time.perf_counter() - start - (compile_seconds() - compiling)
 
     logger, snapshot, divergence = HistoryLogger(resumed.get("history", [])), EpochSnapshot(resumed), StopOnDivergence()
     periodic = PeriodicCheckpoint(run_dir, snapshot, logger, seconds, first_epoch=done)
@@ -97,13 +103,12 @@ def save_checkpoint(run_dir, snapshot, rows, fit_seconds, curves=True):
     resumed run keeps the checkpoint it started from)."""
     if snapshot.state is None:
         return
-    with atomic(run_dir / "checkpoint.pth") as tmp:
+    with atomic(run_dir / CHECKPOINT_WEIGHTS) as tmp:
         torch.save(snapshot.state, tmp)
     done = snapshot.progress_so_far["epochs_done"]
-    write_json(run_dir / "checkpoint.json", {**snapshot.progress_so_far, "history": rows[:done],
-                                             "fit_seconds": fit_seconds})
+    write_progress(run_dir, {**snapshot.progress_so_far, "history": rows[:done], "fit_seconds": fit_seconds})
     if curves:
-        write_curves(pd.read_csv(run_dir / "history.csv").iloc[:done], run_dir)
+        write_curves(read_history(run_dir).iloc[:done], run_dir)
 
 
 def keep_finished_fit(learn, run_dir, rows, fit_seconds, resumed, cbs):
@@ -113,20 +118,35 @@ def keep_finished_fit(learn, run_dir, rows, fit_seconds, resumed, cbs):
     write_weights(plain_model(learn), run_dir)
     hps = learn.recorder.hps
     timers = [cb.state() for cb in cbs if isinstance(cb, TimeToAccuracy)]
-    write_json(run_dir / "checkpoint.json",
-               {"epochs_done": len(rows), "fit_done": True, "history": rows, "fit_seconds": fit_seconds,
-                "lrs": [*resumed.get("lrs", []), *map(float, hps["lr"])],
-                "moms": [*resumed.get("moms", []), *map(float, hps["mom"])],
-                **({"time_to_accuracy": timers[0]} if timers else {})})
-    (run_dir / "checkpoint.pth").unlink(missing_ok=True)
+    write_progress(run_dir, {"epochs_done": len(rows), "fit_done": True, "history": rows, "fit_seconds": fit_seconds,
+                             "lrs": [*resumed.get("lrs", []), *map(float, hps["lr"])],
+                             "moms": [*resumed.get("moms", []), *map(float, hps["mom"])],
+                             **({"time_to_accuracy": timers[0]} if timers else {})})
+    (run_dir / CHECKPOINT_WEIGHTS).unlink(missing_ok=True)
+
+
+def plain_model(learn):
+    """The module under a compiled one (the same parameters): what is saved and exported, so that
+    the weights keep their names and the export loads without the compiler."""
+    return uncompiled(learn.model)
+
+
+def write_weights(model, run_dir):
+    """model.safetensors, what predict.py loads without unpickling anything (with classes.json),
+    written the moment the fit ends (checkpoint.keep_finished_fit). Floating-point tensors are
+    stored as fp32 whatever the training precision; BatchNorm's integer batch counts keep their type."""
+    state = {name: (tensor.float() if tensor.is_floating_point() else tensor).detach().contiguous().cpu()
+             for name, tensor in model.state_dict().items()}
+    with atomic(run_dir / WEIGHTS) as tmp:
+        save_file(state, tmp, metadata={"format": "pt", "model": "CustomResNet"})
 
 
 def load_checkpoint(learn, run_dir):
     """The progress saved in checkpoint.json, and into `learn` the weights and optimizer state of
     checkpoint.pth (weights_only: the file cannot run code) or, once the fit was done, the weights
     of model.safetensors."""
-    progress = json.loads((run_dir / "checkpoint.json").read_text())
-    weights = run_dir / ("model.safetensors" if progress.get("fit_done") else "checkpoint.pth")
+    progress = read_progress(run_dir)
+    weights = run_dir / (WEIGHTS if progress.get("fit_done") else CHECKPOINT_WEIGHTS)
     learn.create_opt()
     try:
         if progress.get("fit_done"):
@@ -143,7 +163,7 @@ def load_checkpoint(learn, run_dir):
 def resumed_config(run_dir, config):
     """The config of a run resumed on the data it started with (compared by content, not by the
     folder it was unpacked into), keeping where its LRs came from."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    saved = read_config(run_dir)
     for key in ("data_files", "data_sha256", "train_images", "test_images", "classes"):
         if saved.get(key) != config[key]:
             raise UsageError(f"{run_dir} was run on other data ({key}: {saved.get(key)}, now {config[key]}): resume it "

@@ -3,7 +3,6 @@ where the run's time goes and, on a CPU, how long the run will take."""
 import functools
 import os
 import platform
-import sys
 import time
 from importlib import metadata
 
@@ -11,7 +10,9 @@ import torch
 from fastai.callback.core import Callback
 from fastai.torch_core import find_bs, set_seed
 
-from cifar10_fast.core.settings import UsageError, no_gpu
+from cifar10_fast.core.config import UsageError
+from cifar10_fast.core.internals import compile_seconds
+from cifar10_fast.core.settings import no_gpu
 
 # What torch says when an allocation fails, on the CPU (DefaultCPUAllocator) or elsewhere.
 OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")
@@ -81,15 +82,6 @@ def installed_version(name):
         return None
 
 
-def seconds_compiling():
-    """Seconds torch.compile has spent compiling in this process so far, forward and backward graphs
-    (torch's own account of them); 0 where nothing was compiled, without loading the compiler to ask."""
-    if "torch._dynamo" not in sys.modules:
-        return 0.0
-    from torch._dynamo.utils import calculate_time_spent
-    return calculate_time_spent()["total_wall_time"]
-
-
 def process_age():
     """Seconds since this process started: Python and the imports, before the first line of a run.
     On Linux, from the kernel's count since boot: psutil's start time adds the boot time, which
@@ -109,7 +101,7 @@ class Phases:
 
     def __init__(self, start_up=None):
         self.seconds = {} if start_up is None else {"start_up": round(start_up, 3)}
-        self.last, self.compiling_before = time.perf_counter(), seconds_compiling()
+        self.last, self.compiling_before = time.perf_counter(), compile_seconds()
 
     def end(self, phase):
         """The phase that ends now, from the end of the one before."""
@@ -122,7 +114,7 @@ class Phases:
 
     def compiling(self):
         """Seconds compiling since the run began (a process may run several)."""
-        return seconds_compiling() - self.compiling_before
+        return compile_seconds() - self.compiling_before
 
 
 class CpuEstimate(Callback):
@@ -137,7 +129,7 @@ class CpuEstimate(Callback):
         self.finder_iters, self.epochs, self.final_passes = finder_iters, epochs, final_passes
         self.timed_batches, self.enough_seconds = timed_batches, enough_seconds
         self.batches = []  # (seconds, forward seconds, images) of each training batch so far
-        self.compiling_before = seconds_compiling()
+        self.compiling_before = compile_seconds()
 
     def before_train(self):
         self.batch_end = time.perf_counter()  # a batch runs from the end of the one before: loading it counts
@@ -177,7 +169,7 @@ class CpuEstimate(Callback):
         eval_rate = images / sum(forward for _, forward, _ in timed)
         trained = (self.finder_iters + self.epochs * len(self.dls.train)) * self.dls.train.bs
         evaluated = (self.epochs + self.final_passes) * len(self.dls.valid.dataset)
-        compiling = seconds_compiling() - self.compiling_before
+        compiling = compile_seconds() - self.compiling_before
         print(estimate_line(trained, evaluated, train_rate, eval_rate, compiling), flush=True)
 
 

@@ -9,8 +9,9 @@ import pandas as pd
 import torch
 from fastai.callback.core import Callback
 
-from cifar10_fast.core.files import save_figure, write_csv, write_json
-from cifar10_fast.core.settings import FINDER_END_LR, FINDER_START_LR, UsageError
+from cifar10_fast.core.config import FINDER_END_LR, FINDER_START_LR, UsageError
+from cifar10_fast.core.files import save_figure, write_csv
+from cifar10_fast.core.run_folder import LR_FIND_CSV, LR_FIND_PNG, write_lr_find
 from cifar10_fast.training.recording import quiet
 
 # The smoothed loss must fall by more than this many standard deviations of one batch's loss. Pure
@@ -87,14 +88,23 @@ def find_lr(learn, run_dir, num_it):
     curve = pd.DataFrame({"lr": learn.recorder.lrs, "loss": torch.stack(learn.recorder.losses).tolist(),
                           "batch_loss": torch.stack(batch_losses.losses).tolist()})
     learn.recorder.losses = list(curve.loss)  # on the host, as fastai's own Recorder keeps them: its plot reads them
-    write_csv(run_dir / "lr_find.csv", curve)
+    write_csv(run_dir / LR_FIND_CSV, curve)
     lr_min, lr_max = lr_bounds(usable_curve(curve, num_it))
     plot_lr_find(learn, run_dir, curve, lr_min, lr_max)
-    write_json(run_dir / "lr_find.json", {"lr_min": lr_min, "lr_max": lr_max, "rule": LR_RULE,
-                                          "iterations": num_it, "start_lr": FINDER_START_LR,
-                                          "end_lr": FINDER_END_LR})
-    print(f"LR range test: LRMIN = {lr_min:.3e}, LRMAX = {lr_max:.3e}")
+    stopped = stop_reason(len(curve), num_it)
+    write_lr_find(run_dir, {"lr_min": lr_min, "lr_max": lr_max, "rule": LR_RULE, "iterations": len(curve),
+                            "iterations_asked": num_it, "stopped": stopped, "start_lr": FINDER_START_LR,
+                            "end_lr": FINDER_END_LR})
+    print(f"LR range test: {len(curve)} iterations ({stopped}); LRMIN = {lr_min:.3e}, LRMAX = {lr_max:.3e}")
     return lr_min, lr_max
+
+
+def stop_reason(iterations, asked):
+    """Why the range test stopped after `iterations` of the `asked`: fastai's LRFinder stops early
+    only where the smoothed loss has passed 4 times its lowest (stop_div)."""
+    if iterations >= asked:
+        return "after its iterations"
+    return f"at iteration {iterations}: the loss diverged (past 4 times its lowest, fastai's stop)"
 
 
 def plot_lr_find(learn, run_dir, curve, lr_min, lr_max):
@@ -105,7 +115,7 @@ def plot_lr_find(learn, run_dir, curve, lr_min, lr_max):
                                 nms=[f"LRMIN {lr_min:.2e}", f"LRMAX {lr_max:.2e}"])
     fig = plt.gcf()
     fig.axes[0].set_title(f"LR range test ({len(curve)} iterations)")
-    save_figure(fig, run_dir / "lr_find.png")
+    save_figure(fig, run_dir / LR_FIND_PNG)
 
 
 def one_cycle(lr_min, lr_max, peak_epoch, epochs):

@@ -12,13 +12,23 @@ import torch
 from fastai.interpret import ClassificationInterpretation
 from fastai.torch_core import num_distrib
 from fastai.vision.data import get_grid
-from safetensors.torch import save_file
 
+from cifar10_fast.core.config import UsageError
 from cifar10_fast.core.files import atomic, save_figure, unused_names, write_csv, write_json
-from cifar10_fast.core.settings import UsageError
+from cifar10_fast.core.report import write_report
+from cifar10_fast.core.run_folder import (
+    CLASSES,
+    CONFUSION_MATRIX_PNG,
+    CURVES_PNG,
+    EXPORT,
+    LR_SCHEDULE_CSV,
+    LR_SCHEDULE_PNG,
+    MISCLASSIFIED_PNG,
+    read_history,
+    write_summary,
+)
 from cifar10_fast.data.loaders import Squash
 from cifar10_fast.training.hardware import device_name, library_versions
-from customresnet import count_parameters
 
 
 def new_run_dir(out, name):
@@ -46,7 +56,7 @@ def write_schedule(learn, run_dir, lr_min, lr_max, resumed):
     lrs, moms = [*resumed.get("lrs", []), *hps["lr"]], [*resumed.get("moms", []), *hps["mom"]]
     schedule = pd.DataFrame({"iteration": np.arange(len(lrs)), "lr": lrs, "mom": moms})
     schedule.insert(1, "epoch", schedule.iteration / iters_per_epoch)
-    write_csv(run_dir / "lr_schedule.csv", schedule)
+    write_csv(run_dir / LR_SCHEDULE_CSV, schedule)
     fig, (ax_lr, ax_mom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     ax_lr.plot(schedule.epoch, schedule.lr)
     for lr, label in ((lr_min, "LRMIN"), (lr_max, "LRMAX")):
@@ -55,7 +65,7 @@ def write_schedule(learn, run_dir, lr_min, lr_max, resumed):
     ax_lr.set(ylabel="learning rate", title="one-cycle schedule, per iteration")
     ax_mom.plot(schedule.epoch, schedule.mom)
     ax_mom.set(xlabel="epoch", ylabel="momentum (Adam beta1)")
-    save_figure(fig, run_dir / "lr_schedule.png")
+    save_figure(fig, run_dir / LR_SCHEDULE_PNG)
 
 
 def write_curves(history, run_dir):
@@ -69,7 +79,7 @@ def write_curves(history, run_dir):
     ax_acc.axhline(90, ls=":", c="gray")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)",
                title=f"final {100 * history.accuracy.iloc[-1]:.2f}%")
-    save_figure(fig, run_dir / "curves.png")
+    save_figure(fig, run_dir / CURVES_PNG)
 
 
 class PredictedInterpretation(ClassificationInterpretation):
@@ -104,38 +114,22 @@ def write_interpretation(learn, run_dir, predictions, shown=10):
     smaller test set), from the test set's `predictions` (probabilities, targets, losses)."""
     interp = PredictedInterpretation(learn, *predictions)
     interp.plot_confusion_matrix(figsize=(7, 7), title="confusion matrix (test set)")
-    save_figure(plt.gcf(), run_dir / "confusion_matrix.png")
+    save_figure(plt.gcf(), run_dir / CONFUSION_MATRIX_PNG)
     shown = min(shown, len(interp.losses))
     with plt.rc_context({"axes.titlesize": 9}):
         interp.plot_top_losses(shown, nrows=min(2, shown), figsize=(15, 7))
-        save_figure(plt.gcf(), run_dir / "misclassified.png")
-
-
-def plain_model(learn):
-    """The module under a compiled one (the same parameters): what is saved and exported, so that
-    the weights keep their names and the export loads without the compiler."""
-    return getattr(learn.model, "_orig_mod", learn.model)
-
-
-def write_weights(model, run_dir):
-    """model.safetensors, what predict.py loads without unpickling anything (with classes.json),
-    written the moment the fit ends (checkpoint.keep_finished_fit). Floating-point tensors are
-    stored as fp32 whatever the training precision; BatchNorm's integer batch counts keep their type."""
-    state = {name: (tensor.float() if tensor.is_floating_point() else tensor).detach().contiguous().cpu()
-             for name, tensor in model.state_dict().items()}
-    with atomic(run_dir / "model.safetensors") as tmp:
-        save_file(state, tmp, metadata={"format": "pt", "model": "CustomResNet"})
+        save_figure(plt.gcf(), run_dir / MISCLASSIFIED_PNG)
 
 
 def write_classes(learn, run_dir, stats):
     """classes.json: the class names and the normalisation that go with model.safetensors."""
-    write_json(run_dir / "classes.json", {"classes": list(learn.dls.vocab), "mean": stats[0], "std": stats[1]})
+    write_json(run_dir / CLASSES, {"classes": list(learn.dls.vocab), "mean": stats[0], "std": stats[1]})
 
 
 def write_export(learn, run_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fastai warns that a pickle runs code: that is for the loader
-        with atomic(run_dir / "export.pkl") as tmp:
+        with atomic(run_dir / EXPORT) as tmp:
             learn.export(tmp.absolute())  # export joins learn.path (the run folder) to a relative name
 
 
@@ -149,18 +143,33 @@ def git_commit(folder=Path(__file__).parent):
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def summarize(history, learn, args, fit_seconds, device):
+def summarize(learn, run_dir, config, fit_seconds, device):
+    """summary.json's figures of the fit: the final epoch's accuracy is the headline, never the best."""
+    history = read_history(run_dir)
     images_trained = len(history) * len(learn.dls.train) * learn.dls.train.bs
     return {
-        "final_accuracy": float(history.accuracy.iloc[-1]),  # the headline: never the best epoch
+        "final_accuracy": float(history.accuracy.iloc[-1]),
         "best_accuracy": float(history.accuracy.max()),
         "epochs": len(history),  # fewer than asked when --target-acc stopped the run
-        "parameters": count_parameters(learn.model),
+        "parameters": sum(p.numel() for p in learn.model.parameters() if p.requires_grad),
         "fit_seconds": round(fit_seconds, 3),
         "train_images_per_s": round(images_trained / fit_seconds, 1),
         "device": device_name(device),
         "versions": library_versions(),
-        "seed": args.seed,
+        "seed": config.seed,
         "git_commit": git_commit(),
-        "processes": max(num_distrib(), 1), "effective_bs": args.bs,
+        "processes": max(num_distrib(), 1), "effective_bs": config.bs,
     }
+
+
+def write_outputs(learn, run_dir, summary, predictions, stats, lrs, resumed):
+    """Everything a finished fit leaves in its run folder, report.html last: the schedule, curves and
+    interpretation figures, summary.json, classes.json and the exported learner. `predictions` are
+    the test set's (probabilities, targets, losses); `lrs` are LRMIN and LRMAX."""
+    write_schedule(learn, run_dir, *lrs, resumed)
+    write_curves(read_history(run_dir), run_dir)
+    write_interpretation(learn, run_dir, predictions)
+    write_summary(run_dir, summary)
+    write_classes(learn, run_dir, stats)
+    write_export(learn, run_dir)
+    write_report(run_dir)

@@ -24,6 +24,8 @@ from fastai.imports import noop
 from fastai.learner import AvgLoss, AvgMetric, AvgSmoothLoss, Recorder
 from fastai.torch_core import find_bs, to_detach
 
+from cifar10_fast.core.internals import overrides_private
+
 
 class DeviceSmoothLoss(AvgSmoothLoss):
     """fastai's exponentially smoothed training loss, left on the device. It starts from a zero made
@@ -87,6 +89,7 @@ class TerminalBars(ProgressCallback):
     def after_batch(self):
         self.pbar.update(self.iter + 1)
 
+    @overrides_private(ProgressCallback)
     def _write_stats(self, log):
         if not getattr(self, "mbar", False):
             return
