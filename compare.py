@@ -11,9 +11,9 @@ run on shared axes, a colour and a legend entry per configuration (past ten runs
 configuration's mean and range over its seeds).
 """
 import argparse
-import sys
 from pathlib import Path
 
+from cifar10_fast.core import startup
 from cifar10_fast.core.errors import BadInput, one_line_errors, warn
 from cifar10_fast.core.files import check_new_file, figures_to_files, save_figure, unused_names
 from cifar10_fast.core.run_folder import (
@@ -41,17 +41,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-if __name__ == "__main__":
-    parse_args(sys.argv[1:])  # --help and bad flags answer before pandas and matplotlib load (seconds)
+startup.flags_first(__name__, parse_args)  # --help and bad flags answer before pandas and matplotlib load (seconds)
 
 # The rest loads in seconds: it comes after the flags are checked.
-import re  # noqa: E402
-from datetime import datetime  # noqa: E402
+import re
+from datetime import datetime
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.backend_bases import FigureCanvasBase
 
 # What a comparison shows of each run's config.json and summary.json. data_sha256 and classes
 # show runs on other data (whose accuracies do not compare).
@@ -275,4 +274,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    startup.run(main)

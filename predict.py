@@ -16,9 +16,10 @@ import os
 import sys
 from pathlib import Path
 
+from cifar10_fast.core import startup
 from cifar10_fast.core.errors import BadInput, one_line_errors, warn
 from cifar10_fast.core.files import atomic, check_new_file
-from cifar10_fast.core.run_folder import EXPORT_PICKLE
+from cifar10_fast.core.run_folder import CLASSES, EXPORT, EXPORT_PICKLE, WEIGHTS
 from cifar10_fast.core.settings import OneLineParser, user_path
 from cifar10_fast.data.images import has_image_extension
 
@@ -37,7 +38,7 @@ class PredictError(BadInput):
 def weights_files(run_dir):
     """(weights, class names and normalisation) of a run folder, or of the reference checkpoint."""
     if run_dir is not None:
-        files = run_dir / "model.safetensors", run_dir / "classes.json"
+        files = run_dir / WEIGHTS, run_dir / CLASSES
         for path in files:
             if not path.is_file():
                 raise PredictError(f"{path} is missing: give the folder of a finished training run "
@@ -114,24 +115,29 @@ def parse_args(argv=None):
     return args
 
 
-if __name__ == "__main__":
-    early = parse_args(sys.argv[1:])  # bad flags and input answer before torch loads
-    with one_line_errors(early.debug):
-        check_arguments(early)
+def checked_request(argv):
+    """The flags, and everything about the request that can be refused before torch loads."""
+    args = parse_args(argv)
+    with one_line_errors(args.debug):
+        check_arguments(args)
+    return args
+
+
+startup.flags_first(__name__, checked_request)
 
 # The rest loads torch (seconds): it comes after the checks.
-import json  # noqa: E402
-import warnings  # noqa: E402
-from collections import Counter  # noqa: E402
+import json
+import warnings
+from collections import Counter
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from safetensors import SafetensorError  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
-from cifar10_fast.data.images import read_rgb32  # noqa: E402
-from customresnet import CustomResNet  # noqa: E402
+from cifar10_fast.data.images import read_rgb32
+from customresnet import CustomResNet
 
 
 def read_classes(meta):
@@ -214,7 +220,7 @@ def load_exported_learner(export):
 
 
 def predict_pickle(run_dir, paths):
-    export = run_dir / "export.pkl"
+    export = run_dir / EXPORT
     if not export.is_file():
         raise PredictError(f"{export} is missing: give the folder of a finished training run")
     for path in paths:
@@ -255,4 +261,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    startup.run(main)

@@ -26,9 +26,9 @@ startup.flags_first(__name__, lambda argv: parse_args(argv, __doc__),
                     lambda config: what_it_kept(Path(config.resume) if config.resume else None))
 
 # The heavy modules load after the flags are checked: seconds.
-import warnings  # noqa: E402
+import warnings
 
-from cifar10_fast.training.deferred_imports import without_unused  # noqa: E402
+from cifar10_fast.training.deferred_imports import without_unused
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
 with without_unused():  # fastai's modules without scikit-learn and SciPy's stats: a run never calls them

@@ -24,10 +24,10 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cifar10_fast.core import settings, startup
+from cifar10_fast.core.config import option
 
-from cifar10_fast.core import settings  # noqa: E402
-from cifar10_fast.core.config import option  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ROWS = ("ours", "seed-style", "fastai-stock", "airbench94")
 # The full bench, and the smoke run that only checks the harness (never a figure to quote).
@@ -90,36 +90,35 @@ def parse_args(argv=None):
     return args
 
 
-if __name__ == "__main__":
-    parse_args(sys.argv[1:])  # --help and bad flags answer before torch and fastai load (seconds)
+startup.flags_first(__name__, parse_args)  # --help and bad flags answer before torch and fastai load (seconds)
 
 # The rest loads in seconds: it comes after the flags are checked.
-import json  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import tempfile  # noqa: E402
-import warnings  # noqa: E402
-from contextlib import redirect_stderr, redirect_stdout  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+import json
+import platform
+import re
+import shlex
+import tempfile
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import datetime, timezone
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 from bench import (
-    airbench94,  # noqa: E402
-    fastai_stock,  # noqa: E402
-    ours,  # noqa: E402
-    seed_style,  # noqa: E402
+    airbench94,
+    fastai_stock,
+    ours,
+    seed_style,
 )
-from bench.measure import driver_version, flops_per_image, matmul_peak_tflops  # noqa: E402
-from bench.tensors import data_tensors  # noqa: E402
-from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
-from cifar10_fast.core.files import unused_names, write_json  # noqa: E402
-from cifar10_fast.data.cache import cache_root  # noqa: E402
-from cifar10_fast.data.sources import cifar10_folder  # noqa: E402
-from cifar10_fast.training.hardware import device_name, library_versions  # noqa: E402
+from bench.measure import driver_version, flops_per_image, matmul_peak_tflops
+from bench.tensors import data_tensors
+from cifar10_fast.core.errors import BadInput, one_line_errors
+from cifar10_fast.core.files import unused_names, write_json
+from cifar10_fast.data.cache import cache_root
+from cifar10_fast.data.sources import cifar10_folder
+from cifar10_fast.training.hardware import device_name, library_versions
 
 RUNNERS = dict(zip(ROWS, (ours.run, seed_style.run, fastai_stock.run, airbench94.run)))
 
@@ -282,4 +281,4 @@ def bench_and_record(args, argv):
 
 
 if __name__ == "__main__":
-    main()
+    startup.run(main)

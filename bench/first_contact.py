@@ -42,30 +42,39 @@ import csv
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import warnings
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+
+from bench.first_contact_driver import (
+    RETURN_FILES,
+    SMOKE_SLACK,
+    Context,
+    Driver,
+    Log,
+    Step,
+    StepError,
+    bring_back,
+    return_problems,
+    returned_files,
+    stop,
+    summary_table,
+)
+from bench.first_contact_machine import device_label, step_environment, time_data, versions, writable_home
+from cifar10_fast.core import (
+    settings,  # the standard library only
+    startup,
+)
+from cifar10_fast.core.errors import BadInput, one_line_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
-from cifar10_fast.core import settings  # noqa: E402  (the standard library only)
-from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
-
 BUDGET_S = 450  # the driver's own: the device call's timeout_s is 480, and a rerun must still fit in 15 minutes
-KILL_GRACE_S = 5  # from SIGTERM to SIGKILL for a step past its budget
-# What the device tool brings back from $OUT, and what it takes along.
-RETURN_FILES, RETURN_FILE_MIB, RETURN_DEPTH = 8, 16, 2
-RETURN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 TRAVEL_MIB = 64
 CARRY = REPO / ".carry"
 DATA = ".carry/cifar10-jpeg.tgz"  # relative to the checkout, as the results record it
@@ -78,194 +87,6 @@ DEVICE_CALL = 'command "python3 -m bench.first_contact", carry [".carry"], timeo
 SMOKE_LRS = ("--lr-min", "1e-4", "--lr-max", "1e-3")
 SMOKE_TRAIN = ("--device", "cpu", "--width", "8", "--bs", "16", "--epochs", "1", *SMOKE_LRS)
 SMOKE_BENCH = ("--smoke", "--epochs", "1", *SMOKE_LRS)
-# A shared CPU runs even tiny steps slowly (their imports alone take seconds): the smoke form gives
-# every step this many times its budget. The budgets themselves are tested with steps of its own.
-SMOKE_SLACK = 5
-
-
-class StepError(Exception):
-    """A step that cannot start, said in one line."""
-
-
-@dataclass
-class Context:
-    """What every step reads: where things go, the data, the environment of its commands, and the
-    record that becomes the .json."""
-    out: Path
-    scratch: Path
-    data: str
-    smoke: bool
-    stem: str  # first-contact-<device>-<date>
-    site: Path
-    env: dict  # the commands' environment
-    plain: Callable[[str], str] = str  # text with the machine's paths as placeholders
-    record: dict = field(default_factory=dict)
-    python: str = sys.executable
-
-    @property
-    def results(self):
-        return self.out / "bench" / "results"
-
-
-@dataclass
-class Step:
-    name: str
-    proves: str
-    budget_s: float  # the most it may take: stopped beyond it
-    needs_s: float  # the least time left worth starting it with
-    argv: Callable[[Context], Optional[list]]  # its command, built as it starts; None: nothing to do
-    collect: Optional[Callable[[Context, str], None]] = None  # what it brings back, whatever its end
-    smoke_argv: tuple = ()  # added to its command in the smoke form, which says so
-    smoke_skip: Optional[str] = None  # why the smoke form skips it
-    after: Optional[str] = None  # the step whose output it needs
-
-
-# ---------------------------------------------------------------------------------------------
-# The log: on disk line by line, machine paths as placeholders.
-
-class Log:
-    """Each line into the file at once and onto the screen (the device tool's reply shows the end
-    of the output), stamped with the seconds since the start and the step it comes from."""
-
-    def __init__(self, path, placeholders, clock):
-        self.file = open(path, "a", buffering=1)
-        self.placeholders = sorted(((str(k), v) for k, v in placeholders.items()), key=lambda kv: -len(kv[0]))
-        self.clock, self.start = clock, clock()
-        self.lock = threading.Lock()
-
-    def plain(self, text):
-        for path, placeholder in self.placeholders:
-            text = text.replace(path, placeholder)
-        return text
-
-    def __call__(self, text, step=""):
-        line = self.plain(f"[{self.clock() - self.start:6.1f} s] {step:<12} {text.rstrip()}")
-        with self.lock:
-            self.file.write(line + "\n")  # line-buffered: on disk at once
-            print(line, flush=True)
-
-    def close(self):
-        self.file.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the steps in order, each within its budget.
-
-class Driver:
-    def __init__(self, ctx, steps, log, budget_s=BUDGET_S, clock=time.monotonic):
-        self.ctx, self.steps, self.log, self.clock = ctx, steps, log, clock
-        self.deadline = clock() + budget_s
-        self.slack = SMOKE_SLACK if ctx.smoke else 1
-        self.current = None  # the running step's process
-
-    def run(self, selected=None):
-        """Every step of `selected` (default all) in order; returns {name: status}."""
-        statuses = {}
-        self.ctx.record["steps"] = []
-        for step in self.steps:
-            if selected is not None and step.name not in selected:
-                continue
-            entry = {"name": step.name, "proves": step.proves, "budget_s": step.budget_s * self.slack,
-                     "status": "running", "reason": None, "seconds": None, "returncode": None, "command": None}
-            self.ctx.record["steps"].append(entry)  # on disk while it runs too: a killed command says where it was
-            self.run_step(step, entry, statuses)
-            statuses[step.name] = entry["status"]
-            self.save()
-        return statuses
-
-    def run_step(self, step, entry, statuses):
-        """Run `step`, or skip it, saying why; its status, reason, seconds and command into `entry`."""
-        left = self.deadline - self.clock()
-        if self.ctx.smoke and step.smoke_skip:
-            entry["reason"] = f"smoke: {step.smoke_skip}"
-        elif step.after and statuses.get(step.after) != "ok":
-            entry["reason"] = f"needs {step.after}, which did not finish ({statuses.get(step.after, 'not run')})"
-        elif left < step.needs_s * self.slack:
-            entry["reason"] = f"needs {step.needs_s * self.slack:.0f} s, {max(left, 0):.0f} s of the budget left"
-        if entry["reason"]:
-            entry["status"] = "skipped"
-            self.log(f"== skipped: {entry['reason']}", step.name)
-            return
-        limit = entry["budget_s"] = round(min(step.budget_s * self.slack, left), 1)  # the budget it runs under
-        self.save()
-        self.log(f"== start: {step.proves} (budget {limit:.0f} s of {left:.0f} s left)", step.name)
-        if self.ctx.smoke and step.smoke_argv:
-            self.log(f"smoke: its command with {' '.join(step.smoke_argv)} added", step.name)
-        start = self.clock()
-        try:
-            argv = step.argv(self.ctx)
-            if argv is not None and self.ctx.smoke:
-                argv = [*argv, *step.smoke_argv]
-            if argv is None:
-                entry["status"], entry["returncode"] = "ok", 0
-                self.log("nothing to do", step.name)
-            else:
-                entry["command"] = self.log.plain(subprocess.list2cmdline(argv))
-                self.log(f"$ {entry['command']}", step.name)
-                entry["returncode"] = self.execute(argv, limit, step.name)
-                entry["status"] = ("timed out" if entry["returncode"] is None else
-                                   "ok" if entry["returncode"] == 0 else "failed")
-        except StepError as e:
-            entry["status"], entry["reason"] = "failed", str(e)
-            self.log(f"error: {e}", step.name)
-        entry["seconds"] = round(self.clock() - start, 1)
-        if step.collect:
-            try:
-                step.collect(self.ctx, entry["status"])
-            except Exception as e:  # what it could not bring back is said, and the next step runs
-                entry["collect_error"] = self.log.plain(f"{type(e).__name__}: {e}")
-                self.log(f"could not bring its output back: {entry['collect_error']}", step.name)
-        timed_out = f" after its {limit:.0f} s" if entry["status"] == "timed out" else ""
-        self.log(f"== {entry['status']}{timed_out} in {entry['seconds']:.1f} s"
-                 + (f" (exit status {entry['returncode']})" if entry["status"] == "failed" else ""), step.name)
-
-    def execute(self, argv, limit, name):
-        """Run `argv` in the checkout, its output into the log line by line; its exit status, or
-        None when it was stopped at `limit` seconds. It runs in its own process group, so that
-        stopping it stops its DataLoader workers too."""
-        proc = subprocess.Popen(argv, cwd=REPO, env=self.ctx.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", process_group=0)
-        self.current = proc
-        reader = threading.Thread(target=self.copy_output, args=(proc, name), daemon=True)
-        reader.start()
-        try:
-            returncode = proc.wait(timeout=max(limit - 0.05, 0.01))
-        except subprocess.TimeoutExpired:
-            self.log(f"over its budget of {limit:.0f} s: stopping it", name)
-            returncode = None
-        finally:
-            stop(proc)
-            self.current = None
-        reader.join(timeout=5)
-        return returncode
-
-    def copy_output(self, proc, name):
-        for line in proc.stdout:
-            self.log(line, name)
-
-    def save(self):
-        write_record(self.ctx)
-
-
-def stop(proc):
-    """End a step's process group: SIGTERM, then SIGKILL after a grace. Also run on a step that
-    finished by itself, for what it may have left running. A process stuck in the GPU driver may
-    not die at once: the next step goes on after a while regardless."""
-    signal_group(proc, signal.SIGTERM)
-    for grace in (KILL_GRACE_S, 30):
-        try:
-            proc.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            signal_group(proc, signal.SIGKILL)
-    signal_group(proc, signal.SIGKILL)
-
-
-def signal_group(proc, sig):
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):  # the group has gone already
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,120 +230,6 @@ STEP_NAMES = [step.name for step in STEPS]
 
 
 # ---------------------------------------------------------------------------------------------
-# What comes back.
-
-def bring_back(ctx, source, target):
-    """Copy `source` to `target` under $OUT; text with the machine's paths as placeholders."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.suffix in (".json", ".log", ".txt", ".csv"):
-        target.write_text(ctx.plain(source.read_text(errors="replace")))
-    else:
-        shutil.copyfile(source, target)
-
-
-def returned_files(out):
-    """Every file under `out` as (path relative to it, bytes)."""
-    return sorted((str(p.relative_to(out)), p.stat().st_size) for p in out.rglob("*") if p.is_file())
-
-
-def return_problems(out):
-    """What the device tool would leave behind: too many files, too large, too deep, odd names."""
-    files = returned_files(out)
-    problems = [f"{len(files)} files: at most {RETURN_FILES} come back"] if len(files) > RETURN_FILES else []
-    for name, size in files:
-        parts = Path(name).parts
-        if size > RETURN_FILE_MIB * 2**20:
-            problems.append(f"{name}: {size / 2**20:.1f} MiB, over {RETURN_FILE_MIB} MiB")
-        if len(parts) - 1 > RETURN_DEPTH:
-            problems.append(f"{name}: {len(parts) - 1} folders down, over {RETURN_DEPTH}")
-        if not all(RETURN_NAME.fullmatch(part) for part in parts):
-            problems.append(f"{name}: a name of other characters than letters, digits, '.', '_' and '-'")
-    return problems
-
-
-def write_record(ctx):
-    path = ctx.results / f"{ctx.stem}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(ctx.plain(json.dumps(ctx.record, indent=2)) + "\n")
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# The two steps that are this file's own: versions and data.
-
-def versions(path, smoke):
-    """Write what the machine has to `path`; exit status 1 where the run cannot work (no CUDA on a
-    GPU machine, a package or one of our modules that does not import)."""
-    import platform
-    from importlib import metadata
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-    found, problems = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                       "cpus_usable": len(os.sched_getaffinity(0))}, []
-    shm = os.statvfs("/dev/shm") if os.path.isdir("/dev/shm") else None  # DataLoader workers share memory there
-    found["dev_shm_gib"] = round(shm.f_frsize * shm.f_blocks / 2**30, 1) if shm else None
-    import torch
-    found.update(torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                 cuda_available=torch.cuda.is_available())
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        x = torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16)
-        found.update(device=props.name, capability=f"{props.major}.{props.minor}", gpu_mib=props.total_memory // 2**20,
-                     multiprocessors=props.multi_processor_count, bf16=torch.cuda.is_bf16_supported(),
-                     bf16_matmul_finite=bool(torch.isfinite((x @ x).float()).all()),
-                     nvidia_smi=nvidia_smi("name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu"))
-    elif not smoke:
-        problems.append("no CUDA GPU visible to torch")
-    packages = {name: name for name in ("torchvision", "numpy", "fastai", "fastcore", "fasttransform", "fastprogress",
-                                        "albumentations", "albucore", "pydantic", "safetensors", "accelerate",
-                                        "matplotlib", "pandas", "airbench")}
-    packages["plum-dispatch"] = "plum"
-    for distribution, module in packages.items():
-        found[distribution] = importable(module, problems) and metadata.version(distribution)
-    for module in ("train_fastai", "predict", "bench"):  # ours: they import everything a run needs
-        found[f"{module}.py"] = importable(module, problems) and "imports"
-    found["problems"] = problems
-    Path(path).write_text(json.dumps(found, indent=2) + "\n")
-    for key, value in found.items():
-        print(f"{key}: {value}")
-    return 1 if problems else 0
-
-
-def importable(module, problems):
-    """Whether `module` imports; if not, why, into `problems`."""
-    from importlib import import_module
-    try:
-        import_module(module)
-        return True
-    except Exception as e:  # an import that fails, whatever it raises
-        problems.append(f"{module} does not import: {type(e).__name__}: {e}")
-        return False
-
-
-def time_data(path, data):
-    """Unpack and decode the data set as the runs do, timed, and write the times to `path`."""
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-    import torch
-
-    from bench.tensors import data_tensors
-    from cifar10_fast.data.sources import cifar10_folder
-    start = time.perf_counter()
-    folder = cifar10_folder(data)
-    unpacked = time.perf_counter()
-    tensors = data_tensors(folder, None)
-    decoded = time.perf_counter()
-    data_tensors(folder, None)
-    cached = time.perf_counter()
-    found = {"data": data, "train_images": len(tensors["train"][1]), "test_images": len(tensors["test"][1]),
-             "unpack_s": round(unpacked - start, 2), "decode_s": round(decoded - unpacked, 2),
-             "cached_load_s": round(cached - decoded, 2), "cpus": os.cpu_count(),
-             "torch_threads": torch.get_num_threads()}
-    Path(path).write_text(json.dumps(found, indent=2) + "\n")
-    print(json.dumps(found))
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
 # Here, before the call: .carry/.
 
 def prepare(shared, carry=CARRY):
@@ -566,42 +273,6 @@ def mib(paths):
 
 # ---------------------------------------------------------------------------------------------
 # The command.
-
-def device_label(smoke):
-    """The GPU's name as the bench names its results files (nvidia-h200), from nvidia-smi: the
-    driver names its log before torch is installed."""
-    name = "cpu-smoke" if smoke else nvidia_smi("name") or "no-gpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def nvidia_smi(query):
-    """The first GPU's line of `nvidia-smi --query-gpu=QUERY`, or None without one."""
-    try:
-        done = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = done.stdout.strip().splitlines() if done.returncode == 0 else []
-    return lines[0] if lines else None
-
-
-def writable_home(scratch):
-    """The home folder, or a scratch one where it cannot be written (the wheels and the data cache go there)."""
-    home = Path.home()
-    if os.access(home, os.W_OK):
-        return home
-    (scratch / "home").mkdir(exist_ok=True)
-    return scratch / "home"
-
-
-def step_environment(home, site, cache, data):
-    env = {**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join(filter(None, [str(site),
-           os.environ.get("PYTHONPATH")])), "CIFAR10_CACHE": str(cache), "CIFAR10_DATA": data,
-           "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg", "NO_ALBUMENTATIONS_UPDATE": "1",  # no network there
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"}
-    return env
-
-
 def parse_args(argv=None):
     p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, help="what comes back (default $OUT, which the device tool sets)")
@@ -703,17 +374,5 @@ def first_contact(args, argv, steps=STEPS, clock=time.monotonic):
     return 0 if all(s in ("ok", "skipped") for s in statuses.values()) else 1
 
 
-def summary_table(record):
-    lines = ["summary:", f"{'step':<13}{'status':<11}{'seconds':>8}{'budget':>8}  reason"]
-    for step in record.get("steps", []):
-        seconds = "" if step["seconds"] is None else f"{step['seconds']:.1f}"
-        lines.append(f"{step['name']:<13}{step['status']:<11}{seconds:>8}{step['budget_s']:>8.0f}  "
-                     f"{step['reason'] or ''}")
-    returned = record.get("returned", [])
-    lines.append(f"returned: {len(returned)} files, {sum(f['bytes'] for f in returned) / 2**20:.1f} MiB: "
-                 + ", ".join(f["file"] for f in returned))
-    return lines
-
-
 if __name__ == "__main__":
-    main()
+    startup.run(main)

@@ -46,9 +46,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
-REPO = Path(__file__).resolve().parents[1]
+from cifar10_fast.core import settings, startup
 
-from cifar10_fast.core import settings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DATA = "../shared/data/cifar10-jpeg.tgz"  # relative to the checkout, as the Makefile has it
 # Issue 18's measured configuration: a thin model, a whole pass over the 10,000 test images.
@@ -95,21 +95,20 @@ def parse_args(argv=None):
     return args
 
 
-if __name__ == "__main__":
-    parse_args(sys.argv[1:])  # --help and bad flags answer before torch loads (seconds)
+startup.flags_first(__name__, parse_args)  # --help and bad flags answer before torch loads (seconds)
 
 # The rest loads in seconds: it comes after the flags are checked.
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from bench.bench import Tee, finish, results_stem  # noqa: E402
-from bench.overhead import device_label  # noqa: E402
-from cifar10_fast.core.errors import one_line_errors  # noqa: E402
-from cifar10_fast.core.files import write_json  # noqa: E402
-from cifar10_fast.data.cache import cache_root  # noqa: E402
-from cifar10_fast.training.hardware import library_versions  # noqa: E402
-from cifar10_fast.training.outputs import git_commit  # noqa: E402
+from bench.bench import Tee, finish, results_stem
+from bench.overhead import device_label
+from cifar10_fast.core.errors import one_line_errors
+from cifar10_fast.core.files import write_json
+from cifar10_fast.data.cache import cache_root
+from cifar10_fast.training.hardware import library_versions
+from cifar10_fast.training.outputs import git_commit
 
 
 def tiny_cifar10(folder, per_class=(16, 4)):
@@ -263,4 +262,4 @@ def measure_and_record(args, argv):
 
 
 if __name__ == "__main__":
-    main()
+    startup.run(main)

@@ -30,10 +30,10 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cifar10_fast.core import settings, startup
+from cifar10_fast.core.config import PEAK_FRACTION, RECIPE, option
 
-from cifar10_fast.core import settings  # noqa: E402
-from cifar10_fast.core.config import PEAK_FRACTION, RECIPE, option  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # The measurement. A thin model (width 8) in batches of 16 on one thread keeps the model's compute
 # (10-15 ms a step on a 2-core Xeon) of the order of the framework's cost, and the whole bench at
@@ -95,38 +95,37 @@ def parse_args(argv=None):
     return args
 
 
-if __name__ == "__main__":
-    parse_args(sys.argv[1:])  # --help and bad flags answer before torch and fastai load (seconds)
+startup.flags_first(__name__, parse_args)  # --help and bad flags answer before torch and fastai load (seconds)
 
 # The rest loads in seconds: it comes after the flags are checked.
-import json  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-import weakref  # noqa: E402
-from collections import Counter  # noqa: E402
-from contextlib import redirect_stderr, redirect_stdout  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from unittest import mock  # noqa: E402
+import json
+import shlex
+import statistics
+import tempfile
+import time
+import warnings
+import weakref
+from collections import Counter
+from contextlib import redirect_stderr, redirect_stdout
+from datetime import datetime, timezone
+from unittest import mock
 
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated")  # raised inside fastai's import
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from fastai.vision.all import TensorImage  # noqa: E402
-from PIL import Image  # noqa: E402
+import torch
+import torch.nn.functional as F
+from fastai.vision.all import TensorImage
+from PIL import Image
 
-import train_fastai  # noqa: E402
-from augment import gpu_augmentations  # noqa: E402
-from bench.bench import Tee, finish, results_stem  # noqa: E402
-from bench.measure import cpu_name, synchronize  # noqa: E402
-from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
-from cifar10_fast.core.files import write_json  # noqa: E402
-from cifar10_fast.data.decoded_folder import channel_stats  # noqa: E402
-from cifar10_fast.training.hardware import library_versions, seed_everything  # noqa: E402
-from cifar10_fast.training.outputs import git_commit  # noqa: E402
-from customresnet import CustomResNet  # noqa: E402
+import train_fastai
+from augment import gpu_augmentations
+from bench.bench import Tee, finish, results_stem
+from bench.measure import cpu_name, synchronize
+from cifar10_fast.core.errors import BadInput, one_line_errors
+from cifar10_fast.core.files import write_json
+from cifar10_fast.data.decoded_folder import channel_stats
+from cifar10_fast.training.hardware import library_versions, seed_everything
+from cifar10_fast.training.outputs import git_commit
+from customresnet import CustomResNet
 
 
 def device_label(device):
@@ -429,4 +428,4 @@ def measure_and_record(args, argv):
 
 
 if __name__ == "__main__":
-    main()
+    startup.run(main)

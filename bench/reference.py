@@ -12,14 +12,13 @@ is never overwritten.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cifar10_fast.core import settings, startup
+from cifar10_fast.core.config import RECIPE
+from cifar10_fast.core.errors import BadInput, one_line_errors
 
-from cifar10_fast.core import settings  # noqa: E402
-from cifar10_fast.core.config import RECIPE  # noqa: E402
-from cifar10_fast.core.errors import BadInput, one_line_errors  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # Every setting of config.json that makes the run the recipe: the seed preset's, and no thin model,
 # subset or early stop. The LRs are the run's own (its finder's or the flags').
@@ -89,14 +88,20 @@ def check_run(args):
         check_recipe(args.run_dir, read_run(args.run_dir))
 
 
-if __name__ == "__main__":
-    check_run(parse_args(sys.argv[1:]))  # bad flags and a run that is not the recipe answer before torch loads
+def checked_run(argv):
+    """The flags, and a run that is not the recipe, answered before torch loads."""
+    args = parse_args(argv)
+    check_run(args)
+    return args
+
+
+startup.flags_first(__name__, checked_run)
 
 # The rest loads torch (seconds): it comes after the checks.
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-from cifar10_fast.core.files import write_json  # noqa: E402
-from predict import REFERENCE, read_classes  # noqa: E402
+from cifar10_fast.core.files import write_json
+from predict import REFERENCE, read_classes
 
 
 def write_reference(run_dir, models=None):
@@ -152,4 +157,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    startup.run(main)

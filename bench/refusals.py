@@ -17,9 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-from cifar10_fast.core import settings  # noqa: E402
+from cifar10_fast.core import settings, startup
 
 # Each command as a user types it, after `python`; {scratch} is a folder the bench makes, with a
 # run folder whose config.json was cut short in {scratch}/run. A --help answers with status 0,
@@ -69,24 +67,25 @@ def parse_args(argv=None):
     return args
 
 
-if __name__ == "__main__":
-    parse_args(sys.argv[1:])
+startup.flags_first(__name__, parse_args)
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from contextlib import redirect_stdout  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from importlib import metadata  # noqa: E402
+import json
+import platform
+import shlex
+import statistics
+import subprocess
+import tempfile
+import time
 
-from bench.bench import Tee, results_stem  # noqa: E402
-from bench.measure import cpu_name  # noqa: E402
-from cifar10_fast.core.files import write_json  # noqa: E402
-from cifar10_fast.training.outputs import git_commit  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+from contextlib import redirect_stdout
+from datetime import datetime, timezone
+from importlib import metadata
+
+from bench.bench import Tee, results_stem
+from bench.measure import cpu_name
+from cifar10_fast.core.files import write_json
+from cifar10_fast.training.outputs import git_commit
 
 # A user's CIFAR10_DATA would be checked before most of the flags: the commands run without it.
 ENVIRONMENT = {name: value for name, value in os.environ.items() if name != "CIFAR10_DATA"}
@@ -204,4 +203,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    startup.run(main)

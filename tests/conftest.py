@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.data.sources import cifar10_folder
 from customresnet import CustomResNet
 
 # What augment.py sets for the tools, for the tests' own imports of albumentations: no update check on PyPI.
@@ -85,6 +87,22 @@ def write_tgz(folder, archive, arcname):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=arcname)
     return archive
+
+
+def check_labels_match_pixels(dl, stats):
+    """Every image of class k is the flat value class_value(k): undo Normalize and compare."""
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
+    for x, y in dl:
+        pixels = (x.as_subclass(torch.Tensor) * std + mean) * 255
+        expected = torch.tensor([class_value(k) for k in y.tolist()], dtype=torch.float32).view(-1, 1, 1, 1)
+        assert torch.allclose(pixels, expected.expand_as(pixels), atol=0.5)
+
+
+def load(source, **kwargs):
+    """(folder, dls, stats) of `source` as a run sets it up, on the CPU in batches of 8."""
+    folder = cifar10_folder(str(source))
+    dls, stats = cifar10_dataloaders(folder, bs=8, device="cpu", **kwargs)
+    return folder, dls, stats
 
 
 @pytest.fixture

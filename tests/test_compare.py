@@ -1,5 +1,4 @@
 import json
-import multiprocessing
 import shutil
 
 import numpy as np
@@ -9,7 +8,6 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 import compare
-from cifar10_fast.core import run_folder
 
 
 def members(group):
@@ -49,28 +47,6 @@ def test_every_finished_run_is_a_row_of_the_index(finished_sweep):
     assert list(index.lr_max) == [1e-3, 1e-3, 3e-3, 3e-3]
     summary = json.loads((members(group)[-1] / "summary.json").read_text())
     assert index.final_accuracy.iloc[-1] == pytest.approx(summary["final_accuracy"])
-
-
-def append_rows(out, first, count):
-    for i in range(first, first + count):
-        run_folder.append_to_index(out, out / f"run{i}", {"i": i}, {"final_accuracy": 0.5})
-
-
-def test_index_keeps_every_row_adds_new_columns_and_survives_concurrent_runs(tmp_path):
-    run_folder.append_to_index(tmp_path, tmp_path / "old", {"name": "007", "lr_max": 0.01}, {"final_accuracy": 0.9})
-    run_folder.append_to_index(tmp_path, tmp_path / "new", {"name": "x", "lr_max": 0.02, "label_smoothing": 0.2},
-                            {"final_accuracy": 0.95})
-    index = pd.read_csv(tmp_path / "index.csv", dtype=str, keep_default_na=False)
-    assert list(index.run) == ["old", "new"] and list(index.name) == ["007", "x"]  # earlier values as written
-    assert list(index.label_smoothing) == ["", "0.2"]
-    workers = [multiprocessing.get_context("fork").Process(target=append_rows, args=(tmp_path, 10 * w, 5))
-               for w in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    index = pd.read_csv(tmp_path / "index.csv", dtype=str)
-    assert len(index) == 22 and set(index.run[2:]) == {f"run{10 * w + i}" for w in range(4) for i in range(5)}
 
 
 def test_compare_prints_runs_side_by_side_and_writes_the_figure(finished_sweep, tmp_path, capsys):
@@ -190,23 +166,7 @@ def test_a_group_that_did_not_finish_names_its_finished_runs(finished_sweep, tmp
         f"instead: {runs[0]} {runs[1]}")
 
 
-def test_a_run_has_one_row_however_often_it_finishes(tmp_path):
-    """A resumed run stopped after its row was written, before it deleted its checkpoint: resumed
-    again, it writes its row again, in place of the first."""
-    run_folder.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
-    run_folder.append_to_index(tmp_path, tmp_path / "b", {"seed": 1}, {"final_accuracy": 0.6})
-    run_folder.append_to_index(tmp_path, tmp_path / "a", {"seed": 0}, {"final_accuracy": 0.5})
-    assert list(pd.read_csv(tmp_path / "index.csv").run) == ["b", "a"]
-
-
 # Issue 17: what is recorded is what happened; output a person can read ------------------------
-
-def test_index_writes_class_names_in_any_script_as_they_are(tmp_path):
-    run_folder.append_to_index(tmp_path, tmp_path / "run", {"classes": ["猫", "犬", "chat"]}, {"final_accuracy": 0.5})
-    text = (tmp_path / "index.csv").read_text(encoding="utf-8")
-    assert '猫' in text and "\\u" not in text
-    assert json.loads(pd.read_csv(tmp_path / "index.csv").classes[0]) == ["猫", "犬", "chat"]
-
 
 def many_runs(count, points):
     """`count` runs as load_runs returns them, over `points` configurations (one group when

@@ -57,6 +57,7 @@ REWRITES = [
     (r"\[(--[^][]+)\]", lambda match, session: match[1]),  # optional flags, shown in brackets: given
     (r"(?<=--resume )runs/<run>", interrupted_run),  # a run that a SIGTERM stopped, made first
     (r"(?<=--run )runs/<run>", finished_run),  # the newest finished run
+    (r"runs/<run>(?=/)", finished_run),  # a file of a run, in a Python snippet
     (r"runs/\d{8}-\d{6}-(\S+)", example_folder),  # a folder an example names: the newest of that name
 ]
 
@@ -70,6 +71,11 @@ def readme_commands():
             if command:
                 commands.append(command)
     return commands
+
+
+def readme_snippets():
+    """The code of README.md's ```python blocks."""
+    return re.findall(r"^ *```python\n(.*?)^ *```", README.read_text(), flags=re.S | re.M)
 
 
 def not_run_reason(command):
@@ -257,6 +263,19 @@ def test_readme_command(command, session):
     before = session.run_folders()
     done = session.run(typed)
     CHECKS[kind](argv, done, session, session.run_folders() - before)
+
+
+@pytest.mark.parametrize("snippet", readme_snippets(), ids=lambda snippet: snippet.splitlines()[-1])
+def test_readme_python_snippet(snippet, session):
+    """Each snippet as a user pastes it into a file and runs it with the project's Python, after the
+    README's commands have trained a run: what it prints ends with class names of the data."""
+    script = session.tmp / "snippet.py"
+    script.write_text(session.as_run_here(snippet))
+    done = subprocess.run([".venv/bin/python", str(script)], cwd=session.work, env=session.env, capture_output=True,
+                          text=True, timeout=COMMAND_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout.strip().splitlines()[-1]
+    assert any(name in printed for name in CLASSES), printed
 
 
 def test_every_command_not_run_is_in_the_readme():

@@ -85,12 +85,13 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     for png in train_dir.glob("*.png"):
         assert Image.open(png).size[0] > 200
 
-    # The exported learner loads from another working directory and predicts.
+    # The exported learner loads and predicts in a Python that never imported the project, started
+    # in another folder, with nothing on its path but what is installed.
     image = tiny_folder / "test" / "cat" / "0000.png"
     script = (f"from fastai.learner import load_learner; learn = load_learner({str(train_dir / 'export.pkl')!r}); "
               f"print(learn.predict({str(image)!r})[0])")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] in json.loads((train_dir / "classes.json").read_text())["classes"]
 

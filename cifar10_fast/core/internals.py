@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import sys
+import types
 from importlib import metadata
 
 from cifar10_fast.core.errors import BadInput
@@ -52,7 +53,7 @@ def check(library, use):
 
 def private(owner, name, library):
     """`owner.name`, a private name of `library`, its version checked, and its absence one line."""
-    use = f"{getattr(owner, '__qualname__', type(owner).__qualname__)}.{name}"
+    use = f"{(owner if isinstance(owner, (type, types.ModuleType)) else type(owner)).__name__}.{name}"
     check(library, use)
     try:
         return getattr(owner, name)
@@ -77,6 +78,17 @@ def overrides_private(owner, library="fastai"):
         private(owner, method.__name__, library)
         return method
     return check_name
+
+
+def fastai_unused_imports():
+    """The modules fastai's own modules import at their top for functions a run never calls, with
+    the names bound from them as they load (`from M import name`): what training.deferred_imports
+    stands in for. fastai.data.transforms imports sklearn.model_selection for train_test_split,
+    fastai.metrics and fastai.interpret sklearn.metrics and scipy.stats, fastai.imports
+    scipy.ndimage and requests."""
+    check("fastai", "the list of fastai's imports that deferred_imports stands in for")
+    return {"sklearn": (), "sklearn.metrics": (), "sklearn.model_selection": ("train_test_split",),
+            "scipy.stats": (), "scipy.ndimage": (), "requests": ()}
 
 
 def broadcast_epoch_order_with(broadcast):

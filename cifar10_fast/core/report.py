@@ -6,8 +6,6 @@ import html
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from cifar10_fast.core.files import atomic
 from cifar10_fast.core.run_folder import (
     CONFUSION_MATRIX_PNG,
@@ -37,9 +35,20 @@ def data_uri(png):
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
+def shown(value):
+    """A value as a reader reads it: numbers and text as they are, lists as JSON, yes and no, and a
+    dash for what a run did not reach or was not given."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else str(value)
+
+
 def key_value_table(values):
-    return pd.DataFrame({"value": [json.dumps(v) if isinstance(v, (list, dict)) else v for v in values.values()]},
-                        index=list(values)).to_html(header=False)
+    rows = "".join(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(shown(value))}</td></tr>"
+                   for key, value in values.items())
+    return f"<table>{rows}</table>"
 
 
 def render(run_dir):

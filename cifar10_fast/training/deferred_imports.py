@@ -13,9 +13,8 @@ import sys
 import types
 from contextlib import contextmanager
 
-# The modules, and the names fastai binds from one of them as it loads (`from M import name`).
-FASTAI_UNUSED = {"sklearn": (), "sklearn.metrics": (), "sklearn.model_selection": ("train_test_split",),
-                 "scipy.stats": (), "scipy.ndimage": (), "requests": ()}
+from cifar10_fast.core.internals import fastai_unused_imports
+
 
 
 class StandIn(types.ModuleType):
@@ -31,7 +30,7 @@ class StandIn(types.ModuleType):
             raise AttributeError(attr)
         if sys.modules.get(self.__name__) is self:
             raise ImportError(f"{self.__name__}.{attr} was used while fastai loads, where {self.__name__} is a "
-                              "stand-in: remove it from deferred_imports.FASTAI_UNUSED")
+                              "stand-in: remove it from internals.fastai_unused_imports")
         return getattr(importlib.import_module(self.__name__), attr)
 
 
@@ -46,8 +45,10 @@ def deferred_function(module, name):
 
 
 @contextmanager
-def without_unused(modules=FASTAI_UNUSED):
-    """Stand-ins for `modules` (those not loaded already) while the block imports."""
+def without_unused(modules=None):
+    """Stand-ins for `modules` (those not loaded already; default, fastai's unused imports) while
+    the block imports."""
+    modules = fastai_unused_imports() if modules is None else modules
     stand_ins = {name: StandIn(name, bound) for name, bound in modules.items() if name not in sys.modules}
     for name, module in stand_ins.items():
         parent, _, child = name.rpartition(".")

@@ -56,9 +56,10 @@ class FusedAdamW(Optimizer):
 
     def fused_step(self, params, hyper, weight_decay):
         states = [self.moments(p) for p in params]
-        adamw(params, [p.grad for p in params], [s["grad_avg"] for s in states], [s["sqr_avg"] for s in states],
-              [], [s["step"] for s in states], fused=True, amsgrad=False, maximize=False,
-              beta1=hyper["mom"], beta2=hyper["sqr_mom"], lr=hyper["lr"], eps=hyper["eps"], weight_decay=weight_decay)
+        adamw(params=params, grads=[p.grad for p in params], exp_avgs=[s["grad_avg"] for s in states],
+              exp_avg_sqs=[s["sqr_avg"] for s in states], max_exp_avg_sqs=[], state_steps=[s["step"] for s in states],
+              fused=True, amsgrad=False, maximize=False, beta1=hyper["mom"], beta2=hyper["sqr_mom"], lr=hyper["lr"],
+              eps=hyper["eps"], weight_decay=weight_decay)
 
     def load_state_dict(self, state_dict):
         """fastai's state dict, or the torch AdamW's that checkpoints written before FusedAdamW hold."""

@@ -17,6 +17,7 @@ from bench import (
     reference,
 )
 from bench import first_contact as fc
+from bench import first_contact_driver as driver
 from cifar10_fast.core import settings
 from customresnet import CustomResNet
 from tests.conftest import REPO, one_line_error, write_folder, write_tgz
@@ -77,8 +78,8 @@ def test_smoke_gathers_what_each_step_proves(smoke):
 
 def test_smoke_brings_back_what_the_device_tool_takes_without_machine_paths(smoke):
     _, out, scratch, cache, record, _ = smoke
-    returned = fc.returned_files(out)
-    assert len(returned) == 6 and fc.return_problems(out) == [] and record["return_problems"] == []
+    returned = driver.returned_files(out)
+    assert len(returned) == 6 and driver.return_problems(out) == [] and record["return_problems"] == []
     assert sorted(f["file"] for f in record["returned"]) == sorted(name for name, _ in returned)
     for name, size in returned:
         assert any(re.fullmatch(pattern, name) for pattern in SMOKE_RETURNS), name
@@ -92,7 +93,7 @@ def test_the_reference_checkpoint_fits_in_what_comes_back(tmp_path):
     """reference.py's fp16 weights of the recipe's width 64: under the 16 MiB a returned file may have."""
     state = {name: t.half() if t.is_floating_point() else t for name, t in CustomResNet(width=64).state_dict().items()}
     save_file(state, tmp_path / "customresnet-cifar10.safetensors")
-    assert (tmp_path / "customresnet-cifar10.safetensors").stat().st_size < fc.RETURN_FILE_MIB * 2**20
+    assert (tmp_path / "customresnet-cifar10.safetensors").stat().st_size < driver.RETURN_FILE_MIB * 2**20
 
 
 def test_every_command_the_gpu_runs_is_one_its_tool_takes(tmp_path, monkeypatch, capsys):
@@ -247,7 +248,7 @@ def test_what_would_not_come_back_is_named(tmp_path):
     (tmp_path / "a" / "odd name.txt").write_text("a space")
     with open(tmp_path / "big.bin", "wb") as f:
         f.truncate(17 * 2**20)
-    problems = fc.return_problems(tmp_path)
+    problems = driver.return_problems(tmp_path)
     assert problems == ["11 files: at most 8 come back", "a/b/c/deep.txt: 3 folders down, over 2",
                         "a/odd name.txt: a name of other characters than letters, digits, '.', '_' and '-'",
                         "big.bin: 17.0 MiB, over 16 MiB"]

@@ -1,492 +1,85 @@
-"""Every kind of bad input a user can hand us, in one table: what the tool refuses (a one-line
-`error:` naming the problem and the fix, exit 2, no traceback) and what it repairs with a warning.
-
-A row is (tool, make, outcome, expected text, check): `make(tmp, data, run)` builds the input and
-returns the command line; tools "train", "predict" and "compare" run the CLIs, "data" builds the
-DataLoaders. A repair's check looks at what was made: the DataLoaders, or a finished training run's
-folder."""
-import errno
-import io
-import json
+"""The table of bad inputs, each a row checked by test_bad_input (see tests/bad_input/__init__.py)."""
 import os
-import pickle
-import shutil
-import signal
-import tarfile
-import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from safetensors import SafetensorError
 
 import compare
 import predict
-from cifar10_fast.core import files, settings
-from cifar10_fast.core.errors import DataError, unexpected_line
-from cifar10_fast.core.lifecycle import resume_command
 from cifar10_fast.data.loaders import cifar10_dataloaders
 from cifar10_fast.data.sources import cifar10_folder
-from tests.conftest import CLASSES, GIVEN_LRS, one_line_error, write_folder, write_python_batches, write_tgz
+from tests.bad_input.makers_data import (
+    MARKER,
+    archive_escaping_its_folder,
+    archive_with,
+    cat_0000_pixel,
+    class_without_images,
+    classes_differ,
+    classes_differing_in_case,
+    corrupt_test_image,
+    corrupt_train_image,
+    data,
+    data_batch_1_holding,
+    data_files,
+    empty_folder,
+    file_not_folder,
+    first_class_named,
+    first_training_image_without_red,
+    grayscale,
+    image_in_subfolder,
+    in_cat_folder,
+    link_to_a_folder_outside,
+    malicious_python_batch,
+    meta_holding,
+    missing,
+    more_classes,
+    non_image_files,
+    one_class,
+    palette,
+    python_batches,
+    rgba,
+    sixteen_bit,
+    train_images,
+    truncated_archive,
+    truncated_python_batch,
+    truncated_train_image,
+    wrong_layout,
+    wrong_size,
+)
+from tests.bad_input.makers_tools import (
+    checkpoint_saying,
+    classes_json,
+    classes_json_not_json,
+    compare_args,
+    compare_index,
+    compare_out_is_a_file,
+    compare_run,
+    config_saying,
+    csv_link_to_nowhere,
+    flags,
+    foreign_weights,
+    index_saying,
+    index_that_is_a_folder,
+    malicious_export,
+    missing_classes,
+    no_run_folder,
+    not_safetensors,
+    only_a_malicious_export,
+    pickle_as_model,
+    predict_args,
+    predict_csv,
+    resume_after_the_cache_was_cleaned,
+    resume_into_another_out,
+    resume_other_config,
+    resume_with_runs,
+    resume_with_sweep,
+    resume_without_checkpoint,
+    unfinished_group,
+    unreadable_checkpoint,
+    unreadable_image,
+    unwritable_out,
+)
+from tests.conftest import CLASSES, GIVEN_LRS
 from train_fastai import main
-
-MARKER = "pwned"  # what a malicious pickle would create
-
-
-class Payload:
-    """Unpickling this creates the file `name` (MARKER unless told) in `where`: code run from a data file."""
-    def __init__(self, where, name=MARKER):
-        self.where, self.name = where, name
-
-    def __reduce__(self):
-        return (open, (str(self.where / self.name), "w"))
-
-
-def data(folder):
-    return ["--data", str(folder)]
-
-
-# Data paths --------------------------------------------------------------------------------
-
-def missing(tmp, folder, run):
-    return data(tmp / "nope")
-
-
-def empty_folder(tmp, folder, run):
-    (tmp / "empty").mkdir()
-    return data(tmp / "empty")
-
-
-def file_not_folder(tmp, folder, run):
-    (tmp / "x.txt").write_text("hello")
-    return data(tmp / "x.txt")
-
-
-def wrong_layout(tmp, folder, run):
-    (folder / "train").rename(folder / "training")
-    return data(folder)
-
-
-def one_class(tmp, folder, run):
-    return data(write_folder(tmp / "one", classes=["cat"]))
-
-
-def more_classes(tmp, folder, run):
-    return data(write_folder(tmp / "eleven", classes=[*CLASSES, "zebra"]))
-
-
-def classes_differ(tmp, folder, run):
-    (folder / "test" / "cat").rename(folder / "test" / "kat")
-    return data(folder)
-
-
-def class_without_images(tmp, folder, run):
-    for image in (folder / "train" / "cat").iterdir():
-        image.unlink()
-    return data(folder)
-
-
-def non_image_files(tmp, folder, run):
-    (folder / "train" / "cat" / "notes.txt").write_text("not an image")
-    return data(folder)
-
-
-def corrupt_train_image(tmp, folder, run):
-    (folder / "train" / "cat" / "0003.png").write_bytes(b"not a png")
-    return data(folder)
-
-
-def truncated_train_image(tmp, folder, run):
-    image = folder / "train" / "dog" / "0001.png"
-    image.write_bytes(image.read_bytes()[:60])
-    return data(folder)
-
-
-def corrupt_test_image(tmp, folder, run):
-    (folder / "test" / "cat" / "0001.png").write_bytes(b"not a png")
-    return data(folder)
-
-
-def replace_image(folder, image):
-    image.save(folder / "train" / "cat" / "0000.png")
-    return data(folder)
-
-
-def grayscale(tmp, folder, run):
-    return replace_image(folder, Image.new("L", (32, 32), 70))
-
-
-def rgba(tmp, folder, run):
-    return replace_image(folder, Image.new("RGBA", (32, 32), (70, 70, 70, 9)))
-
-
-def palette(tmp, folder, run):
-    image = Image.new("P", (32, 32), 0)
-    image.putpalette([70, 70, 70] * 256)
-    return replace_image(folder, image)
-
-
-def sixteen_bit(tmp, folder, run):
-    return replace_image(folder, Image.fromarray(np.full((32, 32), 70 * 256, np.uint16)))
-
-
-def wrong_size(tmp, folder, run):
-    return replace_image(folder, Image.new("RGB", (64, 48), (70, 70, 70)))
-
-
-def truncated_archive(keep):
-    """The tiny data set as a .tgz, cut to its first keep(its size) bytes."""
-    def make(tmp, folder, run):
-        whole = write_tgz(folder, tmp / "whole.tgz", "cifar10").read_bytes()
-        (tmp / "x.tgz").write_bytes(whole[:keep(len(whole))])
-        return data(tmp / "x.tgz")
-    return make
-
-
-def archive_escaping_its_folder(tmp, folder, run):
-    (tmp / "payload.txt").write_text("outside")
-    with tarfile.open(tmp / "x.tgz", "w:gz") as tar:
-        tar.add(folder, arcname="cifar10")
-        tar.add(tmp / "payload.txt", arcname="../../evil.txt")
-    return data(tmp / "x.tgz")
-
-
-def truncated_python_batch(tmp, folder, run):
-    batches = write_python_batches(tmp / "b")
-    (batches / "test_batch").write_bytes((batches / "test_batch").read_bytes()[:100])
-    return data(batches)
-
-
-def malicious_python_batch(tmp, folder, run):
-    batches = write_python_batches(tmp / "b")
-    (batches / "data_batch_1").write_bytes(pickle.dumps(Payload(tmp)))
-    return data(batches)
-
-
-# CLI values --------------------------------------------------------------------------------
-
-def flags(*given):
-    return lambda tmp, folder, run: [*data(folder), *given]
-
-
-def unwritable_out(tmp, folder, run):
-    (tmp / "file").write_text("not a folder")
-    return [*data(folder), "--out", str(tmp / "file" / "runs")]
-
-
-CHECKPOINT = {"epochs_done": 1, "history": [["0", "2.3", "2.2", "0.1", "00:01"]], "lrs": [1e-4, 2e-4],
-              "moms": [0.95, 0.94], "fit_seconds": 1.5}  # what an interruption after epoch 1 writes
-
-
-def interrupted_run(tmp, epochs):
-    run = tmp / "interrupted"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"epochs": epochs, "bs": 16, "width": 8, "data": str(tmp)}))
-    (run / "checkpoint.json").write_text(json.dumps(CHECKPOINT))
-    return run
-
-
-def resume_other_config(tmp, folder, run):
-    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--epochs", "5"]
-
-
-def resume_with_runs(tmp, folder, run):
-    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--runs", "2"]
-
-
-def resume_without_checkpoint(files=None):
-    """--resume of a run folder with no checkpoint.json, and `files` ({name: text}) beside its config.json."""
-    def make(tmp, folder, run):
-        run_dir = interrupted_run(tmp, epochs=2)
-        (run_dir / "checkpoint.json").unlink()
-        for name, text in (files or {}).items():
-            (run_dir / name).write_text(text)
-        return ["--resume", str(run_dir)]
-    return make
-
-
-# Issue 9, train side: resume, memory, values that are not numbers, names, files midway -------
-
-def resume_with_sweep(tmp, folder, run):
-    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--sweep", "lr_max=1e-3,2e-3"]
-
-
-def config_saying(checkpoint=True, **values):
-    """--resume of an interrupted run whose config.json says `values`; without its checkpoint.json
-    unless `checkpoint`."""
-    def make(tmp, folder, run):
-        run_dir = interrupted_run(tmp, epochs=2)
-        config = json.loads((run_dir / "config.json").read_text())
-        (run_dir / "config.json").write_text(json.dumps({**config, **values}))
-        if not checkpoint:
-            (run_dir / "checkpoint.json").unlink()
-        return ["--resume", str(run_dir)]
-    return make
-
-
-def checkpoint_saying(**values):
-    def make(tmp, folder, run):
-        run_dir = interrupted_run(tmp, epochs=2)
-        (run_dir / "checkpoint.json").write_text(json.dumps({**CHECKPOINT, **values}))
-        return ["--resume", str(run_dir)]
-    return make
-
-
-def unreadable_checkpoint(tmp, folder, run):
-    run_dir = interrupted_run(tmp, epochs=2)
-    (run_dir / "checkpoint.json").write_bytes(b"\xff\xfe not JSON")
-    return ["--resume", str(run_dir)]
-
-
-def resume_into_another_out(tmp, folder, run):
-    return ["--resume", str(interrupted_run(tmp, epochs=2)), "--out", str(tmp / "elsewhere")]
-
-
-def index_saying(text):
-    def make(tmp, folder, run):
-        (tmp / "runs").mkdir()
-        (tmp / "runs" / "index.csv").write_text(text)
-        return [*data(folder), *GIVEN_LRS, "--epochs", "1"]
-    return make
-
-
-def index_that_is_a_folder(tmp, folder, run):
-    (tmp / "runs" / "index.csv").mkdir(parents=True)
-    return [*data(folder), *GIVEN_LRS, "--epochs", "1"]
-
-
-# predict inputs ----------------------------------------------------------------------------
-
-def predict_args(*given):
-    return lambda tmp, folder, run: ["--run", str(run), *given]
-
-
-def no_run_folder(tmp, folder, run):
-    return ["--run", str(run / "nope"), str(tmp / "images")]
-
-
-def not_safetensors(tmp, folder, run):
-    (run / "model.safetensors").write_bytes(b"this is not safetensors")
-    return ["--run", str(run), str(tmp / "images")]
-
-
-def pickle_as_model(tmp, folder, run):
-    (run / "model.safetensors").write_bytes(pickle.dumps(Payload(tmp)))
-    return ["--run", str(run), str(tmp / "images")]
-
-
-def foreign_weights(tmp, folder, run):
-    from safetensors.torch import save_file
-    save_file({"fc.weight": torch.zeros(2, 2)}, run / "model.safetensors")
-    return ["--run", str(run), str(tmp / "images")]
-
-
-def only_a_malicious_export(tmp, folder, run):
-    (run / "model.safetensors").unlink()
-    (run / "export.pkl").write_bytes(pickle.dumps(Payload(tmp)))
-    return ["--run", str(run), str(tmp / "images")]
-
-
-def missing_classes(tmp, folder, run):
-    (run / "classes.json").unlink()
-    return ["--run", str(run), str(tmp / "images")]
-
-
-def unreadable_image(tmp, folder, run):
-    (tmp / "images" / "broken.png").write_bytes(b"\x89PNG broken")
-    return ["--run", str(run), str(tmp / "images")]
-
-
-# Odd files (1): data quirks and unsafe archives -------------------------------------------
-
-def in_cat_folder(make_entry, *given):
-    """A data folder with something odd in train/cat/: `make_entry(train/cat)` makes it; `given`
-    flags follow --data."""
-    def make(tmp, folder, run):
-        make_entry(folder / "train" / "cat")
-        return [*data(folder), *given]
-    return make
-
-
-def image_in_subfolder(cat, subfolder="sub"):
-    (cat / subfolder).mkdir()
-    shutil.copy(cat / "0000.png", cat / subfolder / "0000.png")
-
-
-def archive_with(member_name):
-    """The tiny data set as a .tgz, plus one member named `member_name`."""
-    def make(tmp, folder, run):
-        with tarfile.open(tmp / "x.tgz", "w:gz") as tar:
-            tar.add(folder, arcname="cifar10")
-            member = tarfile.TarInfo(member_name)  # tar.add would drop a leading /
-            member.size = len(b"outside")
-            tar.addfile(member, io.BytesIO(b"outside"))
-        return data(tmp / "x.tgz")
-    return make
-
-
-def link_to_a_folder_outside(cat):
-    """A link in train/cat/ to a folder beside the data set that holds an image."""
-    outside = cat.parents[2] / "outside"
-    outside.mkdir()
-    shutil.copy(cat / "0000.png", outside / "0000.png")
-    os.symlink(outside, cat / "outside")
-
-
-# Odd files (2): predict's outputs and files ------------------------------------------------
-
-def predict_csv(csv):
-    """predict on the images, with --csv tmp/`csv`."""
-    return lambda tmp, folder, run: ["--run", str(run), str(tmp / "images"), "--csv", str(tmp / csv)]
-
-
-def malicious_export(tmp, folder, run):
-    (run / "export.pkl").write_bytes(pickle.dumps(Payload(tmp, "export-code-ran")))
-    return ["--run", str(run), str(tmp / "images"), "--pickle"]
-
-
-def classes_json(**values):
-    """predict on the run, its classes.json with `values` in place of its own."""
-    def make(tmp, folder, run):
-        info = json.loads((run / "classes.json").read_text())
-        (run / "classes.json").write_text(json.dumps({**info, **values}))
-        return ["--run", str(run), str(tmp / "images")]
-    return make
-
-
-def csv_link_to_nowhere(tmp, folder, run):
-    os.symlink("nowhere.csv", tmp / "link.csv")
-    return ["--run", str(run), str(tmp / "images"), "--csv", str(tmp / "link.csv")]
-
-
-def classes_json_not_json(tmp, folder, run):
-    (run / "classes.json").write_text('{"classes": [')
-    return ["--run", str(run), str(tmp / "images")]
-
-
-# Odd files (3): compare's files and outputs ------------------------------------------------
-
-def finished_run(run_dir):
-    """The files compare.py reads of a finished run, for one epoch."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({"lr_max": 0.01, "seed": 0}))
-    (run_dir / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "fit_seconds": 1.0, "epochs": 1}))
-    (run_dir / "history.csv").write_text("epoch,accuracy\n0,0.5\n")
-    (run_dir / "lr_schedule.csv").write_text("epoch,lr\n0,0.01\n")
-    (run_dir / "report.html").write_text("<html></html>")
-    return run_dir
-
-
-def compare_run(change=lambda run_dir: None, png="figure.png"):
-    """compare.py on a finished run, its files changed by `change`, with --png tmp/`png`."""
-    def make(tmp, folder, run):
-        run_dir = finished_run(tmp / "runs" / "r1")
-        change(run_dir)
-        return [str(run_dir), "--png", str(tmp / png)]
-    return make
-
-
-def compare_args(*given):
-    return lambda tmp, folder, run: list(given)
-
-
-def unfinished_group(tmp, folder, run):
-    """A group folder as train_fastai.py leaves it when its first run is refused: empty."""
-    (tmp / "runs" / "20250101-120000-lr-group").mkdir(parents=True)
-    return [str(tmp / "runs" / "20250101-120000-lr-group"), "--png", str(tmp / "figure.png")]
-
-
-def compare_out_is_a_file(tmp, folder, run):
-    """compare.py with its default figure under an --out that is a file."""
-    (tmp / "runs-file").write_text("not a folder")
-    return [str(finished_run(tmp / "runs" / "r1")), "--out", str(tmp / "runs-file")]
-
-
-def compare_index(text):
-    """compare.py over the runs of tmp/runs/index.csv, which holds `text`."""
-    def make(tmp, folder, run):
-        finished_run(tmp / "runs" / "r1")
-        (tmp / "runs" / "index.csv").write_text(text)
-        return ["--out", str(tmp / "runs"), "--png", str(tmp / "figure.png")]
-    return make
-
-
-# Hostile input: what a probe with tiny random data sets found -----------------------------
-
-def python_batches(change):
-    """The python version, changed by `change(its folder)`."""
-    def make(tmp, folder, run):
-        batches = write_python_batches(tmp / "b")
-        change(batches)
-        return data(batches)
-    return make
-
-
-def meta_holding(meta):
-    """The python version with `meta` pickled as its batches.meta."""
-    return python_batches(lambda batches: (batches / "batches.meta").write_bytes(pickle.dumps(meta)))
-
-
-def first_class_named(name):
-    """The python version with `name` (bytes) for its first class in batches.meta."""
-    return meta_holding({b"label_names": [name, *(c.encode() for c in CLASSES[1:])]})
-
-
-def data_batch_1_holding(n_images, labels):
-    """The python version with `n_images` black images and `labels` in its data_batch_1."""
-    def rewrite(batches):
-        batch = {b"data": np.zeros((n_images, 3 * 32 * 32), np.uint8), b"labels": labels}
-        (batches / "data_batch_1").write_bytes(pickle.dumps(batch))
-    return python_batches(rewrite)
-
-
-def first_training_image_without_red(tmp, folder, run):
-    """--subset 1 of a data set whose first training image has red 0 everywhere."""
-    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    pixels[..., 0] = 0
-    Image.fromarray(pixels).save(folder / "train" / "airplane" / "0000.png")
-    return [*data(folder), "--subset", "1", "--bs", "1"]
-
-
-# Issue 17, data side: what is recorded is what happened -----------------------------------
-
-def classes_differing_in_case(tmp, folder, run):
-    (folder / "train" / "cat").rename(folder / "train" / "Dog")
-    (folder / "test" / "cat").rename(folder / "test" / "Dog")
-    return data(folder)
-
-
-def resume_after_the_cache_was_cleaned(tmp, folder, run):
-    """An interrupted run in --out tmp/runs whose folder in the cache is gone, as is the archive it
-    was given."""
-    (tmp / "runs").mkdir()
-    run_dir = interrupted_run(tmp / "runs", epochs=2)
-    config = json.loads((run_dir / "config.json").read_text())
-    given = {"data": str(tmp / "cache" / "unpacked" / "x-0123456789ab" / "cifar10"), "data_given": str(tmp / "x.tgz")}
-    (run_dir / "config.json").write_text(json.dumps({**config, **given}))
-    return ["--resume", str(run_dir)]
-
-
-# Repairs: what the data looks like afterwards ----------------------------------------------
-
-def train_images(n):
-    return lambda dls: len(dls.train_ds) == n
-
-
-def data_files(n):
-    """A finished training run whose data fingerprint counts `n` files: the images the loader read."""
-    return lambda run_dir: json.loads((run_dir / "config.json").read_text())["data_files"] == n
-
-
-def cat_0000_pixel(value):
-    def check(dls):
-        i = next(i for i, p in enumerate(dls.train_ds.items) if p.parts[-2:] == ("cat", "0000.png"))
-        pixels = dls.train.images[i]
-        return pixels.shape == (3, 32, 32) and bool((pixels == value).all())
-    return check
-
 
 REFUSE, REPAIR = "refuse", "repair"
 ONE_EPOCH = [*GIVEN_LRS, "--epochs", "1"]  # a training run that repairs its input finishes, in seconds
@@ -820,197 +413,3 @@ def test_bad_input(tmp_path, tiny_folder, run_dir, images, capsys, tool, make, o
         assert check(made)
     assert not any(tmp_path.rglob(MARKER)) and not any(tmp_path.rglob("evil.txt"))
 
-
-def test_sync_debug_with_fp16_is_refused_where_a_gpu_may_be(tmp_path, tiny_folder, monkeypatch, capsys):
-    """(Without one, fp16 itself is refused first.)"""
-    monkeypatch.setattr(settings, "no_cuda_here", lambda: False)
-    run_cli("train", [*data(tiny_folder), "--precision", "fp16", "--sync-debug"], tmp_path, REFUSE)
-    assert "fp16's gradient scaler reads the GPU at every step" in capsys.readouterr().err
-
-
-def test_a_damaged_index_is_refused_before_a_run_folder_exists(tmp_path, tiny_folder):
-    """Found at the end, it cost the whole run's index row (and the last line of the run)."""
-    argv = index_saying("run;seed\nr1;0\n")(tmp_path, tiny_folder, None)
-    run_cli("train", argv, tmp_path, REFUSE)
-    assert [path.name for path in (tmp_path / "runs").iterdir()] == ["index.csv"]
-
-
-def test_debug_shows_the_traceback(tmp_path):
-    (tmp_path / "empty").mkdir()  # a missing --data is a flag's error, refused before torch loads
-    with pytest.raises(DataError, match="neither train/ and test/"):
-        main(["--data", str(tmp_path / "empty"), "--debug"])
-    with pytest.raises(predict.PredictError, match="is not a folder"):
-        predict.main(["--run", str(tmp_path / "nope"), str(tmp_path), "--debug"])
-    with pytest.raises(compare.CompareError, match="is not a folder"):
-        compare.main([str(tmp_path / "nope"), "--debug"])
-
-
-# Issue 9, train side: failures no check before the run can foresee -------------------------
-
-def train_until(monkeypatch, name, failure, tmp_path, tiny_folder, *debug):
-    """A run whose step `name` ("fit", or "outputs.write_export": as it is called) raises `failure` instead."""
-    def fail(*args, **kwargs):
-        raise failure
-
-    monkeypatch.setattr(f"train_fastai.{name}" if name == "fit" else f"cifar10_fast.training.{name}", fail)
-    main([*debug, "--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16",
-          *GIVEN_LRS, "--epochs", "1"])
-
-
-def test_out_of_memory_in_the_fit_names_width_and_bs(tmp_path, tiny_folder, monkeypatch, capsys):
-    with pytest.raises(SystemExit) as e:
-        train_until(monkeypatch, "fit", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                    tmp_path, tiny_folder)
-    assert e.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == ("error: out of memory for CustomResNet --width 8 in "
-                                                                "batches of --bs 16: lower --width (64 is the recipe) "
-                                                                "or --bs")
-
-
-def test_a_file_system_failure_midway_is_one_line_and_keeps_what_the_run_finished(tmp_path, tiny_folder, monkeypatch,
-                                                                                   capsys):
-    """A folder made read-only after the weights were written: the run says so in one line, with
-    how to resume it once that is mended, and keeps its summary and weights; --debug shows where
-    it happened."""
-    denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "runs" / "x" / "export.pkl"))
-    with pytest.raises(SystemExit) as e:
-        train_until(monkeypatch, "outputs.write_export", denied, tmp_path, tiny_folder)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    run_dir, = (tmp_path / "runs").iterdir()
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        f"error: {denied.filename}: Permission denied: fix its permissions, or choose a folder you can write to; then "
-        f"resume the run, which is saved: {resume_command(run_dir)} (rerun with --debug for the traceback)")
-    for name in ("config.json", "history.csv", "curves.png", "summary.json", "model.safetensors"):
-        assert (run_dir / name).is_file(), name
-    with pytest.raises(PermissionError):
-        train_until(monkeypatch, "outputs.write_export", denied, tmp_path, tiny_folder, "--debug")
-
-
-# Issue 17, class 2: the machine's failures name the path and the fix -------------------------
-
-def test_a_full_disk_while_the_weights_are_written_is_one_line_naming_them_and_leaves_no_part(tmp_path, tiny_folder,
-                                                                                            monkeypatch, capsys):
-    """safetensors' own error (not an OSError) on a full drive: what it says, as it says it."""
-    def full_disk(*args, **kwargs):
-        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-
-    monkeypatch.setattr("cifar10_fast.training.fit.save_file", full_disk)
-    with pytest.raises(SystemExit) as e:
-        main(["--data", str(tiny_folder), "--out", str(tmp_path / "runs"), "--width", "8", "--bs", "16", *GIVEN_LRS,
-              "--epochs", "1"])
-    err = capsys.readouterr().err
-    run_dir, = (tmp_path / "runs").iterdir()
-    assert e.value.code == 2 and "Traceback" not in err and err.strip().splitlines()[-1] == (
-        f"error: {run_dir / 'model.safetensors'}: No space left on device: free disk space on its drive (rerun with "
-        "--debug for the traceback)")
-    assert not [path.name for path in run_dir.iterdir() if "tmp" in path.name]
-
-
-def test_a_programming_error_keeps_its_traceback(tmp_path, tiny_folder, monkeypatch):
-    with pytest.raises(KeyError):
-        train_until(monkeypatch, "outputs.write_export", KeyError("a bug of ours"), tmp_path, tiny_folder)
-
-
-def test_text_in_another_encoding_is_one_line_naming_it():
-    error = UnicodeDecodeError("utf-8", b"\xffcat.png", 0, 1, "invalid start byte")
-    assert unexpected_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
-                               "for the traceback)")
-
-
-# Issue 17, data side: interruptions and the machine's failures while the data is set up ----
-
-def test_a_sweep_refused_for_its_subset_is_refused_before_any_folder(tmp_path, tiny_folder, capsys):
-    run_cli("train", [*data(tiny_folder), *ONE_EPOCH, "--sweep", "subset=40,81"], tmp_path, REFUSE)
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-
-
-def test_a_resume_after_the_cache_was_cleaned_names_the_data_it_was_given(tmp_path, tiny_folder, monkeypatch,
-                                                                           capsys):
-    """...and never takes CIFAR10_DATA's instead: that is a new run's default."""
-    argv = resume_after_the_cache_was_cleaned(tmp_path, tiny_folder, None)
-    monkeypatch.setenv("CIFAR10_DATA", str(tiny_folder))
-    run_cli("train", argv, tmp_path, REFUSE)
-    run_dir = argv[-1]
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: {run_dir} was run on {tmp_path / 'x.tgz'}, which is not there any more (nor the folder it was "
-        "unpacked into): give --data with a copy of it to resume the run (see --help)"]
-
-
-def test_sigterm_while_unpacking_is_one_line_saying_what_was_kept(tmp_path, tiny_folder, isolated_cache, monkeypatch,
-                                                                  capsys):
-    from cifar10_fast.data import archives
-    archive = write_tgz(tiny_folder, tmp_path / "x.tgz", "cifar10")
-
-    def sigterm(*args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(10)
-
-    monkeypatch.setattr(archives, "extract_with_tar", sigterm)
-    monkeypatch.setattr(archives, "extract_with_tarfile", sigterm)
-    unhandled = signal.signal(signal.SIGTERM, lambda *args: pytest.fail("SIGTERM reached no handler of unpack's"))
-    try:
-        with pytest.raises(SystemExit) as e:
-            main([*data(archive), "--out", str(tmp_path / "runs")])
-    finally:
-        signal.signal(signal.SIGTERM, unhandled)
-    assert e.value.code == 130 and capsys.readouterr().err.splitlines() == [
-        f"interrupted while unpacking {archive}: nothing of it is kept; run the same command again to start it over"]
-    assert [p.name for p in (isolated_cache / "unpacked").iterdir()] == [] and not (tmp_path / "runs").exists()
-
-
-@pytest.mark.parametrize("code,line", [
-    (errno.EROFS, "cannot write the cache folder {} (Read-only file system): set CIFAR10_CACHE to a folder you can "
-                  "write to"),
-    (errno.ENOSPC, "the disk holding {} is full (No space left on device): free space on it, or set CIFAR10_CACHE to "
-                   "a folder on a disk with room (CIFAR-10 takes about 0.5 GB there)")])
-def test_a_cache_that_cannot_be_written_is_one_line_naming_it(tmp_path, tiny_folder, isolated_cache, monkeypatch,
-                                                              capsys, code, line):
-    """Unpacking needs the cache: a read-only one (a read-only home) or a full disk stops the run."""
-    archive = write_tgz(tiny_folder, tmp_path / "x.tgz", "cifar10")
-    real_mkdir = os.mkdir
-
-    def mkdir(path, *args, **kwargs):
-        if str(path).startswith(str(isolated_cache)):
-            raise OSError(code, os.strerror(code), str(path))
-        return real_mkdir(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "mkdir", mkdir)
-    with pytest.raises(SystemExit) as e:
-        main([*data(archive), "--out", str(tmp_path / "runs")])
-    assert e.value.code == 2
-    assert capsys.readouterr().err.splitlines() == ["error: " + line.format(isolated_cache / "unpacked")]
-# Issue 17, class 5: output a person can read ----------------------------------------------
-
-CJK_CLASSES = ["飛行機", "自動車", "鳥", "猫", "鹿", "犬", "蛙", "馬", "船", "トラック"]
-
-
-def test_class_names_in_cjk_give_one_warning_line_not_one_per_character(tmp_path, monkeypatch, capsys):
-    """Without a font that has them, matplotlib warned once per character of the confusion matrix
-    and the misclassified images: 12 lines and more."""
-    monkeypatch.setattr(files, "shown_as_boxes", set())
-    folder = write_folder(tmp_path / "cjk", classes=CJK_CLASSES)
-    run_cli("train", ["--data", str(folder), *ONE_EPOCH], tmp_path, REPAIR)
-    err = capsys.readouterr().err
-    assert "Glyph" not in err
-    if not any(all(c in charmap for c in "".join(CJK_CLASSES)) for _, charmap in files.installed_charmaps()):
-        warning, = (line for line in err.splitlines() if "as boxes" in line)
-        assert warning.startswith("warning: the figures draw 17 characters of their labels as boxes")
-
-
-def test_csv_into_a_folder_that_is_not_writable_is_refused_before_any_work(tmp_path, run_dir, images, monkeypatch,
-                                                                           capsys):
-    """It printed every prediction, then failed naming its temporary file (.x.csv.tmp)."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    if os.access(locked, os.W_OK):  # root writes anyway: see the folder as a user would
-        real_access = os.access
-        monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and Path(path) != locked)
-    try:
-        line = one_line_error(predict.main, ["--run", str(run_dir), str(images), "--csv", str(locked / "x.csv")],
-                              capsys)
-    finally:
-        locked.chmod(0o755)
-    assert line == f"error: {locked} is not writable for you: give --csv a file in a folder you can write to"
-    assert not any(locked.iterdir())

@@ -1,6 +1,7 @@
+"""fastai DataLoaders over a decoded folder: the split, the augmentation, the subset, the order, the
+normalisation, images of any size, and images PIL refuses."""
 import os
 import re
-import time
 import warnings
 
 import numpy as np
@@ -10,51 +11,10 @@ from PIL import Image
 
 from augment import training_augmentations
 from cifar10_fast.core.errors import DataError
-from cifar10_fast.data import images, sources
+from cifar10_fast.data import images
 from cifar10_fast.data.decoded_folder import channel_stats
-from cifar10_fast.data.loaders import Squash, cifar10_dataloaders
-from cifar10_fast.data.sources import cifar10_folder
-from tests.conftest import CLASSES, class_value, write_folder, write_python_batches, write_tgz
-
-
-def check_labels_match_pixels(dl, stats):
-    """Every image of class k is the flat value class_value(k): undo Normalize and compare."""
-    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in stats)
-    for x, y in dl:
-        pixels = (x.as_subclass(torch.Tensor) * std + mean) * 255
-        expected = torch.tensor([class_value(k) for k in y.tolist()], dtype=torch.float32).view(-1, 1, 1, 1)
-        assert torch.allclose(pixels, expected.expand_as(pixels), atol=0.5)
-
-
-def load(source, **kwargs):
-    folder = cifar10_folder(str(source))
-    dls, stats = cifar10_dataloaders(folder, bs=8, device="cpu", **kwargs)
-    return folder, dls, stats
-
-
-SOURCES = {  # name: (make, training images, test images)
-    "png folder": (lambda tmp: write_folder(tmp / "cifar10"), 80, 20),
-    "bmp folder": (lambda tmp: write_folder(tmp / "cifar10", suffix=".bmp"), 80, 20),
-    "folder wrapping the layout": (lambda tmp: write_folder(tmp / "wrap" / "cifar10").parent, 80, 20),
-    "fastai .tgz": (lambda tmp: write_tgz(write_folder(tmp / "cifar10"), tmp / "cifar10.tgz", "cifar10"), 80, 20),
-    "python batches folder": (lambda tmp: write_python_batches(tmp / "cifar-10-batches-py"), 50, 20),
-    "python .tar.gz": (lambda tmp: write_tgz(write_python_batches(tmp / "cifar-10-batches-py"),
-                                             tmp / "cifar-10-python.tar.gz", "cifar-10-batches-py"), 50, 20),
-}
-
-
-@pytest.mark.parametrize("make,n_train,n_test", SOURCES.values(), ids=SOURCES.keys())
-def test_every_source_format_gives_labelled_train_and_test_sets(tmp_path, make, n_train, n_test):
-    folder, dls, stats = load(make(tmp_path))
-    assert list(dls.vocab) == CLASSES
-    assert (len(dls.train_ds), len(dls.valid_ds)) == (n_train, n_test)
-    check_labels_match_pixels(dls.valid, stats)
-    assert sum(len(y) for _, y in dls.valid) == n_test
-
-
-def test_env_variable_is_the_default_source(tiny_folder, monkeypatch):
-    monkeypatch.setenv("CIFAR10_DATA", str(tiny_folder))
-    assert cifar10_folder() == tiny_folder
+from cifar10_fast.data.loaders import Squash
+from tests.conftest import CLASSES, check_labels_match_pixels, load
 
 
 def test_training_batches_are_augmented_and_test_batches_are_not(tiny_folder):
@@ -81,14 +41,6 @@ def test_decoded_pixels_are_cached_and_refreshed_when_a_file_changes(tiny_folder
     assert (dls.valid.images[row] == 0).all()
 
 
-def test_archives_are_unpacked_once(tmp_path, isolated_cache):
-    archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "c.tgz", "cifar10")
-    first = cifar10_folder(str(archive))
-    assert first.is_relative_to(isolated_cache)
-    (first / "marker").write_text("kept")
-    assert cifar10_folder(str(archive)) == first and (first / "marker").exists()
-
-
 def test_subset_takes_the_first_n_training_images_of_every_class(tiny_folder):
     _, dls, _ = load(tiny_folder, subset=20)
     train = dls.train_ds.items
@@ -111,19 +63,6 @@ def test_albumentations_backend_serves_the_same_split(tiny_folder):
     x, _ = dls.train.one_batch()
     assert x.shape == (8, 3, 32, 32)
     check_labels_match_pixels(dls.valid, stats)
-
-
-def test_no_data_and_no_route_to_the_download_fails_within_seconds(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTAI_HOME", str(tmp_path / "fastai"))
-    def hang(*args, **kwargs):  # a host with no route answers nothing: the connection (or name lookup) hangs
-        time.sleep(20)
-        raise TimeoutError
-
-    monkeypatch.setattr(sources.socket, "create_connection", hang)
-    start = time.perf_counter()
-    with pytest.raises(DataError, match="cannot be reached: pass --data PATH or set CIFAR10_DATA"):
-        cifar10_folder()
-    assert time.perf_counter() - start < 10
 
 
 def test_the_per_item_path_serves_files_without_device_images(tiny_folder):
@@ -174,16 +113,6 @@ def test_hidden_folders_are_not_classes_in_test_either(tiny_folder):
     (tiny_folder / "test" / ".ipynb_checkpoints").mkdir()
     _, dls, _ = load(tiny_folder)
     assert list(dls.vocab) == CLASSES
-
-
-def test_an_empty_cache_variable_means_the_default_cache_not_the_current_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CIFAR10_CACHE", "")
-    archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "c.tgz", "cifar10")
-    (tmp_path / "work").mkdir()
-    monkeypatch.chdir(tmp_path / "work")
-    assert cifar10_folder(str(archive)).is_relative_to(tmp_path / "home" / ".cache" / "cifar10-fast")
-    assert not any((tmp_path / "work").iterdir())
 
 
 def image_above_pils_bomb_limit(folder, split, monkeypatch):

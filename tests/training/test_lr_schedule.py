@@ -82,7 +82,7 @@ def test_lr_rule_refuses_a_flat_noisy_curve():
 def test_lr_rule_reads_a_real_cifar10_curve():
     """lr_find.csv of `train_fastai.py --find-lr --subset 5000 --width 16 --bs 128` on the JPEG copy
     of CIFAR-10 (CPU): the loss falls from 3.1 to 2.4, 6.7 times the noise of one batch's loss."""
-    curve = pd.read_csv(Path(__file__).parent / "data" / "lr_find_cifar10.csv")
+    curve = pd.read_csv(Path(__file__).with_name("lr_find_cifar10.csv"))
     assert list(curve.loss) == pytest.approx(smoothed(curve.batch_loss), rel=1e-4)  # fastai's smoothing
     lr_min, lr_max = lr_bounds(usable_curve(curve, 100))
     assert lr_min == pytest.approx(1.096e-4, rel=1e-3) and lr_max == pytest.approx(6.918e-3, rel=1e-3)
@@ -104,6 +104,6 @@ def test_the_fewest_finder_iterations_are_those_whose_usable_curve_reaches_cifar
     """settings.FINDER_ITERS_MIN, derived: with one iteration fewer, the usable curve ends below the
     LR at which the real curve's smoothed loss is lowest (so the rule could only fail, or put
     LRMAX at the curve's end, while the loss still falls)."""
-    real = usable_curve(pd.read_csv(Path(__file__).parent / "data" / "lr_find_cifar10.csv"), 100)
+    real = usable_curve(pd.read_csv(Path(__file__).with_name("lr_find_cifar10.csv")), 100)
     lowest_loss_lr = real.lr.iloc[int(np.argmin(real.loss))]
     assert usable_reach(FINDER_ITERS_MIN - 1) < lowest_loss_lr <= usable_reach(FINDER_ITERS_MIN)
