@@ -332,7 +332,8 @@ def patched_torch_cuda(gpu):
                 set_sync_debug_mode=set_sync_debug_mode, get_sync_debug_mode=lambda: gpu.sync_debug_mode,
                 max_memory_allocated=lambda device=None: 0, memory_allocated=lambda device=None: 0,
                 reset_peak_memory_stats=lambda device=None: None, empty_cache=lambda: None,
-                manual_seed_all=lambda seed: None, manual_seed=lambda seed: None)
+                manual_seed_all=lambda seed: None, manual_seed=lambda seed: None,
+                is_current_stream_capturing=lambda: False)  # torch 2.11's optimizers ask it, as 2.14's ask the stream
     answers = {(torch.cuda, name): answer for name, answer in cuda.items()}
     answers.update({(torch.accelerator, "current_stream"): lambda device=None: FakeStream(),
                     (torch, "load"): load, (torch, "Generator"): FakeCudaGenerator,
