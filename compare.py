@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cifar10_fast.core import startup
 from cifar10_fast.core.errors import BadInput, one_line_errors, warn
-from cifar10_fast.core.files import check_new_file, figures_to_files, save_figure, unused_names
+from cifar10_fast.core.files import check_new_file, figure_text, figures_to_files, save_figure, unused_names
 from cifar10_fast.core.run_folder import (
     CONFIG,
     INDEX,
@@ -221,7 +221,7 @@ def comparison_figure(runs):
     fig, (ax_acc, ax_lr) = plt.subplots(1, 2, figsize=(12 + 2 * (columns - 1), 4.5), sharex=True,
                                         layout="constrained")
     for ((group, point), members), colour in zip(configurations, configuration_colours(configurations.ngroups)):
-        label = point or group
+        label = figure_text(point or group)
         if len(runs) > MAX_LINES and len(members) > 1:
             accuracy = 100 * pd.concat(list(members.history)).groupby("epoch").accuracy.agg(["mean", "min", "max"])
             ax_acc.plot(accuracy.index + 1, accuracy["mean"], marker="o", c=colour, label=f"{label} ({len(members)} "

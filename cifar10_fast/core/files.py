@@ -100,16 +100,21 @@ def check_new_file(path, flag):
 
 
 def figures_to_files():
-    """matplotlib set up for figures that go to files: no window (Agg), every label plain text, and
-    no warning per character that no font has. Class and run names are the user's: with mathtext a
-    '$' in one is TeX, and an unknown command in it fails the figure, after training, so that the
-    run's outputs are lost."""
+    """matplotlib set up for figures that go to files: no window (Agg), and no warning per character
+    that no font has. (Its own labels stay mathtext, as a log axis's 10^-7 must: user text goes
+    through `figure_text`.)"""
     import matplotlib
     matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False
     # A warning per character a font lacks, wherever text is laid out (fastai's tight_layout too):
     # save_figure says it once instead.
     warnings.filterwarnings("ignore", message=MISSING_GLYPH.pattern)
+
+
+def figure_text(text):
+    """A user's text (a class or run name) as a figure shows it, letter for letter: with every '$'
+    escaped, matplotlib reads none of it as TeX, where an unknown command would fail the figure
+    (after training, losing the run's outputs) and a known one would show as a formula."""
+    return str(text).replace("$", r"\$")
 
 
 def save_figure(fig, path):

@@ -14,7 +14,7 @@ from fastai.torch_core import num_distrib
 from fastai.vision.data import get_grid
 
 from cifar10_fast.core.config import UsageError
-from cifar10_fast.core.files import atomic, save_figure, unused_names, write_csv, write_json
+from cifar10_fast.core.files import atomic, figure_text, save_figure, unused_names, write_csv, write_json
 from cifar10_fast.core.report import write_report
 from cifar10_fast.core.run_folder import (
     CLASSES,
@@ -90,6 +90,7 @@ class PredictedInterpretation(ClassificationInterpretation):
     def __init__(self, learn, probs, targets, losses):
         super().__init__(learn, learn.dls.valid, losses)
         self.probs, self.targets, self.decoded = probs, targets, learn.loss_func.decodes(probs)
+        self.vocab = [figure_text(name) for name in self.vocab]  # the class names, as the figures show them
 
     def confusion_matrix(self):
         classes = len(self.vocab)

@@ -6,6 +6,8 @@ import pytest
 from fastai.test_utils import synth_learner
 
 from cifar10_fast.core.config import FINDER_END_LR, FINDER_ITERS_MIN, FINDER_START_LR, UsageError
+from cifar10_fast.core.files import figures_to_files
+from cifar10_fast.training import lr_schedule
 from cifar10_fast.training.lr_schedule import lr_bounds, one_cycle, usable_curve
 
 
@@ -107,3 +109,22 @@ def test_the_fewest_finder_iterations_are_those_whose_usable_curve_reaches_cifar
     real = usable_curve(pd.read_csv(Path(__file__).with_name("lr_find_cifar10.csv")), 100)
     lowest_loss_lr = real.lr.iloc[int(np.argmin(real.loss))]
     assert usable_reach(FINDER_ITERS_MIN - 1) < lowest_loss_lr <= usable_reach(FINDER_ITERS_MIN)
+
+
+def test_the_range_tests_figure_shows_its_log_axis_as_powers_of_ten(tmp_path, monkeypatch):
+    """The LR rule rests on this figure: each tick of its log axis is matplotlib's mathtext 10^n, a
+    few characters wide, not the raw text $\\mathdefault{10^{-7}}$ (which it was while user text was
+    made safe by turning mathtext off for all of matplotlib)."""
+    figures_to_files()
+    curve = pd.read_csv(Path(__file__).with_name("lr_find_cifar10.csv"))
+    learn = synth_learner()
+    learn.recorder.lrs, learn.recorder.losses = list(curve.lr), list(curve.loss)
+    drawn = []
+    monkeypatch.setattr(lr_schedule, "save_figure", lambda fig, path: drawn.append(fig))
+    lr_schedule.plot_lr_find(learn, tmp_path, curve, 1e-4, 1e-3)
+    figure, = drawn
+    figure.canvas.draw()
+    ticks = [label for label in figure.axes[0].get_xticklabels() if label.get_text()]
+    assert ticks and all("mathdefault" in label.get_text() for label in ticks)
+    widths = [label.get_window_extent().width for label in ticks]
+    assert max(widths) < 40, widths  # about 25 px as 10^-6; over 150 px as its raw text
