@@ -15,7 +15,6 @@ Every run writes a new folder <out>/<timestamp>[-name]/ and a row of <out>/index
 (--runs, --sweep) also write a group folder <out>/<timestamp>[-name]-group/ that summarises them.
 docs/reference.md lists every file.
 """
-import json
 from pathlib import Path
 
 from cifar10_fast.core import startup
@@ -43,8 +42,8 @@ with without_unused():  # fastai's modules without scikit-learn and SciPy's stat
     import augment
     import compare
     from cifar10_fast.core import run_folder
-    from cifar10_fast.core.config import UsageError, lr_source, member, record, sweep_grid
-    from cifar10_fast.core.errors import one_line_errors
+    from cifar10_fast.core.config import UsageError, departures, lr_source, member, record, sweep_grid
+    from cifar10_fast.core.errors import counted, one_line_errors
     from cifar10_fast.core.files import figures_to_files
     from cifar10_fast.core.lifecycle import hold, stops_cleanly
     from cifar10_fast.data.loaders import cifar10_data, cifar10_dataloaders
@@ -146,7 +145,7 @@ def run(config, data=None, start_up=None):
     if config.resume:
         recorded = resumed_config(run_dir, recorded)
         resumed = load_checkpoint(learn, run_dir)
-    print(f"run folder: {run_dir}\nconfig: {json.dumps(recorded)}")
+    print(f"run folder: {run_dir}\n{settings_line(recorded)}")
     run_folder.write_config(run_dir, recorded)  # written again once the LRs are known
     phases.end("learner")
 
@@ -202,9 +201,22 @@ def run(config, data=None, start_up=None):
     tta = f" ({100 * summary['tta_accuracy']:.2f}% with flip TTA)" if config.tta else ""
     stopped = f", stopped at --target-acc {config.target_acc}" if summary["stopped_early"] else ""
     compiled = f" and {summary['compile_seconds']:.1f} s compiling" if config.compile else ""
-    print(f"final test accuracy {100 * summary['final_accuracy']:.2f}%{tta} after {summary['epochs']} epochs"
-          f"{stopped}, fit {fit_seconds:.1f} s{compiled} of {phases.total():.1f} s in all; outputs in {run_dir}")
+    # A resumed fit's seconds are those of all its sessions; this process's are part of them.
+    seconds = (f"fit {fit_seconds:.1f} s{compiled} of {phases.total():.1f} s in all" if not config.resume else
+               f"fit {fit_seconds:.1f} s in all its sessions{compiled}, this one {phases.total():.1f} s")
+    print(f"final test accuracy {100 * summary['final_accuracy']:.2f}%{tta} after {counted(summary['epochs'], 'epoch')}"
+          f"{stopped}, {seconds}; outputs in {run_dir}")
     return run_dir, summary
+
+
+def settings_line(recorded):
+    """One line of what the run runs: the recipe, or the flags it departs from it by, on how many
+    images, where; config.json has every setting."""
+    changed = departures(recorded)
+    recipe = f"the recipe with {' '.join(changed)}" if changed else "the recipe"
+    return (f"settings: {recipe}; {recorded['train_images']} training and {recorded['test_images']} test images of "
+            f"{len(recorded['classes'])} classes; {recorded['device']}, {recorded['precision']} (config.json has "
+            "every setting)")
 
 
 def run_group(config, points, start_up=None):

@@ -46,7 +46,7 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     assert "LRMIN" in printed
     # The finder's 100 batches of 16, and no test pass: it never evaluates. Timed on the finder's first batches.
     assert "CPU only: this run will take about" in printed and "(1600 training images at" in printed
-    assert "and 0 test images at" in printed
+    assert "test images" not in printed.split("CPU only")[1].splitlines()[0]
     assert printed.index("LR range test: 100 iterations") < printed.index("CPU only") < printed.index("LRMIN")
 
     cli(*common, "--epochs", 2, "--name", "train")
@@ -180,7 +180,7 @@ def test_a_run_reports_flip_tta_time_to_accuracy_and_an_early_stop(finished_swee
         assert summary[f"first_epoch_{milestone}"] == (reached[0] + 1 if len(reached) else None)
     assert 0 <= summary["tta_accuracy"] <= 1
     assert (f"final test accuracy {100 * summary['final_accuracy']:.2f}% ({100 * summary['tta_accuracy']:.2f}% "
-            "with flip TTA) after 1 epochs, stopped at --target-acc 0.01") in printed
+            "with flip TTA) after 1 epoch, stopped at --target-acc 0.01") in printed
 
 
 def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_folder, monkeypatch, capsys):
@@ -208,7 +208,7 @@ def test_compile_trains_through_fastai_and_saves_plain_weights(tmp_path, tiny_fo
     assert 0 < summary["compile_seconds"] and summary["fit_seconds"] < summary["phases"]["fit"]
     printed = capsys.readouterr().out
     assert f"fit {summary['fit_seconds']:.1f} s and {summary['compile_seconds']:.1f} s compiling of " in printed
-    assert "s compiling the model, more for its first test pass); a GPU takes seconds" in printed
+    assert "s compiling the model, more for its first test pass)" in printed
 
 
 def test_config_is_written_before_the_finder_can_stop_the_run(tmp_path, tiny_folder, monkeypatch, capsys):

@@ -105,6 +105,23 @@ def record(config):
     return {**asdict(config), "sweep": list(config.sweep) or None}
 
 
+def departures(recorded):
+    """The flags, as a user types them, by which the settings config.json records (`recorded`) depart
+    from the recipe's: what makes a run other than the recipe, at a glance. A peak epoch at the
+    recipe's fraction of the run is the recipe's."""
+    flags = []
+    for name in RESUMED:
+        value, recipe = recorded.get(name), getattr(RECIPE, name)
+        at_the_recipes_peak = name == "peak_epoch" and value == recorded.get("epochs", 0) * PEAK_FRACTION
+        if name == "name" or value == recipe or at_the_recipes_peak:
+            continue
+        if isinstance(value, bool):
+            flags.append(option(name) if value else f"--no-{option(name)[2:]}")
+        else:
+            flags.append(f"{option(name)} {value:g}" if isinstance(value, float) else f"{option(name)} {value}")
+    return flags
+
+
 def option(name):
     """The flag of a setting: lr_max -> --lr-max."""
     return f"--{name.replace('_', '-')}"

@@ -25,6 +25,11 @@ class DataError(BadInput):
     """A problem with the user's data, worded as one line that says what to do."""
 
 
+def counted(count, noun):
+    """'1 epoch', '2 epochs': a count and its noun, singular or plural as English has it."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def warn(message):
     print(f"warning: {message}", file=sys.stderr)
 

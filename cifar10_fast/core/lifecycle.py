@@ -28,7 +28,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from cifar10_fast.core.errors import BadInput, command_to_retype
+from cifar10_fast.core.errors import BadInput, command_to_retype, counted
 from cifar10_fast.core.run_folder import CONFIG, LOCK, REPORT, epochs_logged, is_range_test, read_progress
 
 TRAINER = Path(importlib.util.find_spec("train_fastai").origin)  # found, not imported: it loads torch
@@ -122,11 +122,12 @@ def what_it_kept(run_dir):
         return NOTHING_TO_RESUME
     progress = read_progress(run_dir)
     if progress and progress.get("fit_done"):
-        return (f"interrupted after the fit: its {progress['epochs_done']} epochs and weights are saved in {run_dir}, "
-                f"not yet all its outputs. Resume with: {resume_command(run_dir)}")
+        return (f"interrupted after the fit: its {counted(progress['epochs_done'], 'epoch')} and weights are saved in "
+                f"{run_dir}, not yet all its outputs. Resume with: {resume_command(run_dir)}")
     if progress:
-        return f"interrupted; epochs 1-{progress['epochs_done']} are saved in {run_dir}. Resume with: " \
-               f"{resume_command(run_dir)}"
+        done = progress["epochs_done"]
+        saved = "epoch 1 is" if done == 1 else f"epochs 1-{done} are"
+        return f"interrupted; {saved} saved in {run_dir}. Resume with: {resume_command(run_dir)}"
     if (run_dir / REPORT).is_file():
         return f"interrupted after {run_dir} was finished: it is whole"
     if is_range_test(run_dir):
@@ -145,7 +146,7 @@ def nothing_to_resume(run_dir):
     epochs = epochs_logged(run_dir)
     if epochs:
         return (f"{run_dir} holds no checkpoint.json: its run was killed (SIGKILL, out of memory, power loss) or "
-                f"crashed after {epochs} epoch(s), before it saved one (a run saves one on Ctrl-C or SIGTERM, and every "
+                f"crashed after {counted(epochs, 'epoch')}, before it saved one (a run saves one on Ctrl-C or SIGTERM, and every "
                 f"{CHECKPOINT_EVERY_S} s of fitting); nothing to resume: start a new run")
     return (f"{run_dir} holds no checkpoint.json: its run stopped before its first epoch finished; nothing to "
             "resume: start a new run")

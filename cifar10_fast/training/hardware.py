@@ -12,6 +12,7 @@ from fastai.torch_core import find_bs, set_seed
 
 from cifar10_fast.core.config import UsageError
 from cifar10_fast.core.internals import compile_seconds
+from cifar10_fast.training.recording import print_line
 from cifar10_fast.core.settings import no_gpu
 
 # What torch says when an allocation fails, on the CPU (DefaultCPUAllocator) or elsewhere.
@@ -170,16 +171,18 @@ class CpuEstimate(Callback):
         trained = (self.finder_iters + self.epochs * len(self.dls.train)) * self.dls.train.bs
         evaluated = (self.epochs + self.final_passes) * len(self.dls.valid.dataset)
         compiling = compile_seconds() - self.compiling_before
-        print(estimate_line(trained, evaluated, train_rate, eval_rate, compiling), flush=True)
+        print_line(self.learn, estimate_line(trained, evaluated, train_rate, eval_rate, compiling))
 
 
 def estimate_line(trained, evaluated, train_rate, eval_rate, compiling):
+    """The estimate of a run that trains `trained` images and tests `evaluated` ones (none for a
+    range test alone) at the rates its first batches ran at."""
     seconds = trained / train_rate + evaluated / eval_rate + compiling
     duration = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
+    tested = f" and {evaluated} test images at {eval_rate:.0f}/s" if evaluated else ""
     compiled = (f"; and {compiling:.0f} s compiling the model, more for its first test pass" if compiling else "")
-    return (f"CPU only: this run will take about {duration} ({trained} training images at {train_rate:.0f}/s and "
-            f"{evaluated} test images at {eval_rate:.0f}/s, timed on its first training batches{compiled}); "
-            "a GPU takes seconds")
+    return (f"CPU only: this run will take about {duration} ({trained} training images at {train_rate:.0f}/s{tested}, "
+            f"timed on its first training batches{compiled})")
 
 
 def out_of_memory(error):

@@ -12,7 +12,7 @@ from fastai.callback.core import Callback
 from cifar10_fast.core.config import FINDER_END_LR, FINDER_START_LR, UsageError
 from cifar10_fast.core.files import save_figure, write_csv
 from cifar10_fast.core.run_folder import LR_FIND_CSV, LR_FIND_PNG, write_lr_find
-from cifar10_fast.training.recording import quiet
+from cifar10_fast.training.recording import print_line, showing_range_test
 
 # The smoothed loss must fall by more than this many standard deviations of one batch's loss. Pure
 # noise through fastai's smoothing (an average over about 50 batches) falls, from the start of the
@@ -80,7 +80,7 @@ def find_lr(learn, run_dir, num_it):
     print(f"LR range test: {num_it} iterations, LR {FINDER_START_LR:g} to {FINDER_END_LR:g}", flush=True)
     batch_losses = BatchLosses()
     try:
-        with quiet(learn), learn.added_cbs(batch_losses):
+        with showing_range_test(learn, num_it), learn.added_cbs(batch_losses):
             learn.lr_find(start_lr=FINDER_START_LR, end_lr=FINDER_END_LR, num_it=num_it, show_plot=False,
                           suggest_funcs=None)
     finally:  # lr_find parks the weights there, and leaves them if it is interrupted
@@ -95,16 +95,16 @@ def find_lr(learn, run_dir, num_it):
     write_lr_find(run_dir, {"lr_min": lr_min, "lr_max": lr_max, "rule": LR_RULE, "iterations": len(curve),
                             "iterations_asked": num_it, "stopped": stopped, "start_lr": FINDER_START_LR,
                             "end_lr": FINDER_END_LR})
-    print(f"LR range test: {len(curve)} iterations ({stopped}); LRMIN = {lr_min:.3e}, LRMAX = {lr_max:.3e}")
+    print_line(learn, f"LR range test: stopped {stopped}; LRMIN = {lr_min:.3e}, LRMAX = {lr_max:.3e}")
     return lr_min, lr_max
 
 
 def stop_reason(iterations, asked):
-    """Why the range test stopped after `iterations` of the `asked`: fastai's LRFinder stops early
+    """When the range test stopped, `iterations` into the `asked`: fastai's LRFinder stops early
     only where the smoothed loss has passed 4 times its lowest (stop_div)."""
     if iterations >= asked:
-        return "after its iterations"
-    return f"at iteration {iterations}: the loss diverged (past 4 times its lowest, fastai's stop)"
+        return f"after its {asked} iterations"
+    return f"at iteration {iterations} of {asked}, where the loss diverged (past 4 times its lowest, fastai's stop)"
 
 
 def plot_lr_find(learn, run_dir, curve, lr_min, lr_max):

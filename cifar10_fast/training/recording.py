@@ -118,6 +118,27 @@ class EpochLines(Callback):
             self.learn.logger = self.old_logger
 
 
+def print_line(learn, text):
+    """A line of its own amid the loop's output: on a terminal, the progress bar's line is cleared
+    first (a bar leaves the cursor at its end), and the bar goes on below."""
+    on_a_bar = any(isinstance(cb, TerminalBars) for cb in learn.cbs)
+    print(f"\r\x1b[2K{text}" if on_a_bar else text, flush=True)
+
+
+class RangeTestLines(Callback):
+    """Off a terminal, the LR range test's progress as the fit's is shown there, a line at a time:
+    one at each tenth of its iterations, with the LR it has reached (a host value: the loss stays on
+    the device)."""
+
+    def __init__(self, iterations):
+        self.iterations, self.every = iterations, max(iterations // 10, 1)
+
+    def after_batch(self):
+        done = self.train_iter  # fastai's count, which the LR finder stops at
+        if self.training and (done % self.every == 0 or done == self.iterations):
+            print(f"LR range test: {done}/{self.iterations} iterations, LR {self.opt.hypers[-1]['lr']:.1e}", flush=True)
+
+
 def display(learn):
     """The display callback of `learn`, whichever it is."""
     return learn.cbs.filter(lambda cb: isinstance(cb, (ProgressCallback, EpochLines)))
@@ -137,9 +158,11 @@ def record_on_device(learn, terminal=None):
 
 
 @contextmanager
-def quiet(learn):
-    """No bars and no lines (the LR range test, which prints its own)."""
-    with learn.removed_cbs(display(learn)):
+def showing_range_test(learn, iterations):
+    """The LR range test's progress shown as the fit's is: its bars on a terminal, else a line at
+    each tenth of it (fastai logs no epoch of it)."""
+    on_a_terminal = any(isinstance(cb, TerminalBars) for cb in learn.cbs)
+    with learn.added_cbs([] if on_a_terminal else [RangeTestLines(iterations)]):
         yield learn
 
 

@@ -155,7 +155,7 @@ CASES = {
                                               None),
     "checkpoint.json with no epoch done": ("train", checkpoint_saying(epochs_done=0), REFUSE, "says 0 epochs are done", None),
     "checkpoint.json without its epochs' lines": ("train", checkpoint_saying(history=None), REFUSE,
-                                                  "lacks the lines, LRs or seconds of its 1 epochs", None),
+                                                  "lacks the lines, LRs or seconds of its 1 epoch:", None),
     "checkpoint.json without its LRs": ("train", checkpoint_saying(lrs=[]), REFUSE, "lacks the lines, LRs", None),
     "a seed beyond 64 bits": ("train", flags("--seed", str(2**64)), REFUSE, "--seed must lie in [0, ", None),
     "a negative seed": ("train", flags("--seed", "-1"), REFUSE, "--seed must lie in [0, ", None),
@@ -192,7 +192,7 @@ CASES = {
     # Issue 17, class 1: a resume says why there is nothing to resume
     "--resume a run killed before it saved a checkpoint": (
         "train", resume_without_checkpoint({"history.csv": "epoch,accuracy\n0,0.1\n1,0.2\n"}), REFUSE,
-        "its run was killed (SIGKILL, out of memory, power loss) or crashed after 2 epoch(s), before it saved one "
+        "its run was killed (SIGKILL, out of memory, power loss) or crashed after 2 epochs, before it saved one "
         "(a run saves one on Ctrl-C or SIGTERM, and every 60 s of fitting); nothing to resume: start a new run", None),
     "--resume a finished run": ("train", resume_without_checkpoint({"report.html": "<html></html>"}), REFUSE,
                                 "its run finished, so there is nothing to resume", None),

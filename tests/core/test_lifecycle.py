@@ -113,7 +113,7 @@ def test_sigterm_after_the_fit_keeps_it_and_resume_writes_the_outputs_without_tr
     line = stopped(["--data", tiny_folder, "--out", out, *GIVEN_LRS, "--epochs", 2, "--tta", "--target-acc", 0.01,
                     "--name", "cut"], capsys)
     run_dir, = out.iterdir()
-    assert line == (f"interrupted after the fit: its 1 epochs and weights are saved in {run_dir}, not yet all its "
+    assert line == (f"interrupted after the fit: its 1 epoch and weights are saved in {run_dir}, not yet all its "
                     f"outputs. Resume with: {command_to_retype(REPO / 'train_fastai.py')} --resume {run_dir}")
     progress = json.loads((run_dir / "checkpoint.json").read_text())
     assert progress["fit_done"] and progress["time_to_accuracy"]["stopped_early"]
@@ -149,7 +149,7 @@ def test_a_second_ctrl_c_while_the_checkpoint_is_written_neither_cuts_it_nor_say
     with_callback(monkeypatch, SignalAt(signal.SIGINT, batch=7))  # the 2nd batch of epoch 2 (5 batches an epoch)
     line = stopped(["--data", tiny_folder, "--out", tmp_path / "my runs", *GIVEN_LRS, "--epochs", 2], capsys)
     run_dir, = (tmp_path / "my runs").iterdir()
-    assert line.startswith(f"interrupted; epochs 1-1 are saved in {run_dir}. Resume with: ")
+    assert line.startswith(f"interrupted; epoch 1 is saved in {run_dir}. Resume with: ")
     assert shlex.split(line.split("Resume with: ")[1])[-2:] == ["--resume", str(run_dir)]
     assert json.loads((run_dir / "checkpoint.json").read_text())["epochs_done"] == 1
     assert (run_dir / "checkpoint.pth").is_file()
@@ -206,14 +206,14 @@ def test_ctrl_c_while_a_run_sets_up_its_data_says_how_far_it_got(tmp_path, tiny_
 def test_ctrl_c_while_a_resumed_run_sets_up_its_data_says_its_checkpoint_is_there(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_fastai, "cifar10_data", ctrl_c_while_decoding)
     run_dir = interrupted_run(tmp_path)
-    assert stopped(["--resume", run_dir], capsys) == (f"interrupted; epochs 1-1 are saved in {run_dir}. Resume with: "
+    assert stopped(["--resume", run_dir], capsys) == (f"interrupted; epoch 1 is saved in {run_dir}. Resume with: "
                                                       f"{lifecycle.resume_command(run_dir)}")
 
 
 def test_ctrl_c_while_a_resume_loads_torch_says_its_checkpoint_is_there(tmp_path):
     run_dir = interrupted_run(tmp_path)
     status, err = ctrl_c_while_torch_loads(["--resume", str(run_dir)], tmp_path)
-    assert status == 130 and err.startswith(f"interrupted; epochs 1-1 are saved in {run_dir}. Resume with: ")
+    assert status == 130 and err.startswith(f"interrupted; epoch 1 is saved in {run_dir}. Resume with: ")
     assert shlex.split(err)[-2:] == ["--resume", str(run_dir)]
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 
@@ -67,6 +68,11 @@ def test_sigterm_saves_a_checkpoint_and_resume_joins_schedule_and_history(tmp_pa
     # one (--tta, taken back from config.json).
     printed = capsys.readouterr().out
     assert "(80 training images at" in printed and "and 40 test images at" in printed
+    # Its fit's seconds are of both sessions, more than this one's whole time perhaps: said as such.
+    summary = json.loads((cut / "summary.json").read_text())
+    last = printed.strip().splitlines()[-1]
+    assert re.search(rf"after 2 epochs, fit {summary['fit_seconds']:.1f} s in all its sessions, this one "
+                     rf"{sum(summary['phases'].values()):.1f} s; outputs in ", last), last
     assert cut.name in pd.read_csv(out / "index.csv").run.tolist() and not (tmp_path / "other" / "runs").exists()
     config = json.loads((cut / "config.json").read_text())
     assert config["out"] == str(out) and config["data_given"] == str(archive)

@@ -84,11 +84,16 @@ def test_the_cpu_estimate_counts_compiling_and_says_so():
     # 1,760 images at 100/s and 100 at 1,000/s: 18 s, and 40 s compiling.
     assert hardware.estimate_line(1760, 100, 100, 1000, 0) == (
         "CPU only: this run will take about 18 s (1760 training images at 100/s and 100 test images at 1000/s, "
-        "timed on its first training batches); a GPU takes seconds")
+        "timed on its first training batches)")
     assert hardware.estimate_line(1760, 100, 100, 1000, 40) == (
         "CPU only: this run will take about 58 s (1760 training images at 100/s and 100 test images at 1000/s, "
-        "timed on its first training batches; and 40 s compiling the model, more for its first test pass); "
-        "a GPU takes seconds")
+        "timed on its first training batches; and 40 s compiling the model, more for its first test pass)")
+
+
+def test_the_cpu_estimate_of_a_range_test_alone_counts_no_test_images():
+    """--find-lr tests nothing: "0 test images" was no estimate of anything."""
+    assert hardware.estimate_line(1600, 0, 100, 1000, 0) == (
+        "CPU only: this run will take about 16 s (1600 training images at 100/s, timed on its first training batches)")
 
 
 def test_a_gpu_index_beyond_the_machine_is_one_line_not_an_invalid_ordinal(monkeypatch):

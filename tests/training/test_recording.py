@@ -115,8 +115,21 @@ def test_the_range_test_is_labelled_and_its_result_has_a_line_of_its_own(tmp_pat
     train_fastai.main(["--find-lr", "--data", str(tiny_folder), "--out", str(tmp_path), "--width", "8", "--bs", "16"])
     lines = capsys.readouterr().out.splitlines()
     assert "LR range test: 100 iterations, LR 1e-07 to 10" in lines
-    assert any(re.match(r"LR range test: \d+ iterations \(.*\); LRMIN = ", line) for line in lines)
+    assert any(re.match(r"LR range test: stopped (after its 100 iterations|at iteration \d+ of 100, where the loss "
+                        r"diverged .*); LRMIN = ", line) for line in lines)
     assert not [line for line in lines if "Epoch" in line or "\r" in line]
+    progress = [line for line in lines if re.fullmatch(r"LR range test: \d+/100 iterations, LR \S+", line)]
+    assert [line.split()[3] for line in progress][:3] == ["10/100", "20/100", "30/100"]  # a line at each tenth
+
+
+def test_on_a_terminal_the_range_test_shows_its_bars_and_its_result_on_a_line_of_its_own(tmp_path, tiny_folder,
+                                                                                          monkeypatch, capsys):
+    monkeypatch.setattr(recording.sys.stdout, "isatty", lambda: True, raising=False)
+    train_fastai.main(["--find-lr", "--data", str(tiny_folder), "--out", str(tmp_path), "--width", "8", "--bs", "16"])
+    out = capsys.readouterr().out
+    assert "|" in out and "%" in out and not re.search(r"\d+/100 iterations", out)  # the bars, not the lines
+    for line in ("LR range test: stopped ", "CPU only: "):  # each on the bar's line, cleared first
+        assert f"\r\x1b[2K{line}" in out
 
 
 def test_sync_debug_is_inert_on_the_cpu(tmp_path, tiny_folder, monkeypatch):
