@@ -61,6 +61,8 @@ SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_sour
 SHORT_FORMS = {"data_sha256": lambda digest: digest[:12], "classes": ",".join}
 SUMMARY_NUMBERS = ["final_accuracy", "fit_seconds"]  # what the tables need of every run
 RUN_FILE_FIX = "leave its run out, or delete the run"
+# The tables' columns, as a group's summary.json records them.
+RECORDED_AS = {"final %": "final_accuracy_percent", "tta %": "tta_accuracy_percent", "fit s": "fit_seconds"}
 GROUP_NAME = re.compile(r"-group(-\d+)?$")  # train_fastai.py's name for a group folder, -2 and on if taken
 MAX_LINES = 10  # runs drawn one line each; beyond, each configuration's mean and range
 LEGEND_ROWS = 24  # legend entries in a column of the figure's height at font size 8
@@ -187,7 +189,11 @@ def points_table(runs):
 
 
 def records(table):
-    """The table's rows as JSON-ready dicts (NaN, e.g. the std of one run, becomes null)."""
+    """The table's rows as JSON-ready dicts, each column under a name a program reads ("final % mean"
+    as final_accuracy_percent_mean); NaN, e.g. the std of one run, becomes null."""
+    names = {f"{shown} {statistic}": f"{name}_{statistic}" for shown, name in RECORDED_AS.items()
+             for statistic in ("mean", "std", "min", "max")}
+    table = table.rename(columns=names)
     return table.astype(object).where(table.notna(), None).to_dict("records")
 
 

@@ -28,10 +28,15 @@ def test_sweep_with_runs_trains_every_seed_of_every_point_and_summarises_them(fi
         summaries = [json.loads((p / "summary.json").read_text()) for p in seeds]
         accuracy = 100 * np.array([s["final_accuracy"] for s in summaries])
         fit_s = np.array([s["fit_seconds"] for s in summaries])
-        assert point["final % mean"] == pytest.approx(accuracy.mean())
-        assert point["final % std"] == pytest.approx(accuracy.std(ddof=1))
-        assert (point["final % min"], point["final % max"]) == pytest.approx((accuracy.min(), accuracy.max()))
-        assert point["fit s mean"] == pytest.approx(fit_s.mean()) and point["fit s std"] == pytest.approx(fit_s.std(ddof=1))
+        assert point["final_accuracy_percent_mean"] == pytest.approx(accuracy.mean())
+        assert point["final_accuracy_percent_std"] == pytest.approx(accuracy.std(ddof=1))
+        assert (point["final_accuracy_percent_min"], point["final_accuracy_percent_max"]) == pytest.approx(
+            (accuracy.min(), accuracy.max()))
+        assert point["fit_seconds_mean"] == pytest.approx(fit_s.mean())
+        assert point["fit_seconds_std"] == pytest.approx(fit_s.std(ddof=1))
+        assert set(point) == {"group", "point", "runs", "tta_accuracy_percent_mean",
+                              *(f"{name}_{s}" for name in ("final_accuracy_percent", "fit_seconds")
+                                for s in ("mean", "std", "min", "max"))}
         assert (point["fit s min"], point["fit s max"]) == pytest.approx((fit_s.min(), fit_s.max()))
     assert "mean, std, min, max over seeds" in printed and "final % std" in printed and "fit s max" in printed
     assert Image.open(group / "compare.png").size[0] > 500

@@ -64,7 +64,7 @@ def test_cli_find_lr_then_train_writes_every_output(tmp_path, tiny_folder, capsy
     summary = json.loads((train_dir / "summary.json").read_text())
     assert summary["final_accuracy"] == pytest.approx(history.accuracy.iloc[-1])
     assert summary["best_accuracy"] == pytest.approx(history.accuracy.max())
-    for key in ("parameters", "first_epoch_90", "fit_seconds", "train_images_per_s", "device", "versions", "seed"):
+    for key in ("parameters", "first_epoch_90", "fit_seconds", "fit_images_per_s", "device", "versions", "seed"):
         assert key in summary
     phases = summary["phases"]  # called from Python, not as a script: no start-up of its own
     assert list(phases) == ["data", "learner", "range_test", "fit", "outputs"] and min(phases.values()) >= 0

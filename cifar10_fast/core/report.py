@@ -6,10 +6,12 @@ import html
 import json
 from pathlib import Path
 
+from cifar10_fast.core.config import departures
 from cifar10_fast.core.files import atomic
 from cifar10_fast.core.run_folder import (
     CONFUSION_MATRIX_PNG,
     CURVES_PNG,
+    LR_FIND_JSON,
     LR_FIND_PNG,
     LR_SCHEDULE_PNG,
     MISCLASSIFIED_PNG,
@@ -21,11 +23,7 @@ from cifar10_fast.core.run_folder import (
 PLOTS = {LR_FIND_PNG: "LR range test", LR_SCHEDULE_PNG: "LR and momentum schedule",
          CURVES_PNG: "loss and test accuracy per epoch", CONFUSION_MATRIX_PNG: "confusion matrix (test set)",
          MISCLASSIFIED_PNG: "the test images with the highest loss"}
-HEADLINE = {"final_accuracy": "final test accuracy (the headline)", "tta_accuracy": "with flip TTA",
-            "best_accuracy": "best epoch (for information only)", "epochs": "epochs trained",
-            "stopped_early": "stopped at --target-acc", "fit_seconds": "fit seconds",
-            "train_images_per_s": "training images/s", "parameters": "parameters", "device": "device",
-            "git_commit": "git commit"}
+MILESTONES = (90, 93, 94)  # test accuracy (%) whose first epoch and seconds a summary records
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
          "img{max-width:100%;display:block;margin:0.5em 0 2em}")
@@ -51,19 +49,42 @@ def key_value_table(values):
     return f"<table>{rows}</table>"
 
 
+def percent(fraction):
+    return None if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def headline(config, summary):
+    """What a reader asks of a run first: what it ran (the recipe, or how it departs from it; the
+    LRs; the data), how well (the final epoch's test accuracy, never the best), how fast, and where."""
+    changed = departures(config)
+    lrs = f"{config['lr_min']:.3g} -> {config['lr_max']:.3g}" if config.get("lr_max") else None
+    lrs_from = "the LR range test" if config.get("lr_source") == LR_FIND_JSON else config.get("lr_source")
+    epochs = f"{summary.get('epochs')}" + (f", stopped at --target-acc {summary.get('target_acc')}"
+                                           if summary.get("stopped_early") else "")
+    rows = {"settings": f"the recipe with {' '.join(changed)}" if changed else "the recipe",
+            "LRMIN -> LRMAX": lrs and f"{lrs} (from {lrs_from})",
+            "data": f"{config.get('train_images')} training and {config.get('test_images')} test images of "
+                    f"{len(config.get('classes') or [])} classes",
+            "final test accuracy (the headline)": percent(summary.get("final_accuracy")),
+            "with flip TTA": percent(summary.get("tta_accuracy")),
+            "best epoch (for information only)": percent(summary.get("best_accuracy")),
+            "epochs trained": epochs, "fit seconds": summary.get("fit_seconds"),
+            "images/s through the fit (its training and test passes)": summary.get("fit_images_per_s")}
+    for milestone in MILESTONES:
+        epoch, seconds = summary.get(f"first_epoch_{milestone}"), summary.get(f"seconds_to_{milestone}")
+        rows[f"first reached {milestone}%"] = f"epoch {epoch}, after {seconds} s" if epoch else "not reached"
+    rows.update({"parameters": summary.get("parameters"), "device": summary.get("device"),
+                 "git commit": summary.get("git_commit")})
+    return {label: value for label, value in rows.items() if value is not None}
+
+
 def render(run_dir):
     config, summary = read_config(run_dir), read_summary(run_dir)
-    numbers = {label: summary[key] for key, label in HEADLINE.items() if key in summary}
-    for key in ("final_accuracy", "tta_accuracy", "best_accuracy"):
-        if key in summary:
-            numbers[HEADLINE[key]] = f"{100 * summary[key]:.2f}%"
-    numbers.update({key.replace("_", " "): value for key, value in summary.items()
-                    if key.startswith(("first_epoch_", "seconds_to_"))})
     plots = "".join(f"<h3>{html.escape(title)}</h3><img alt='{name}' src='{data_uri(run_dir / name)}'>"
                     for name, title in PLOTS.items() if (run_dir / name).is_file())
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>"
             f"<style>{STYLE}</style></head><body><h1>run {html.escape(run_dir.name)}</h1>"
-            f"<h2>headline</h2>{key_value_table(numbers)}<h2>plots</h2>{plots}"
+            f"<h2>headline</h2>{key_value_table(headline(config, summary))}<h2>plots</h2>{plots}"
             f"<h2>config</h2>{key_value_table(config)}</body></html>\n")
 
 

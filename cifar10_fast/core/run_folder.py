@@ -41,7 +41,7 @@ INDEX, INDEX_LOCK = "index.csv", ".index.csv.lock"  # an --out folder's
 # a run that crashed on the way (in its export, say) has a summary.json but no report.html.
 FINISHED_RUN = (CONFIG, SUMMARY, HISTORY, LR_SCHEDULE_CSV, REPORT)
 # The headline numbers of a run's summary.json, in its index row and in a comparison.
-METRICS = ["final_accuracy", "tta_accuracy", "best_accuracy", "fit_seconds", "train_images_per_s", "epochs_run",
+METRICS = ["final_accuracy", "tta_accuracy", "best_accuracy", "fit_seconds", "fit_images_per_s", "epochs_run",
            "first_epoch_90", "first_epoch_93", "first_epoch_94", "seconds_to_90", "seconds_to_93", "seconds_to_94",
            "stopped_early"]
 RESUME_FIX = "give the folder of an interrupted run"

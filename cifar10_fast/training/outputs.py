@@ -147,14 +147,15 @@ def git_commit(folder=Path(__file__).parent):
 def summarize(learn, run_dir, config, fit_seconds, device):
     """summary.json's figures of the fit: the final epoch's accuracy is the headline, never the best."""
     history = read_history(run_dir)
-    images_trained = len(history) * len(learn.dls.train) * learn.dls.train.bs
+    # The fit's seconds hold each epoch's training and test passes: its images are both.
+    images = len(history) * (len(learn.dls.train) * learn.dls.train.bs + len(learn.dls.valid.dataset))
     return {
         "final_accuracy": float(history.accuracy.iloc[-1]),
         "best_accuracy": float(history.accuracy.max()),
         "epochs": len(history),  # fewer than asked when --target-acc stopped the run
         "parameters": sum(p.numel() for p in learn.model.parameters() if p.requires_grad),
         "fit_seconds": round(fit_seconds, 3),
-        "train_images_per_s": round(images_trained / fit_seconds, 1),
+        "fit_images_per_s": round(images / fit_seconds, 1),
         "device": device_name(device),
         "versions": library_versions(),
         "seed": config.seed,

@@ -54,3 +54,14 @@ def test_report_renders_offline_in_headless_chromium(finished_sweep, tmp_path):
     assert len(images) == len(PLOTS) - 1
     for alt, complete, width in images:
         assert complete and width > 0, alt
+
+
+def test_the_headline_says_how_a_run_departs_from_the_recipe_in_words_not_python(finished_sweep):
+    """A thin 2-epoch run must not look like the recipe: its headline names the flags it departs by,
+    its LRs and data; what it did not reach says so, and no Python None or False shows anywhere."""
+    page = (a_run(finished_sweep) / "report.html").read_text()
+    headline = page.split("<h2>headline</h2>")[1].split("</table>")[0]
+    assert "the recipe with --epochs 2 --bs 16" in headline and "--width 8" in headline
+    assert "0.0001 -&gt; 0.001 (from flags)" in headline and "80 training and 20 test images of 10 classes" in headline
+    assert "not reached" in headline and "images/s through the fit" in headline
+    assert not re.search(r">(None|False|True|null)<", page)
