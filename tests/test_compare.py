@@ -37,7 +37,7 @@ def test_sweep_with_runs_trains_every_seed_of_every_point_and_summarises_them(fi
         assert set(point) == {"group", "point", "runs", "tta_accuracy_percent_mean",
                               *(f"{name}_{s}" for name in ("final_accuracy_percent", "fit_seconds")
                                 for s in ("mean", "std", "min", "max"))}
-        assert (point["fit s min"], point["fit s max"]) == pytest.approx((fit_s.min(), fit_s.max()))
+        assert (point["fit_seconds_min"], point["fit_seconds_max"]) == pytest.approx((fit_s.min(), fit_s.max()))
     assert "mean, std, min, max over seeds" in printed and "final % std" in printed and "fit s max" in printed
     assert Image.open(group / "compare.png").size[0] > 500
 
