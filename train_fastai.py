@@ -45,7 +45,7 @@ with without_unused():  # fastai's modules without scikit-learn and SciPy's stat
     from cifar10_fast.core.config import UsageError, departures, lr_source, member, record, sweep_grid
     from cifar10_fast.core.errors import counted, one_line_errors
     from cifar10_fast.core.files import figures_to_files
-    from cifar10_fast.core.lifecycle import hold, stops_cleanly
+    from cifar10_fast.core.lifecycle import hold, outliving_the_terminal, stops_cleanly
     from cifar10_fast.data.loaders import cifar10_data, cifar10_dataloaders
     from cifar10_fast.training.callbacks import LastTestPass, TimeToAccuracy, flip_tta_accuracy
     from cifar10_fast.training.distributed import as_if_alone, join_processes, scratch_folder, split_batches
@@ -73,7 +73,7 @@ def main(argv=None):
     start_up = process_age() if __name__ == "__main__" else None  # Python and the imports, when run as a script
     # Bad input, the machine's included: one line, exit status 2. Ctrl-C or SIGTERM at any moment:
     # one line saying what the run kept and how to go on, exit status 130.
-    with one_line_errors(config.debug), stops_cleanly(config.resume):
+    with outliving_the_terminal(), one_line_errors(config.debug), stops_cleanly(config.resume):
         points = sweep_grid(config.sweep)
         if len(points) * config.runs == 1:
             run(member(config, points[0]), start_up=start_up)

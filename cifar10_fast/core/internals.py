@@ -127,6 +127,9 @@ def exit_without_teardown(status=0):
     and the output is flushed, but the interpreter's teardown of every library's objects, a second
     of a run on 2 cores that nothing a user keeps needs, is skipped."""
     private(atexit, "_run_exitfuncs", "python")()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # its reader gone (a closed pipe): what it held is nobody's now
+            pass
     os._exit(status)

@@ -193,6 +193,61 @@ def stop_signals_blocked():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+class OutlivesItsReader:
+    """A standard stream that a closed reader cannot stop: where a write fails (a closed pipe, as
+    `| head` leaves; a terminal gone), the stream's file descriptor is pointed at /dev/null and the
+    run goes on unseen. Everything else is the stream's own (isatty, encoding, fileno)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError:
+            self.lose_reader()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError:
+            self.lose_reader()
+
+    def lose_reader(self):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # a stream with no descriptor (a test's capture)
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def outliving_the_terminal():
+    """Inside, a run's output is its log, not its data: a closed terminal (SIGHUP, as closing it or
+    losing an ssh session sends) or a closed pipe (`... | head`) leaves the run training unseen to
+    the end, its folder whole, instead of ending it with nothing saved."""
+    streams = OutlivesItsReader(sys.stdout), OutlivesItsReader(sys.stderr)
+    sys.stdout, sys.stderr = streams
+
+    def terminal_gone(signum, frame):
+        for stream in streams:
+            stream.lose_reader()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGHUP, terminal_gone) if in_main_thread else None
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = (stream.stream for stream in streams)
+        if in_main_thread:
+            signal.signal(signal.SIGHUP, previous)
+
+
 @contextmanager
 def stops_cleanly(resumed=None):
     """Inside: Ctrl-C or SIGTERM ends the process with one line saying what its run folder kept and

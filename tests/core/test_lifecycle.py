@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -262,3 +263,47 @@ def test_a_run_and_its_data_set_up_stop_on_a_signal_ignored_before_and_put_every
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN, previous[1])
     finally:
         signal.signal(signal.SIGINT, previous[0])
+
+
+# Issue 24, class 1: a run outlives its terminal ----------------------------------------------
+
+def run_in_the_background(tmp_path, tiny_folder):
+    """train_fastai.py as a user starts it in a terminal: its output read by a pipe."""
+    return subprocess.Popen([sys.executable, str(REPO / "train_fastai.py"), "--data", str(tiny_folder), "--out",
+                             str(tmp_path / "runs"), *TINY, *GIVEN_LRS, "--epochs", "8"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def the_run_folder(tmp_path):
+    run_dir, = (tmp_path / "runs").glob("2*")
+    return run_dir
+
+
+def assert_whole(run_dir):
+    assert (run_dir / "report.html").is_file() and len(pd.read_csv(run_dir / "history.csv")) == 8
+    assert not (run_dir / lifecycle.LOCK).exists() and not (run_dir / "checkpoint.json").exists()
+
+
+def test_a_closed_terminal_leaves_the_run_training_to_its_end(tmp_path, tiny_folder):
+    """SIGHUP, as closing a terminal or losing an ssh session sends it, ended a run at once: no
+    checkpoint, its finished epochs lost, a .lock left."""
+    process = run_in_the_background(tmp_path, tiny_folder)
+    while not (tmp_path / "runs").is_dir() or not list((tmp_path / "runs").glob("2*/history.csv")):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGHUP)
+    process.stdout.close()
+    process.stderr.close()
+    assert process.wait(timeout=120) == 0
+    assert_whole(the_run_folder(tmp_path))
+
+
+def test_a_closed_pipe_leaves_the_run_training_to_its_end(tmp_path, tiny_folder):
+    """`train_fastai.py ... | head -3`: the reader gone, a print failed (a broken pipe), taken for the
+    history's write, and the run ended without its checkpoint."""
+    process = run_in_the_background(tmp_path, tiny_folder)
+    lines = [process.stdout.readline() for _ in range(3)]
+    process.stdout.close()
+    assert process.wait(timeout=120) == 0, process.stderr.read()
+    assert lines[-1] and "Broken pipe" not in process.stderr.read()
+    assert_whole(the_run_folder(tmp_path))
