@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import predict
+from cifar10_fast.data.images import read_rgb32
 from customresnet import CustomResNet
 from tests.conftest import REPO
 
@@ -91,6 +92,19 @@ def exported_run(tmp_path, tiny_folder):
 def test_pickle_and_safetensors_squash_a_non_square_image_alike(exported_run, tmp_path, capsys):
     image = tmp_path / "wide.png"  # noise: cropping it and squashing it give different pixels
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 64, 3), dtype=np.uint8)).save(image)
+    safetensors_out = run_predict(capsys, "--run", exported_run, image, "--topk", 10)
+    assert run_predict(capsys, "--run", exported_run, image, "--topk", 10, "--pickle") == safetensors_out
+
+
+@pytest.mark.parametrize("mode,values", [("I", 200), ("I;16", 200 * 257)])
+def test_pickle_and_safetensors_read_an_integer_image_alike_and_not_black(exported_run, tmp_path, capsys, mode, values):
+    """A 32-bit integer image of 8-bit values read as black (shifted as if 16-bit), and fastai's
+    reading of it (predict.py --pickle, the exported learner) clipped it to white."""
+    image = tmp_path / f"{mode.replace(';', '')}.tiff"
+    pixels = np.full((32, 32), values, dtype=np.int32 if mode == "I" else np.uint16)
+    Image.fromarray(pixels).save(image)  # int32: mode I; uint16: I;16
+    assert Image.open(image).mode == mode
+    assert (read_rgb32(image)[0] == 200).all()
     safetensors_out = run_predict(capsys, "--run", exported_run, image, "--topk", 10)
     assert run_predict(capsys, "--run", exported_run, image, "--topk", 10, "--pickle") == safetensors_out
 

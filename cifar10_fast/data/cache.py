@@ -43,14 +43,20 @@ def cache_root():
     return Path(os.environ.get("CIFAR10_CACHE") or Path.home() / ".cache" / "cifar10-fast").expanduser().resolve()
 
 
-def entry_name(path, stamped=True):
+def entry_name(path, stamped=True, members=()):
     """A cache entry's name for `path`: its name and a hash of where it resolves to (so ../data and
     /abs/data share an entry) and, `stamped`, of its size and modification time (so a replaced
-    archive is unpacked again)."""
+    archive is unpacked again), or of those of each of its `members` that is there (the files of a
+    folder that the entry is built from: an edited one is built again)."""
     path = Path(path).resolve()
-    stat = path.stat()
-    text = f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stamped else str(path)
+    stamps = [stamp(path / member) for member in members if (path / member).exists()] if members else [stamp(path)]
+    text = ":".join([str(path), *stamps]) if stamped else str(path)
     return f"{path.name.split('.')[0]}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+def stamp(path):
+    stat = path.stat()
+    return f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def cache_problem(error, path):

@@ -33,9 +33,13 @@ def has_image_extension(name):
 
 
 def to_rgb(image):
-    """8-bit RGB. 16-bit grayscale keeps its top 8 bits: PIL's convert would clip it to white."""
+    """8-bit RGB. An integer grayscale image of more bits keeps its top 8 (PIL's convert would clip
+    it to white): a 16-bit one (modes I;16...) by its type, a 32-bit one (mode I) by the values it
+    holds, as 8, 16 or 32 bits (PIL opens 8- and 16-bit images of some formats as mode I)."""
     if image.mode.startswith("I"):
-        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+        values = np.asarray(image).astype(np.int64).clip(0)
+        bits = 16 if image.mode.startswith("I;16") else next(b for b in (8, 16, 32) if values.max() < 2**b)
+        image = Image.fromarray((values >> (bits - 8)).astype(np.uint8))
     return image.convert("RGB")
 
 

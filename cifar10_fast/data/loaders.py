@@ -4,6 +4,8 @@ DataLoaders over it through one DataBlock, on the device or per image on CPU wor
 The validation set is the official 10,000-image test split. Images are normalised with the
 channel statistics of the training images in use.
 """
+import os
+
 import numpy as np
 import torch
 from fastai.data.block import CategoryBlock, DataBlock
@@ -15,7 +17,7 @@ from fasttransform import Transform
 from cifar10_fast.core.errors import DataError
 from cifar10_fast.data.decoded_folder import DecodedFolder, decoded_folder
 from cifar10_fast.data.device_loader import DeviceDataLoader, valid_batch_size
-from cifar10_fast.data.images import squashed
+from cifar10_fast.data.images import open_rgb, squashed
 from cifar10_fast.data.sources import cifar10_folder
 
 
@@ -29,11 +31,23 @@ def cifar10_block(classes, items, n_train, item_tfms=()):
     """ImageBlock and CategoryBlock over `items` (the training images, then the test images: the
     folder's listing, never a second one), split by that order, labelled by the parent folder.
     Squash makes any other size 32x32 in the exported learner."""
-    return DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)),
+    return DataBlock(blocks=(ImageBlock(RGBImage), CategoryBlock(vocab=classes)),
                      get_items=lambda folder: items,
                      splitter=lambda items: (list(range(n_train)), list(range(n_train, len(items)))),
                      get_y=parent_label,
                      item_tfms=[Squash(), *item_tfms])
+
+
+class RGBImage(PILImage):
+    """fastai's PILImage of a file, opened as the decoded pixels are (images.open_rgb: an integer
+    image of 16 or 32 bits keeps its top 8), so that the exported learner and the per-image path
+    read a file as the cache and predict.py do."""
+
+    @classmethod
+    def create(cls, fn, **kwargs):
+        if isinstance(fn, (str, os.PathLike)):
+            return cls(open_rgb(fn)[0])
+        return super().create(fn, **kwargs)
 
 
 class Squash(Transform):

@@ -14,6 +14,7 @@ from cifar10_fast.core.errors import DataError
 from cifar10_fast.data.images import IMAGE_SIZE
 
 PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+PYTHON_META = "batches.meta"
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DOWNLOAD_PYTHON_AGAIN = "download cifar-10-python.tar.gz again"
 
@@ -40,15 +41,29 @@ def read_python_batch(path, n_classes):
     the `n_classes` classes."""
     try:
         batch = load_pickled_arrays(path)
-        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
+        pixels = np.asarray(batch[b"data"])
+        images = pixels.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
         labels = np.asarray(batch[b"labels"])
     except Exception as e:
         raise DataError(f"{path} is not a readable CIFAR-10 python batch ({type(e).__name__}): "
                         f"{DOWNLOAD_PYTHON_AGAIN}") from None
-    problem = labels_problem(labels, len(images), n_classes)
+    problem = pixels_problem(pixels) or labels_problem(labels, len(images), n_classes)
     if problem:
         raise DataError(f"{path} is damaged ({problem}): {DOWNLOAD_PYTHON_AGAIN}")
-    return images.transpose(0, 2, 3, 1), labels
+    return images.astype(np.uint8).transpose(0, 2, 3, 1), labels
+
+
+def pixels_problem(pixels):
+    """What is wrong with a batch's pixels, or None: CIFAR-10's are integers from 0 to 255. Floats
+    (in [0, 1], say) would become black images, and values past 255 wrap around, both silently."""
+    if pixels.size == 0:
+        return None  # no images: labels_problem says so
+    low, high = pixels.min(), pixels.max()
+    if pixels.dtype.kind not in "iu":
+        return f"its pixels are {pixels.dtype} numbers from {low:g} to {high:g}, not the integers 0-255 of CIFAR-10"
+    if low < 0 or high > 255:
+        return f"its pixels run from {low} to {high}, outside the 0-255 of CIFAR-10"
+    return None
 
 
 def labels_problem(labels, n_images, n_classes):
@@ -70,7 +85,7 @@ def python_class_names(batches):
     cache, so a name that is not a plain folder name could write anywhere (`../..`) or go unseen
     (`.hidden`), and two equal names would merge two classes, as two that differ only in case
     would on a disk that ignores case."""
-    meta = batches / "batches.meta"
+    meta = batches / PYTHON_META
     if not meta.is_file():
         return CIFAR10_NAMES
     raw_names = read_label_names(meta)

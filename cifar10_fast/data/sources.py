@@ -22,7 +22,7 @@ from cifar10_fast.core.errors import DataError
 from cifar10_fast.data.archives import unpack
 from cifar10_fast.data.cache import CONVERTED, build_once, cache_root, entry_name
 from cifar10_fast.data.decoded_folder import SPLITS
-from cifar10_fast.data.python_batches import PYTHON_BATCHES, python_class_names, read_python_batch
+from cifar10_fast.data.python_batches import PYTHON_BATCHES, PYTHON_META, python_class_names, read_python_batch
 
 DOWNLOAD_TIMEOUT_S = 30
 REACH_TIMEOUT_S = 3
@@ -108,5 +108,5 @@ def python_batches_to_folder(batches):
             for i, (image, label) in enumerate(zip(images, labels)):
                 Image.fromarray(image).save(tmp / split / classes[label] / f"{name}-{i:05d}.png")
 
-    return build_once(cache_root() / CONVERTED / entry_name(batches / "test_batch"), write,
-                      f"writing out the python batches in {batches}")
+    entry = entry_name(batches, members=[*PYTHON_BATCHES, PYTHON_META])  # every file it is made from
+    return build_once(cache_root() / CONVERTED / entry, write, f"writing out the python batches in {batches}")

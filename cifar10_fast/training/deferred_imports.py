@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from cifar10_fast.core.internals import fastai_unused_imports
 
 
-
 class StandIn(types.ModuleType):
     """A module in name only: its attributes come from the real module, imported on first use."""
 

@@ -12,8 +12,8 @@ from fastai.torch_core import find_bs, set_seed
 
 from cifar10_fast.core.config import UsageError
 from cifar10_fast.core.internals import compile_seconds
-from cifar10_fast.training.recording import print_line
 from cifar10_fast.core.settings import no_gpu
+from cifar10_fast.training.recording import print_line
 
 # What torch says when an allocation fails, on the CPU (DefaultCPUAllocator) or elsewhere.
 OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory")
