@@ -66,34 +66,70 @@ def system_tar():
 
 
 def extract_with_tar(tar, archive, tmp):
+    """tar writes while check_members reads the headers; a member it refuses stops tar at once (a
+    bomb's gigabytes are not written first)."""
     stop = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         checked = pool.submit(check_members, archive, stop)
+        untar = subprocess.Popen([tar, "-x", "-f", str(archive), "-C", str(tmp), "--no-same-owner",
+                                  "--no-same-permissions"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
+                                 env={**os.environ, "LC_ALL": "C"})
         try:
-            done = subprocess.run([tar, "-x", "-f", str(archive), "-C", str(tmp), "--no-same-owner",
-                                   "--no-same-permissions"], stdin=subprocess.DEVNULL, capture_output=True,
-                                  encoding="utf-8", errors="replace", env={**os.environ, "LC_ALL": "C"})
+            stderr = tar_output_unless_refused(untar, checked)
             checked.result()  # an unsafe or damaged member is the reason, whatever tar made of it
-        except BaseException:  # Ctrl-C included: subprocess.run has ended tar
+        except BaseException:  # Ctrl-C included
             stop.set()
             raise
-    if done.returncode:
-        raise tar_failure(archive, tmp.parent, done.stderr)
+        finally:
+            untar.kill()
+            untar.wait()
+    if untar.returncode:
+        raise tar_failure(archive, tmp.parent, stderr)
+
+
+def tar_output_unless_refused(untar, checked):
+    """What tar says by its end, or None where the check refused a member first (tar is stopped)."""
+    while True:
+        try:
+            return untar.communicate(timeout=0.1)[1]
+        except subprocess.TimeoutExpired:
+            if checked.done() and checked.exception():
+                return None
 
 
 def check_members(archive, stop):
     """Refuse `archive` at its first member that could write outside its folder, reading the
     member headers as a stream (the files' contents are skipped)."""
+    refusal = MemberCheck()
     try:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
-                reason = unsafe(member)
+                reason = refusal(member)
                 if reason:
                     raise refused(archive, reason)
                 if stop.is_set():
                     return
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise damaged_archive(archive, e) from e
+
+
+class MemberCheck:
+    """Why an archive's next member is refused, or None: it could write outside its folder
+    (`unsafe`), or it, or the members so far, are larger than any CIFAR-10 copy holds (a few KB an
+    image, 0.2 GB in all): an archive of a few MB can unpack to gigabytes."""
+    MEMBER_LIMIT, TOTAL_LIMIT = 100 * 2**20, 8 * 2**30
+
+    def __init__(self):
+        self.total = 0
+
+    def __call__(self, member):
+        self.total += member.size
+        if member.size > self.MEMBER_LIMIT:
+            return f"member {member.name!r} unpacks to {member.size / 2**30:.1f} GiB, more than any image"
+        if self.total > self.TOTAL_LIMIT:
+            return f"its members unpack to more than {self.TOTAL_LIMIT / 2**30:.0f} GiB, far more than CIFAR-10"
+        return unsafe(member)
 
 
 def unsafe(member):
@@ -118,7 +154,7 @@ def unsafe(member):
 def extract_with_tarfile(archive, tmp):
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter=partial(checked_member, archive))
+            tar.extractall(tmp, filter=partial(checked_member, archive, MemberCheck()))
     except tarfile.FilterError as e:
         raise refused(archive, e) from e
     except (tarfile.TarError, EOFError, zlib.error) as e:
@@ -129,10 +165,10 @@ def extract_with_tarfile(archive, tmp):
         raise damaged_archive(archive, e) from e
 
 
-def checked_member(archive, member, dest_path):
-    """tarfile's filter: `unsafe` members refused, then tarfile's "data" filter (which also drops
-    the owner and the permission bits an archive should not set)."""
-    reason = unsafe(member)
+def checked_member(archive, refusal, member, dest_path):
+    """tarfile's filter: the members `refusal` refuses refused, then tarfile's "data" filter (which
+    also drops the owner and the permission bits an archive should not set)."""
+    reason = refusal(member)
     if reason:
         raise refused(archive, reason)
     return tarfile.data_filter(member, dest_path)

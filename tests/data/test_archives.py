@@ -4,10 +4,8 @@ import errno
 import io
 import os
 import signal
-import subprocess
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -87,12 +85,13 @@ def test_a_damaged_archive_is_named(tmp_path, isolated_cache, extractor, keep):
     assert unpacked(isolated_cache) == []
 
 
-def tar_says(stderr):
-    """subprocess.run for tar, failing with `stderr` after writing a file (GNU tar's messages)."""
-    def run(command, **kwargs):
-        (Path(command[command.index("-C") + 1]) / "written.png").write_bytes(b"half")
-        return subprocess.CompletedProcess(command, 2, "", stderr)
-    return run
+def tar_saying(tmp_path, stderr):
+    """A tar that writes a file, then fails saying `stderr` (GNU tar's messages)."""
+    tar = tmp_path / "tar"
+    tar.write_text('#!/bin/sh\nwhile [ "$1" != "-C" ]; do shift; done\nprintf half > "$2/written.png"\n'
+                   f"cat >&2 <<'EOF'\n{stderr}\nEOF\nexit 2\n")
+    tar.chmod(0o755)
+    return lambda: str(tar)
 
 
 def test_a_full_disk_while_tar_unpacks_names_the_disk(tmp_path, isolated_cache, monkeypatch):
@@ -100,12 +99,13 @@ def test_a_full_disk_while_tar_unpacks_names_the_disk(tmp_path, isolated_cache, 
         pytest.skip("no GNU tar or bsdtar on this machine")
     archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "x.tgz", "cifar10")
     full = f"the disk holding {isolated_cache / 'unpacked'} is full \\(No space left on device\\): free space on it"
-    monkeypatch.setattr(archives.subprocess, "run", tar_says("tar: cifar10/train/cat/0003.png: Cannot write: No "
-                                                             "space left on device\ntar: Exiting with failure status"))
+    monkeypatch.setattr(archives, "system_tar", tar_saying(tmp_path, "tar: cifar10/train/cat/0003.png: Cannot write: "
+                                                                     "No space left on device\ntar: Exiting with failure "
+                                                                     "status"))
     with pytest.raises(DataError, match=full):
         unpack(archive)
     # A file cut short is all tar says of it: the disk tells.
-    monkeypatch.setattr(archives.subprocess, "run", tar_says("tar: cifar10/x.png: Wrote only 512 of 10240 bytes"))
+    monkeypatch.setattr(archives, "system_tar", tar_saying(tmp_path, "tar: cifar10/x.png: Wrote only 512 of 10240 bytes"))
     monkeypatch.setattr(archives, "disk_is_full", lambda path: True)
     with pytest.raises(DataError, match=full):
         unpack(archive)
@@ -145,3 +145,45 @@ def test_sigterm_while_unpacking_removes_what_was_begun_and_says_so(tmp_path, is
         signal.signal(signal.SIGTERM, unhandled)
     assert unpacked(isolated_cache) == []
     assert unpack(archive).is_dir()  # and the same command goes on
+
+
+class Zeros(io.RawIOBase):
+    """`size` zero bytes, read as a stream: a member that compresses to almost nothing."""
+
+    def __init__(self, size):
+        self.left = size
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes(count)
+        self.left -= count
+        return count
+
+
+def bomb(tmp_path, member_sizes):
+    """A .tgz of the tiny data set and members of zeros of `member_sizes` bytes: kilobytes that unpack to many more."""
+    archive = tmp_path / "bomb.tgz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        tar.add(write_folder(tmp_path / "cifar10", n_train=1, n_test=1), arcname="cifar10")
+        for i, size in enumerate(member_sizes):
+            info = tarfile.TarInfo(f"cifar10/train/cat/zeros-{i}.png")
+            info.size = size
+            tar.addfile(info, io.BufferedReader(Zeros(size)))
+    return archive
+
+
+@pytest.mark.parametrize("sizes,reason", [([64 * 2**20], r"unpacks to 0\.1 GiB, more than any image"),
+                                          ([3 * 2**20] * 4, r"its members unpack to more than")])
+def test_an_archive_that_unpacks_to_far_more_than_cifar10_is_refused_before_it_fills_the_disk(
+        tmp_path, isolated_cache, extractor, monkeypatch, sizes, reason):
+    """A 3.9 MB .tgz holding a 3 GiB member was accepted: 269 s, 3.1 GB kept in the cache."""
+    monkeypatch.setattr(archives.MemberCheck, "MEMBER_LIMIT", 16 * 2**20)  # the real limits, scaled down
+    monkeypatch.setattr(archives.MemberCheck, "TOTAL_LIMIT", 8 * 2**20)
+    archive = bomb(tmp_path, sizes)
+    assert archive.stat().st_size < 2**20
+    with pytest.raises(DataError, match=f"{archive} is refused as unsafe \\(.*{reason}"):
+        unpack(archive)
+    assert unpacked(isolated_cache) == []
