@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from cifar10_fast.core import startup
-from cifar10_fast.core.errors import BadInput, one_line_errors, warn
+from cifar10_fast.core.errors import BadInput, one_line_errors, printable, warn
 from cifar10_fast.core.files import check_new_file, figure_text, figures_to_files, save_figure, unused_names
 from cifar10_fast.core.run_folder import (
     CONFIG,
@@ -44,6 +44,7 @@ def parse_args(argv=None):
 startup.flags_first(__name__, parse_args)  # --help and bad flags answer before pandas and matplotlib load (seconds)
 
 # The rest loads in seconds: it comes after the flags are checked.
+import json
 import re
 from datetime import datetime
 
@@ -57,8 +58,9 @@ from matplotlib.backend_bases import FigureCanvasBase
 SETTINGS = ["preset", "epochs", "peak_epoch", "bs", "lr_min", "lr_max", "lr_source", "wd", "label_smoothing", "tta",
             "target_acc", "aug", "precision", "width", "subset", "device", "seed", "data_sha256", "classes"]
 # Settings too long to show whole: the data's hash by its first 12 digits (as git shortens a
-# commit), the class names joined.
-SHORT_FORMS = {"data_sha256": lambda digest: digest[:12], "classes": ",".join}
+# commit), the class names as a JSON list (a name may hold a comma).
+SHORT_FORMS = {"data_sha256": lambda digest: digest[:12],
+               "classes": lambda names: json.dumps(names, ensure_ascii=False)}
 SUMMARY_NUMBERS = ["final_accuracy", "fit_seconds"]  # what the tables need of every run
 RUN_FILE_FIX = "leave its run out, or delete the run"
 # The tables' columns, as a group's summary.json records them.
@@ -199,7 +201,7 @@ def records(table):
 
 def format_table(table, index=True):
     """Accuracies (%) and seconds to two decimals; settings (an LR of 0.002) as they were given."""
-    table = table.copy()
+    table = table.map(lambda value: printable(value) if isinstance(value, str) else value)
     for column in [c for c in table.columns if "%" in c or "fit s" in c]:
         table[column] = table[column].map(lambda x: f"{x:.2f}" if pd.notna(x) else "")
     return table.to_string(index=index, float_format=lambda x: f"{x:.6g}",

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from cifar10_fast.core import startup
-from cifar10_fast.core.errors import BadInput, one_line_errors, warn
-from cifar10_fast.core.files import atomic, check_new_file
+from cifar10_fast.core.errors import BadInput, one_line_errors, printable, warn
+from cifar10_fast.core.files import atomic, check_new_file, csv_text
 from cifar10_fast.core.run_folder import CLASSES, EXPORT, EXPORT_PICKLE, WEIGHTS
 from cifar10_fast.core.settings import OneLineParser, user_path
 from cifar10_fast.data.images import has_image_extension
@@ -54,11 +54,12 @@ def weights_files(run_dir):
 
 def image_paths(inputs):
     """The images to classify: the files given, and the files with an image extension in the
-    folders given (at any depth); and the other files in those folders, which are skipped."""
+    folders given (at any depth, hidden ones left out); and the other files in those folders,
+    which are skipped."""
     paths, skipped = [], []
     for given in map(Path, inputs):
-        if given.is_dir():
-            files = sorted(p for p in given.rglob("*") if p.is_file())
+        if given.is_dir():  # what is hidden in it (.ipynb_checkpoints/, .DS_Store) is none of the images
+            files = sorted(p for p in given.rglob("*") if p.is_file() and not hidden(p.relative_to(given)))
             paths += [p for p in files if has_image_extension(p.name)]
             skipped += [p for p in files if not has_image_extension(p.name)]
         elif given.is_file():
@@ -70,6 +71,10 @@ def image_paths(inputs):
     if not paths:
         raise PredictError(f"no images found in {', '.join(inputs)}: give image files or folders of images")
     return paths, skipped
+
+
+def hidden(path):
+    return any(part.startswith(".") for part in path.parts)
 
 
 def skipped_line(skipped):
@@ -254,10 +259,10 @@ def main(argv=None):
         if args.topk > len(classes):
             warn(f"--topk {args.topk} is more than the {len(classes)} classes of the model: showing all of them")
         table = predictions_table(paths, probs, classes, args.topk)
-        print(table.to_string(index=False))
+        print(table.map(printable).to_string(index=False))
         if args.csv:
             with atomic(args.csv) as tmp:
-                table.to_csv(tmp, index=False)
+                table.map(csv_text).to_csv(tmp, index=False)
 
 
 if __name__ == "__main__":

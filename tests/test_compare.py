@@ -209,3 +209,14 @@ def test_many_seeds_of_a_few_points_are_drawn_as_each_points_mean_and_range():
     assert list(ax_acc.lines[0].get_ydata()) == pytest.approx(list(100 * first_point))
     assert [text.get_text() for text in fig.legends[0].get_texts()][0] == "lr_max=1e-3 (10 runs: mean, min-max)"
     compare.plt.close(fig)
+
+
+def test_class_names_from_someone_else_are_shown_whole_and_escaped(finished_sweep, tmp_path, capsys):
+    """A class named "a,b" read as two of the classes joined by commas, and an escape sequence in a
+    name reached the terminal raw."""
+    out, runs = copy_of_runs(finished_sweep, tmp_path)
+    config = json.loads((runs[1] / "config.json").read_text())
+    (runs[1] / "config.json").write_text(json.dumps({**config, "classes": ["a,b", "\x1b[2J", *config["classes"][2:]]}))
+    compare.main([str(runs[0]), str(runs[1]), "--png", str(tmp_path / "names.png")])
+    printed = capsys.readouterr().out
+    assert '["a,b", "\\u001b[2J", "bird"' in printed and "\x1b" not in printed  # JSON's escape

@@ -137,3 +137,34 @@ def test_files_a_folder_holds_besides_images_are_counted_in_one_warning(run_dir,
     assert len(captured.out.strip().splitlines()) == 1 + 3
     out = run_predict(capsys, "--run", run_dir, images / "sub" / "photo")
     assert len(out.strip().splitlines()) == 1 + 1 and " cat " in out
+
+
+# Issue 24, class 3: names from someone else ---------------------------------------------------
+
+def test_names_from_someone_else_reach_the_terminal_escaped(run_dir, images, capsys):
+    """An escape sequence in a file or class name went to the terminal raw: it can clear the screen,
+    recolour it, or write a line that is not there."""
+    Image.open(images / "a.png").save(images / "\x1b[2Jcleared.png")
+    classes = json.loads((run_dir / "classes.json").read_text())
+    classes["classes"][3] = "cat\x1b[31m"  # what the run_dir's model always says
+    (run_dir / "classes.json").write_text(json.dumps(classes))
+    out = run_predict(capsys, "--run", run_dir, images)
+    assert "\x1b" not in out and "\\x1b[2Jcleared.png" in out and "cat\\x1b[31m" in out
+
+
+def test_a_name_that_a_spreadsheet_takes_for_a_formula_is_written_as_text(run_dir, images, tmp_path, capsys,
+                                                                           monkeypatch):
+    Image.open(images / "a.png").save(images / "=1+1.png")
+    monkeypatch.chdir(images)
+    csv = tmp_path / "out.csv"
+    run_predict(capsys, "--run", run_dir, "=1+1.png", "--csv", csv)
+    assert pd.read_csv(csv).image.tolist() == ["'=1+1.png"]
+
+
+def test_the_copies_in_a_folders_hidden_folders_are_not_predicted(run_dir, images, capsys):
+    """Jupyter keeps a copy of every file in .ipynb_checkpoints/: they were predicted too."""
+    (images / ".ipynb_checkpoints").mkdir()
+    Image.open(images / "a.png").save(images / ".ipynb_checkpoints" / "a-checkpoint.png")
+    (images / ".hidden.png").write_bytes((images / "a.png").read_bytes())
+    out = run_predict(capsys, "--run", run_dir, images)
+    assert "checkpoint" not in out and ".hidden" not in out and len(out.strip().splitlines()) == 1 + 3

@@ -2,6 +2,7 @@
 for what they refuse one line `error: <the problem>: <the fix>` with exit status 2, no traceback
 (`--debug` shows it); and the interpreter for a command they are told to run."""
 import errno
+import re
 import shlex
 import sys
 from contextlib import contextmanager
@@ -17,6 +18,9 @@ OS_FIXES = {errno.ENOSPC: "free disk space on its drive", errno.EDQUOT: "free sp
                             "fix the path")}
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 class BadInput(Exception):
     """A problem with what the user gave a tool, worded as one line: `<the problem>: <the fix>`."""
 
@@ -30,8 +34,15 @@ def counted(count, noun):
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def printable(text):
+    """`text` as a terminal shows it, letter for letter: its control characters (an escape sequence
+    in a file or class name would move the cursor, recolour or clear the screen, a newline would
+    break a line in two) written as \\xNN. Letters of any script stay as they are."""
+    return CONTROL.sub(lambda found: f"\\x{ord(found[0]):02x}", str(text))
+
+
 def warn(message):
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {printable(message)}", file=sys.stderr)
 
 
 def command_to_retype(script):
@@ -77,5 +88,5 @@ def one_line_errors(debug):
         line = str(e) if isinstance(e, BadInput) else unexpected_line(e)
         if debug or line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
+        print(f"error: {printable(line)}", file=sys.stderr)
         sys.exit(2)

@@ -85,6 +85,12 @@ def write_csv(path, table):
         table.to_csv(tmp, index=False)
 
 
+def csv_text(value):
+    """A CSV cell that a spreadsheet shows as the text it is: a text starting with = + - @ (or a tab
+    or a carriage return) is a formula to Excel and LibreOffice, so it gets a leading quote."""
+    return f"'{value}" if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def check_new_file(path, flag):
     """Refuse, before any work, the output file a flag names if it would overwrite something or
     has no folder to go into."""

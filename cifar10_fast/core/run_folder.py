@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from cifar10_fast.core.errors import BadInput, counted
-from cifar10_fast.core.files import atomic, write_json
+from cifar10_fast.core.files import atomic, csv_text, write_json
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.json"
@@ -229,7 +229,7 @@ def append_to_index(out, run_dir, config, summary):
     import pandas as pd
     index = Path(out) / INDEX
     # Lists (the class names) as JSON, their text as it is: the CSV is UTF-8, and "\\u732b" is no name.
-    settings = {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
+    settings = {key: csv_text(json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value)
                 for key, value in config.items()}
     row = pd.DataFrame([{"run": run_dir.name, "finished": datetime.now().isoformat(timespec="seconds"),
                          "git_commit": summary.get("git_commit"), **settings, **headline(summary)}])

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from cifar10_fast.core.errors import BadInput, command_to_retype, one_line_errors
+from cifar10_fast.core.errors import BadInput, command_to_retype, one_line_errors, warn
 
 
 def ended_with(error, capsys, debug=False):
@@ -77,3 +77,13 @@ def test_the_command_to_retype_is_quoted_for_a_shell(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "executable", str(tmp_path / "my env" / "bin" / "python"))
     command = command_to_retype(tmp_path / "my code" / "train_fastai.py")
     assert shlex.split(command) == ["my env/bin/python", "my code/train_fastai.py"]
+
+
+def test_a_line_about_a_users_names_reaches_the_terminal_escaped(capsys):
+    """A path or name holding an escape sequence or a newline must not move the cursor or make two lines."""
+    with pytest.raises(SystemExit):
+        with one_line_errors(debug=False):
+            raise BadInput("data/\x1b[2J\ncat is refused: fix it")
+    warn("猫\x07 here")
+    err = capsys.readouterr().err
+    assert err == "error: data/\\x1b[2J\\x0acat is refused: fix it\nwarning: 猫\\x07 here\n"
