@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from cifar10_fast.core import startup
-from cifar10_fast.core.errors import BadInput, one_line_errors, printable, warn
+from cifar10_fast.core.errors import BadInput, from_here, one_line_errors, printable, warn
 from cifar10_fast.core.files import check_new_file, figure_text, figures_to_files, save_figure, unused_names
 from cifar10_fast.core.run_folder import (
     CONFIG,
@@ -153,11 +153,18 @@ def load_runs(dirs):
         for name in SUMMARY_NUMBERS:
             if not isinstance(summary.get(name), (int, float)):
                 raise CompareError(f"{path / SUMMARY} is damaged (no number {name}): {RUN_FILE_FIX}")
-        rows.append({"run": path.name, "group": config.get("group") or path.name,
+        group = path.parent / config["group"] if config.get("group") else path
+        rows.append({"run": path.name, "group": folder_named(group),
                      "point": config.get("sweep_point") or "",
                      **{name: shown_setting(config, name) for name in SETTINGS}, **headline(summary),
                      "history": read_history(path, RUN_FILE_FIX), "schedule": read_schedule(path, RUN_FILE_FIX)})
     return pd.DataFrame(rows)
+
+
+def folder_named(path):
+    """A run's or a group's folder as the tables name it: from here where it lies below, else whole.
+    Two runs of the same folder name in two --out folders are two configurations, not two seeds of one."""
+    return from_here(path.resolve()) or str(path.resolve())
 
 
 def shown_setting(config, name):

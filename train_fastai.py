@@ -127,7 +127,7 @@ def run(config, data=None, start_up=None):
 
     # The learner, in its run folder.
     if main_process:  # the folder's parent, its --out, must take the run's index row in the end
-        run_folder.check_index(Path(config.resume).parent if config.resume else config.out)
+        run_folder.check_index(Path(config.resume).resolve().parent if config.resume else config.out)
     if not main_process:
         run_dir = scratch_folder()
     else:
@@ -193,8 +193,8 @@ def run(config, data=None, start_up=None):
     if config.tta:
         summary["tta_accuracy"] = flip_tta_accuracy(learn, *predictions[:2])
     write_outputs(learn, run_dir, summary, predictions, stats, (lr_min, lr_max), resumed)
-    if main_process:  # the run folder's parent is its --out, also for a run resumed from another folder
-        run_folder.append_to_index(run_dir.parent, run_dir, recorded, summary)
+    if main_process:  # the run folder's parent is its --out, for a run resumed from elsewhere, as ".", through a link
+        run_folder.append_to_index(run_dir.resolve().parent, run_dir.resolve(), recorded, summary)
     phases.end("outputs")
     run_folder.write_summary(run_dir, {**summary, "phases": phases.seconds})  # where the time went, whole
     run_folder.remove_checkpoint(run_dir)  # last: a run stopped before it resumes

@@ -220,3 +220,16 @@ def test_class_names_from_someone_else_are_shown_whole_and_escaped(finished_swee
     compare.main([str(runs[0]), str(runs[1]), "--png", str(tmp_path / "names.png")])
     printed = capsys.readouterr().out
     assert '["a,b", "\\u001b[2J", "bird"' in printed and "\x1b" not in printed  # JSON's escape
+
+
+def test_two_runs_of_one_folder_name_in_two_places_are_two_configurations(finished_sweep, tmp_path, capsys):
+    """Copies of one run in two --out folders were pooled as two seeds of one configuration."""
+    _, group, _ = finished_sweep
+    run = group.parent / json.loads((group / "summary.json").read_text())["members"][0]
+    for place in ("a", "b"):
+        copied = tmp_path / place / run.name
+        shutil.copytree(run, copied)
+        config = json.loads((copied / "config.json").read_text())
+        (copied / "config.json").write_text(json.dumps({**config, "group": None, "sweep_point": None}))
+    compare.main([str(tmp_path / "a" / run.name), str(tmp_path / "b" / run.name), "--png", str(tmp_path / "two.png")])
+    assert "mean, std, min, max over seeds" not in capsys.readouterr().out  # no configuration has two runs

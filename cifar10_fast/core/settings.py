@@ -32,6 +32,8 @@ from cifar10_fast.core.errors import BadInput
 
 DEVICES = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what the recipe runs on; torch also knows mps, xla, meta, ...
 NO_GPU = "no CUDA GPU is visible here"
+NO_HOME = ("HOME is set but empty, and CIFAR10_CACHE is not set: the cache (~/.cache/cifar10-fast) would go to "
+           "/.cache; set HOME to your home folder, or CIFAR10_CACHE to a folder for the cache")
 
 
 def user_path(text):
@@ -118,6 +120,10 @@ def parse_args(argv=None, description=None, reads_data=True):
     its one line); `reads_data=False` for a caller that gives its own data (bench/overhead.py)."""
     p = flags_parser(description)
     given = vars(p.parse_args(argv))
+    for flag, what in (("resume", "the folder of an interrupted run"), ("out", "the folder for run folders"),
+                       ("data", "a CIFAR-10 folder or .tgz")):
+        if flag in given and not given[flag].strip():  # `--resume "$RUN"` with RUN unset, say
+            p.error(f"{option(flag)} is empty (an unset shell variable?): give {what}")
     given["sweep"] = tuple(given.get("sweep", ()))
     config = preset(given.pop("preset", RECIPE.preset), **given)
     check_machine(p, config, reads_data)
@@ -190,15 +196,24 @@ def check_machine(p, args, reads_data):
         p.error(f"--precision {args.precision} needs a CUDA GPU (fastai's mixed precision), and {reason}: "
                 "use --precision fp32, or auto")
     cache = os.environ.get("CIFAR10_CACHE")
+    if not cache and os.environ.get("HOME") == "":
+        p.error(NO_HOME)
     blocker = cache and not_a_folder(Path(cache).expanduser())
     if blocker:
         p.error(f"CIFAR10_CACHE={cache}: {blocker} is not a folder: set CIFAR10_CACHE to a folder (a missing one is "
                 "created), or unset it for ~/.cache/cifar10-fast")
     data = args.data or (os.environ.get("CIFAR10_DATA") if reads_data and not args.resume else None)  # see resume_settings
-    if data and not Path(data).expanduser().exists():
-        given = f"--data {data}" if args.data else f"CIFAR10_DATA={data}"
-        p.error(f"{given}: {Path(data).expanduser().absolute()} does not exist: give a CIFAR-10 folder or .tgz "
-                "(fastai's layout or the python version)")
+    if not data:
+        return
+    given = f"--data {data}" if args.data else f"CIFAR10_DATA={data}"
+    data = Path(data).expanduser().absolute()
+    if not data.exists():
+        p.error(f"{given}: {data} does not exist: give a CIFAR-10 folder or .tgz (fastai's layout or the python "
+                "version)")
+    out = Path(args.out).expanduser().resolve()
+    if data.is_dir() and not args.resume and out.is_relative_to(data.resolve()):
+        p.error(f"--out {args.out} lies inside the data, {given}: its run folders would be read as part of it (a "
+                "class, or images) by the next run; give --out a folder outside the data")
 
 
 def no_gpu(device):
@@ -242,8 +257,8 @@ def resumed_settings(p, config, given):
             p.error(f"{run_dir} was run with {option(key)} {saved.get(key)}, not {given[key]}: "
                     "drop the flag to resume it, or start a new run")
     # The run folder's parent is its --out by construction, wherever --out was given from.
-    if "out" in given and Path(given["out"]).resolve() != run_dir.parent.resolve():
-        p.error(f"{run_dir} belongs to --out {run_dir.parent}, not {given['out']}: drop --out to resume it")
+    if "out" in given and Path(given["out"]).resolve() != run_dir.resolve().parent:
+        p.error(f"{run_dir} belongs to --out {run_dir.resolve().parent}, not {given['out']}: drop --out to resume it")
     # Each setting as saved; one from before the setting existed, its default then.
     config = replace(config, **{key: saved[key] for key in RESUMED if key in saved}, out=saved.get("out", config.out),
                      data_given=saved.get("data_given"), group=saved.get("group"), sweep_point=saved.get("sweep_point"))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cifar10_fast.core.errors import DataError
 from cifar10_fast.core.lifecycle import SetUpInterrupted, stopping_on_signals
+from cifar10_fast.core.settings import NO_HOME
 
 PARTIAL = ".partial-"
 # The errors that are the cache's disk's or its permissions', not the data's.
@@ -40,7 +41,10 @@ def built_once(path):
 def cache_root():
     # An empty CIFAR10_CACHE is unset, as an empty CIFAR10_DATA is: not the current folder. Resolved,
     # so that the folders a run records in its config.json hold from any folder it is resumed in.
-    return Path(os.environ.get("CIFAR10_CACHE") or Path.home() / ".cache" / "cifar10-fast").expanduser().resolve()
+    cache = os.environ.get("CIFAR10_CACHE")
+    if not cache and os.environ.get("HOME") == "":  # Path.home() would be /
+        raise DataError(NO_HOME)
+    return Path(cache or Path.home() / ".cache" / "cifar10-fast").expanduser().resolve()
 
 
 def entry_name(path, stamped=True, members=()):

@@ -152,3 +152,31 @@ def test_each_lr_records_its_own_source():
 def test_a_weight_decay_is_checked_against_each_swept_lr_max(capsys):
     assert parse_args(["--wd", "50", "--lr-max", "1e-2"]).wd == 50  # 1 - 0.5 a step: strong, but a decay
     assert "--lr-max 0.02 with --wd 50" in refusal(["--wd", "50", "--sweep", "lr_max=1e-2,2e-2"], capsys)
+
+
+# Issue 24, class 4: every path given means what it says ------------------------------------
+
+@pytest.mark.parametrize("flag,what", [("--resume", "the folder of an interrupted run"),
+                                       ("--out", "the folder for run folders"), ("--data", "a CIFAR-10 folder or .tgz")])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder_or_a_default(flag, what, capsys):
+    """`--resume "$RUN"` with RUN unset started a new run; `--out ''` wrote into the current folder."""
+    assert refusal([flag, ""], capsys) == f"error: {flag} is empty (an unset shell variable?): give {what} (see --help)"
+
+
+def test_an_empty_home_is_refused_where_the_cache_would_go_to_the_root(monkeypatch, capsys):
+    monkeypatch.setenv("HOME", "")
+    monkeypatch.delenv("CIFAR10_CACHE")
+    assert "HOME is set but empty, and CIFAR10_CACHE is not set" in refusal([], capsys)
+    from cifar10_fast.core.errors import DataError
+    from cifar10_fast.data.cache import cache_root
+    with pytest.raises(DataError, match="would go to /.cache"):
+        cache_root()
+    monkeypatch.setenv("CIFAR10_CACHE", "/somewhere/cache")
+    assert parse_args([]).epochs == 24
+
+
+def test_an_out_inside_the_data_is_refused_before_any_work(tiny_folder, capsys):
+    """Its run folders would become a class (or images) of the next run on the same data."""
+    line = refusal(["--data", str(tiny_folder), "--out", str(tiny_folder / "train" / "runs")], capsys)
+    assert line.startswith(f"error: --out {tiny_folder / 'train' / 'runs'} lies inside the data, --data {tiny_folder}")
+    assert parse_args(["--data", str(tiny_folder), "--out", str(tiny_folder.parent / "runs")]).out

@@ -103,3 +103,19 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
     with pytest.raises(UsageError, match="checkpoint.pth cannot be loaded"):
         load_checkpoint(synth_learner(), tmp_path)
     assert not marker.exists()
+
+
+def test_a_run_resumed_from_inside_its_folder_is_indexed_by_its_name_in_its_out(tmp_path, tiny_folder, monkeypatch,
+                                                                                capsys):
+    """`--resume .` wrote index.csv inside the run folder, its row named ''."""
+    out = tmp_path / "runs"
+    real_make_learner = train_fastai.make_learner
+    monkeypatch.setattr(train_fastai, "make_learner",
+                        lambda *a: real_make_learner(*a).add_cb(SigtermAt(epoch=1, iteration=2)))
+    with pytest.raises(SystemExit):
+        train(tiny_folder, out, *GIVEN_LRS, "--epochs", 2, "--name", "cut")
+    monkeypatch.setattr(train_fastai, "make_learner", real_make_learner)
+    cut, = out.glob("*-cut")
+    monkeypatch.chdir(cut)
+    main(["--resume", "."])
+    assert pd.read_csv(out / "index.csv").run.tolist() == [cut.name] and not (cut / "index.csv").exists()
