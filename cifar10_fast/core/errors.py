@@ -4,6 +4,7 @@ for what they refuse one line `error: <the problem>: <the fix>` with exit status
 import errno
 import re
 import shlex
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,11 +49,21 @@ def warn(message):
 def command_to_retype(script):
     """The interpreter and `script` as the user would retype them from the current folder: each by
     its path from here where it lies below (.venv/bin/python train_fastai.py); elsewhere the
-    interpreter by its name, as found on the PATH, and the script by its whole path. Quoted for a
-    POSIX shell, so that a path with spaces pastes and runs."""
+    interpreter by its name where the PATH finds this very interpreter by it, else by its whole path
+    (a bare `python` may lack every library the run needs), and the script by its whole path.
+    Quoted for a POSIX shell, so that a path with spaces pastes and runs."""
     executable, script = Path(sys.executable), Path(script).absolute()
-    interpreter = from_here(executable) or executable.name or "python"  # sys.executable may be empty
+    found = shutil.which(executable.name) if executable.name else None
+    on_the_path = found is not None and Path(found).resolve() == executable.resolve()
+    interpreter = from_here(executable) or (executable.name if on_the_path else str(executable)) or "python"
     return shlex.join([interpreter, from_here(script) or str(script)])
+
+
+def shell_path(path):
+    """`path` quoted for a POSIX shell, and as ./path where it starts with '-', which a command
+    would take for a flag."""
+    text = str(path)
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def from_here(path):

@@ -17,7 +17,6 @@ Nothing here loads torch: `--resume` of a folder in use is refused before anythi
 """
 import importlib.util
 import os
-import shlex
 import signal
 import socket
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from cifar10_fast.core.errors import BadInput, command_to_retype, counted
+from cifar10_fast.core.errors import BadInput, command_to_retype, counted, shell_path
 from cifar10_fast.core.run_folder import CONFIG, LOCK, REPORT, epochs_logged, is_range_test, read_progress
 
 TRAINER = Path(importlib.util.find_spec("train_fastai").origin)  # found, not imported: it loads torch
@@ -66,7 +65,7 @@ def trainer_as_run():
 
 def resume_command(run_dir):
     """The command that resumes `run_dir`, quoted for a POSIX shell: it pastes and runs as printed."""
-    return f"{command_to_retype(trainer_as_run())} --resume {shlex.quote(str(run_dir))}"
+    return f"{command_to_retype(trainer_as_run())} --resume {shell_path(run_dir)}"
 
 
 def main_process():

@@ -4,8 +4,20 @@ import dataclasses
 
 import pytest
 
-from cifar10_fast.core.config import (PEAK_FRACTION, PRESETS, RECIPE, RESUMED, RUN_SETTINGS, SWEEPABLE, Config,
-                                      fits, member, preset, record, sweep_grid)
+from cifar10_fast.core.config import (
+    PEAK_FRACTION,
+    PRESETS,
+    RECIPE,
+    RESUMED,
+    RUN_SETTINGS,
+    SWEEPABLE,
+    Config,
+    fits,
+    member,
+    preset,
+    record,
+    sweep_grid,
+)
 from cifar10_fast.core.settings import flags_parser, parse_args
 
 

@@ -2,11 +2,12 @@
 import errno
 import os
 import shlex
+import shutil
 import sys
 
 import pytest
 
-from cifar10_fast.core.errors import BadInput, command_to_retype, one_line_errors, warn
+from cifar10_fast.core.errors import BadInput, command_to_retype, one_line_errors, shell_path, warn
 
 
 def ended_with(error, capsys, debug=False):
@@ -49,10 +50,19 @@ def test_the_command_to_retype_is_the_one_the_user_ran_from_here(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
     assert command_to_retype(tmp_path / "train_fastai.py") == ".venv/bin/python train_fastai.py"
-    monkeypatch.setattr(sys, "executable", "/usr/bin/python3")
     (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")  # a run started as python3 ../train_fastai.py
+    monkeypatch.chdir(tmp_path / "elsewhere")  # a run started as ../.venv/bin/python ../train_fastai.py
+    assert command_to_retype(tmp_path / "train_fastai.py") == (f"{tmp_path / '.venv' / 'bin' / 'python'} "
+                                                                f"{tmp_path / 'train_fastai.py'}")  # not a bare python
+    python3 = shutil.which("python3")
+    monkeypatch.setattr(sys, "executable", python3)  # the one the PATH finds by its name: the name will do
     assert command_to_retype(tmp_path / "train_fastai.py") == f"python3 {tmp_path / 'train_fastai.py'}"
+
+
+def test_a_path_starting_with_a_dash_is_not_taken_for_a_flag():
+    """--out=-dash made a resume command whose run folder argparse read as an option."""
+    assert shell_path("-dash/20260101-000000") == "./-dash/20260101-000000"
+    assert shell_path("runs/my run") == "'runs/my run'" and shell_path("/abs/-x") == "/abs/-x"
 
 
 def test_a_failure_of_the_machine_gets_the_fix_its_errno_calls_for(capsys):
