@@ -294,8 +294,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.budget is None:
         args.budget = BUDGET_S * (SMOKE_SLACK if args.smoke else 1)
-    if args.budget <= 0:
-        p.error(f"--budget must be positive, not {args.budget:g}")
+    if not 0 < args.budget < float("inf"):  # nan compares false both ways: it would run every step unbounded
+        p.error(f"--budget must be a positive number of seconds, not {args.budget:g}")
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
     unknown = [s for s in args.steps or [] if s not in STEP_NAMES]
     if unknown:

@@ -2,6 +2,7 @@
 for what they refuse one line `error: <the problem>: <the fix>` with exit status 2, no traceback
 (`--debug` shows it); and the interpreter for a command they are told to run."""
 import errno
+import os
 import re
 import shlex
 import shutil
@@ -86,7 +87,20 @@ def unexpected_line(error):
         return f"{path}: {error.strerror or error}: {OS_FIXES.get(error.errno, OS_FIX)}{then} ({DEBUG_HINT})"
     if isinstance(error, (UnicodeEncodeError, UnicodeDecodeError)):  # the two that hold their text
         return f"{error.object[:80]!r}: {error.reason}: use UTF-8 names and files ({DEBUG_HINT})"
+    if isinstance(error, Warning):  # a library's warning, raised as an error
+        return (f"{type(error).__name__}: {' '.join(str(error).split())}: a library's warning, made an error by "
+                f"PYTHONWARNINGS ({os.environ.get('PYTHONWARNINGS', 'unset')}) or -W: let warnings be warnings "
+                f"to run ({DEBUG_HINT})")
     return None
+
+
+def loading_failure_line(error):
+    """The line for an exception raised while an entry point loads its libraries (torch, fastai,
+    matplotlib) that is the machine's or the environment's, not ours; None for any other."""
+    if isinstance(error, (MemoryError, ImportError, OSError)):
+        return (f"the libraries could not be loaded ({type(error).__name__}: {' '.join(str(error).split())}): "
+                f"check the install (make setup) and the memory this process may take (ulimit -v) ({DEBUG_HINT})")
+    return unexpected_line(error)
 
 
 @contextmanager

@@ -14,9 +14,11 @@ The imports make about half a million objects that live as long as the process: 
 looks through them while they load (a second of it on 2 cores) nor after (gc.freeze).
 """
 import gc
+import os
 import signal
 import sys
 
+from cifar10_fast.core.errors import loading_failure_line, printable
 from cifar10_fast.core.internals import exit_without_teardown
 from cifar10_fast.core.lifecycle import INTERRUPTED, STOP_SIGNALS
 
@@ -34,8 +36,18 @@ def flags_first(module_name, parse, stopped_line=lambda flags: "interrupted: not
         print(stopped_line(flags), file=sys.stderr)
         sys.exit(INTERRUPTED)
 
+    def failed_to_load(kind, error, traceback):
+        line = None if getattr(flags, "debug", False) else loading_failure_line(error)
+        if line is None:
+            sys.__excepthook__(kind, error, traceback)
+            return
+        print(f"error: {printable(line)}", file=sys.stderr, flush=True)
+        os._exit(2)  # as any other failure of the machine ends: nothing has begun to clean up
+
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
+    os.environ["MPLBACKEND"] = "Agg"  # the tools draw into files; a notebook's backend may not be installed here
+    sys.excepthook = failed_to_load  # until run(): main's own errors are one_line_errors'
     gc.disable()
 
 
@@ -43,6 +55,7 @@ def run(main):
     """`main()` of an entry point run as a script, once its imports are done: what they made frozen
     (no collection looks through it again), and on success an exit without the interpreter's
     teardown; every file the entry writes is written and closed by then."""
+    sys.excepthook = sys.__excepthook__
     gc.enable()
     gc.freeze()
     main()

@@ -309,7 +309,9 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("argv,text", [
     (["--steps", "bogus", "--out", "x"], "--steps: unknown step bogus"),
     (["--steps", ",", "--out", "x"], "--steps names no step"),
-    (["--budget", "0", "--out", "x"], "--budget must be positive, not 0"),
+    (["--budget", "0", "--out", "x"], "--budget must be a positive number of seconds, not 0"),
+    (["--budget", "nan", "--out", "x"], "--budget must be a positive number of seconds, not nan"),
+    (["--budget", "inf", "--out", "x"], "--budget must be a positive number of seconds, not inf"),
     ([], "no --out and no $OUT"),
     (["--prepare", "--shared", "nowhere"], "not found: give --shared the folder that holds device/ and data/"),
 ])
