@@ -15,13 +15,27 @@ Every run writes a new folder <out>/<timestamp>[-name]/ and a row of <out>/index
 (--runs, --sweep) also write a group folder <out>/<timestamp>[-name]-group/ that summarises them.
 docs/reference.md lists every file.
 """
+import os
 from pathlib import Path
 
 from cifar10_fast.core import startup
+from cifar10_fast.core.errors import one_line_errors
 from cifar10_fast.core.lifecycle import what_it_kept
 from cifar10_fast.core.settings import parse_args
+from cifar10_fast.data.layout import check_folder
 
-startup.flags_first(__name__, lambda argv: parse_args(argv, __doc__),
+
+def checked_flags(argv):
+    """The flags, and a data folder whose layout cannot train, answered before torch loads."""
+    config = parse_args(argv, __doc__)
+    data = config.data or os.environ.get("CIFAR10_DATA")
+    if data and not config.resume and Path(data).expanduser().is_dir():
+        with one_line_errors(config.debug):
+            check_folder(Path(data).expanduser())
+    return config
+
+
+startup.flags_first(__name__, checked_flags,
                     lambda config: what_it_kept(Path(config.resume) if config.resume else None))
 
 # The heavy modules load after the flags are checked: seconds.
@@ -43,7 +57,7 @@ with without_unused():  # fastai's modules without scikit-learn and SciPy's stat
     import compare
     from cifar10_fast.core import run_folder
     from cifar10_fast.core.config import UsageError, departures, lr_source, member, record, sweep_grid
-    from cifar10_fast.core.errors import counted, one_line_errors
+    from cifar10_fast.core.errors import counted
     from cifar10_fast.core.files import figures_to_files
     from cifar10_fast.core.lifecycle import hold, outliving_the_terminal, stops_cleanly
     from cifar10_fast.data.loaders import cifar10_data, cifar10_dataloaders

@@ -83,6 +83,8 @@ def parse_args(argv=None):
         if not 1 <= getattr(args, name) <= SEEDS_LIMIT:
             p.error(f"{option(name)} must be from 1 to {SEEDS_LIMIT}, not {getattr(args, name)}")
     settings.check_training_flags(args, TRAINING_FLAGS)
+    if not (args.data or os.environ.get("CIFAR10_DATA")):  # else found out once torch has loaded, after the device
+        p.error("the bench times a local copy of CIFAR-10: give --data or set CIFAR10_DATA (a folder or .tgz)")
     args.out = args.out or REPO / "bench" / "results"
     settings.check_out_folder(p, args.out)
     if not args.smoke and settings.no_cuda_here():  # the flags first: a GPU machine would refuse them too

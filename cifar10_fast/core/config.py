@@ -19,12 +19,14 @@ from cifar10_fast.core.run_folder import LR_FIND_JSON
 PEAK_FRACTION = 5 / 24  # LRMAX at the end of epoch 5 of 24, and at the same fraction of any run
 # The LR range test's sweep (lr_schedule.find_lr): here, where the --wd check reads its lowest LR.
 FINDER_START_LR, FINDER_END_LR = 1e-7, 10
+LRMAX_DIVISOR = 10  # the LR rule's LRMAX: the LR of the range test's lowest loss, a decade lower
 # The fewest range test iterations whose usable curve (lr_schedule.usable_curve drops the first
 # tenth and the last 5 points) reaches 0.069, the LR of CIFAR-10's lowest smoothed loss in
 # tests/data/lr_find_cifar10.csv: with fewer it ends while the loss still falls, and the LR rule
 # fails, or puts LRMAX at the curve's end. tests/training/test_lr_schedule.py derives it from fastai's sweep.
 FINDER_ITERS_MIN = 23
 SEED_LIMIT = 2**63  # torch.manual_seed takes signed 64-bit numbers and wraps negative ones
+RUNS_LIMIT = 10_000  # seeds of a point: far more than any comparison needs (each is a whole training)
 NAME_LIMIT = 200  # bytes of --name: a run folder is <timestamp>-<name>[-<sweep point>-seed<N>][-group]
 
 
@@ -215,6 +217,13 @@ def invalid_settings(config):
         yield f"--peak-epoch must lie in (0, --epochs={config.epochs}], not {config.peak_epoch}"
     if config.lr_min and config.lr_max and config.lr_min >= config.lr_max:
         yield f"--lr-min ({config.lr_min}) must be below --lr-max ({config.lr_max})"
+    highest_lr_max = FINDER_END_LR / LRMAX_DIVISOR
+    if config.lr_min and not config.lr_max and config.lr_min >= highest_lr_max:
+        yield (f"--lr-min {config.lr_min:g} is not below any LRMAX the LR range test can find (at most "
+               f"{highest_lr_max:g}: its highest LR, {FINDER_END_LR:g}, over {LRMAX_DIVISOR}): give --lr-max too, or a "
+               "lower --lr-min")
+    if config.find_lr and config.lr_min and config.lr_max:  # config.json would record LRs the test never found
+        yield "--find-lr finds LRMIN and LRMAX: drop --lr-min and --lr-max, or --find-lr to train with them"
     if config.wd < 0:
         yield f"--wd must not be negative, not {config.wd}"
     # Without --lr-max the range test runs with this wd, so the LRMAX it finds suits it; only its
@@ -226,8 +235,9 @@ def invalid_settings(config):
         yield f"--label-smoothing must lie in [0, 1), not {config.label_smoothing}"
     if config.target_acc is not None and not 0 < config.target_acc <= 1:
         yield f"--target-acc is a fraction in (0, 1], e.g. 0.94, not {config.target_acc}"
-    if config.runs < 1:
-        yield f"--runs must be positive, not {config.runs}"
+    if not 1 <= config.runs <= RUNS_LIMIT:
+        yield f"--runs must lie in [1, {RUNS_LIMIT}], not {config.runs}"
+        return  # the seeds' range below depends on it
     if config.workers is not None and config.workers < 0:
         yield f"--workers must not be negative, not {config.workers}"
     cores = os.cpu_count()

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -101,11 +101,14 @@ def write_holder(fd):
 
 
 def let_go():
-    """Let go of the run folder this process holds, if any. The lock file goes first, while held: a
-    process that opened it meanwhile finds it gone and starts again on a new one (filelock checks)."""
+    """Let go of the run folder this process holds, if any, and remove it where it is empty. The lock
+    file goes first, while held: a process that opened it meanwhile finds it gone and starts again
+    on a new one (filelock checks)."""
     if Held.lock is not None:
         (Held.run_dir / LOCK).unlink(missing_ok=True)
         Held.lock.release()
+        with suppress(OSError):  # a run folder left empty by a run that failed at once: nothing to keep
+            Held.run_dir.rmdir()
     Held.run_dir = Held.lock = None
 
 

@@ -7,6 +7,7 @@ Nothing here imports torch or fastai (seconds to load), so that `--help` and a b
 at once.
 """
 import argparse
+import errno
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ from cifar10_fast.core.config import (
     preset,
     sweep_grid,
 )
-from cifar10_fast.core.errors import BadInput
+from cifar10_fast.core.errors import BadInput, printable
 
 DEVICES = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what the recipe runs on; torch also knows mps, xla, meta, ...
 NO_GPU = "no CUDA GPU is visible here"
@@ -47,7 +48,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag gets one line instead of the 12-line usage block."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, f"error: {printable(message)} (see --help)\n")
 
 
 def flags_parser(description=None):
@@ -208,12 +209,21 @@ def check_machine(p, args, reads_data):
     given = f"--data {data}" if args.data else f"CIFAR10_DATA={data}"
     data = Path(data).expanduser().absolute()
     if not data.exists():
-        p.error(f"{given}: {data} does not exist: give a CIFAR-10 folder or .tgz (fastai's layout or the python "
-                "version)")
+        what = "is a link that leads back to itself" if link_loop(data) else "does not exist"
+        p.error(f"{given}: {data} {what}: give a CIFAR-10 folder or .tgz (fastai's layout or the python version)")
     out = Path(args.out).expanduser().resolve()
     if data.is_dir() and not args.resume and out.is_relative_to(data.resolve()):
         p.error(f"--out {args.out} lies inside the data, {given}: its run folders would be read as part of it (a "
                 "class, or images) by the next run; give --out a folder outside the data")
+
+
+def link_loop(path):
+    """Whether `path` is a symbolic link that leads, through links, back to itself."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def no_gpu(device):

@@ -46,6 +46,8 @@ def flags_first(module_name, parse, stopped_line=lambda flags: "interrupted: not
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop)
+    for stream in (sys.stdout, sys.stderr):  # a terminal whose locale cannot show a name shows it escaped
+        stream.reconfigure(errors="backslashreplace")
     os.environ["MPLBACKEND"] = "Agg"  # the tools draw into files; a notebook's backend may not be installed here
     sys.excepthook = failed_to_load  # until run(): main's own errors are one_line_errors'
     gc.disable()

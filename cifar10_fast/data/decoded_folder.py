@@ -37,10 +37,7 @@ from cifar10_fast.data.images import (
     read_rgb32_all,
     reading_processes,
 )
-from cifar10_fast.data.python_batches import differing_only_in_case
-
-CIFAR10_CLASSES = 10
-SPLITS = ("train", "test")
+from cifar10_fast.data.layout import SPLITS, check_classes
 
 
 @dataclass
@@ -252,10 +249,6 @@ def warn_of(repairs):
 # ---------------------------------------------------------------------------------------------
 # The listing, and the layout's checks.
 
-def class_names(folder, split="train"):
-    return sorted(p.name for p in (folder / split).iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def list_folder(folder):
     """(classes, the image files' names relative to `folder`, the number in each split's class
     folders), from one listing of the class folders, the layout checked on the way."""
@@ -277,25 +270,6 @@ def list_folder(folder):
         warn(f"ignoring {len(subfolders)} folders inside class folders of {folder} (such as {subfolders[0]}): "
              "images are read only directly in train/<class>/ and test/<class>/; move them there to use them")
     return classes, names, counts
-
-
-def check_classes(folder):
-    classes = class_names(folder)
-    if len(classes) < 2:
-        raise DataError(f"{folder / 'train'} has {len(classes)} class folders: expected train/<class>/<image> "
-                        f"files for the {CIFAR10_CLASSES} CIFAR-10 classes")
-    test_classes = class_names(folder, "test")
-    if test_classes != classes:
-        raise DataError(f"{folder}: train/ and test/ have different class folders "
-                        f"({', '.join(classes)} vs {', '.join(test_classes)}): give both the same classes")
-    clash = differing_only_in_case(classes)
-    if clash:
-        raise DataError(f"{folder / 'train'} has class folders {clash[0]!r} and {clash[1]!r}, whose names differ only "
-                        "in case: one folder on a disk that ignores case (macOS, Windows); rename one of them")
-    if len(classes) != CIFAR10_CLASSES:
-        warn(f"{folder / 'train'} has {len(classes)} class folders, not CIFAR-10's {CIFAR10_CLASSES}: "
-             f"training a {len(classes)}-class model")
-    return classes
 
 
 def class_folder_contents(class_folder):

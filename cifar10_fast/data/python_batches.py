@@ -12,8 +12,8 @@ import numpy as np
 
 from cifar10_fast.core.errors import DataError
 from cifar10_fast.data.images import IMAGE_SIZE
+from cifar10_fast.data.layout import differing_only_in_case
 
-PYTHON_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 PYTHON_META = "batches.meta"
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DOWNLOAD_PYTHON_AGAIN = "download cifar-10-python.tar.gz again"
@@ -101,16 +101,6 @@ def python_class_names(batches):
         raise DataError(f"{meta} names classes {clash[0]!r} and {clash[1]!r}, which differ only in case: one folder on "
                         f"a disk that ignores case (macOS, Windows); {DOWNLOAD_PYTHON_AGAIN}")
     return names
-
-
-def differing_only_in_case(names):
-    """The first two of `names` that differ only in case (as "Cat" and "cat"), or None."""
-    seen = {}
-    for name in names:
-        other = seen.setdefault(name.casefold(), name)
-        if other != name:
-            return other, name
-    return None
 
 
 def read_label_names(meta):

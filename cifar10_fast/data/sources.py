@@ -21,8 +21,8 @@ from PIL import Image
 from cifar10_fast.core.errors import DataError
 from cifar10_fast.data.archives import unpack
 from cifar10_fast.data.cache import CONVERTED, build_once, cache_root, entry_name
-from cifar10_fast.data.decoded_folder import SPLITS
-from cifar10_fast.data.python_batches import PYTHON_BATCHES, PYTHON_META, python_class_names, read_python_batch
+from cifar10_fast.data.layout import PYTHON_BATCHES, PYTHON_VERSION, SPLITS, find_layout
+from cifar10_fast.data.python_batches import PYTHON_META, python_class_names, read_python_batch
 
 DOWNLOAD_TIMEOUT_S = 30
 REACH_TIMEOUT_S = 3
@@ -81,16 +81,12 @@ def download():
 
 
 def layout_folder(path):
-    """Find fastai's layout in `path`, in the one folder an archive usually wraps it in, or make
-    it from the python batches. Its listing checks it (a converted one too: damaged batches can
-    still make a folder that trains nothing useful, such as one with a single class)."""
-    for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
-        if all((candidate / split).is_dir() for split in SPLITS):
-            return candidate
-        if all((candidate / name).is_file() for name in PYTHON_BATCHES):
-            return python_batches_to_folder(candidate)
-    raise DataError(f"{path} holds neither train/ and test/ class folders nor the python batches "
-                    f"({', '.join(PYTHON_BATCHES)}): point --data at a CIFAR-10 copy")
+    """fastai's layout in `path`, or in the one folder an archive usually wraps it in, made from the
+    python batches where those are what it holds. Its listing checks it (a converted one too:
+    damaged batches can still make a folder that trains nothing useful, such as one with a single
+    class)."""
+    kind, folder = find_layout(path)
+    return python_batches_to_folder(folder) if kind == PYTHON_VERSION else folder
 
 
 def python_batches_to_folder(batches):

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from fastai.callback.core import Callback
 
-from cifar10_fast.core.config import FINDER_END_LR, FINDER_START_LR, UsageError
+from cifar10_fast.core.config import FINDER_END_LR, FINDER_START_LR, LRMAX_DIVISOR, UsageError
 from cifar10_fast.core.files import save_figure, write_csv
 from cifar10_fast.core.run_folder import LR_FIND_CSV, LR_FIND_PNG, write_lr_find
 from cifar10_fast.training.recording import print_line, showing_range_test
@@ -46,7 +46,7 @@ def batch_noise(batch_losses):
     return float(1.4826 * np.median(np.abs(np.diff(batch_losses))) / np.sqrt(2))
 
 
-def lr_bounds(curve, max_divisor=10, descent_fraction=0.1):
+def lr_bounds(curve, max_divisor=LRMAX_DIVISOR, descent_fraction=0.1):
     """LRMIN and LRMAX from a range test's usable curve (lr, smoothed loss, batch loss): the rule
     in LR_RULE."""
     if len(curve) < 2:  # usable_curve cut it at its first NaN: the loss was not finite from the start

@@ -2,6 +2,8 @@
 import errno
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from cifar10_fast.core.lifecycle import resume_command
 from tests.bad_input.makers_data import data
 from tests.bad_input.makers_tools import index_saying, resume_after_the_cache_was_cleaned
 from tests.bad_input.test_table import ONE_EPOCH, REFUSE, REPAIR, run_cli
-from tests.conftest import GIVEN_LRS, one_line_error, write_folder, write_tgz
+from tests.conftest import GIVEN_LRS, REPO, one_line_error, write_folder, write_tgz
 from train_fastai import main
 
 
@@ -215,3 +217,16 @@ def test_csv_into_a_folder_that_is_not_writable_is_refused_before_any_work(tmp_p
     assert line == f"error: {locked} is not writable for you: give --csv a file in a folder you can write to"
     assert not any(locked.iterdir())
 
+
+
+def test_a_terminal_that_cannot_show_a_name_shows_it_escaped_and_the_run_goes_on(tmp_path):
+    """In a locale whose encoding lacks the class names' letters, the run ended with 'use UTF-8 names'
+    (for names that were UTF-8) and left an empty run folder."""
+    folder = write_folder(tmp_path / "cjk", classes=CJK_CLASSES, n_train=1, n_test=1)
+    done = subprocess.run([sys.executable, str(REPO / "train_fastai.py"), "--data", str(folder), "--out",
+                           str(tmp_path / "runs"), "--width", "4", "--bs", "10", *ONE_EPOCH, "--subset", "10",
+                           "--name", "猫"],
+                          cwd=tmp_path, capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    run_dir, = (tmp_path / "runs").glob("2*")
+    assert (run_dir / "report.html").is_file()

@@ -132,7 +132,7 @@ CASES = {
                                           "holds no checkpoint.json: its run stopped before its first epoch finished; "
                                           "nothing to resume: start a new run", None),
     "--resume with --runs": ("train", resume_with_runs, REFUSE, "--resume continues one run", None),
-    "zero runs": ("train", flags("--runs", "0"), REFUSE, "--runs must be positive", None),
+    "zero runs": ("train", flags("--runs", "0"), REFUSE, "--runs must lie in [1, 10000], not 0", None),
     "sweep of a setting that cannot be swept": ("train", flags("--sweep", "momentum=0.9,0.95"), REFUSE,
                                                 "momentum cannot be swept", None),
     "sweep value that is not a number": ("train", flags("--sweep", "lr_max=1e-3,fast"), REFUSE,

@@ -96,13 +96,20 @@ def test_bad_data_or_out_is_one_line_and_keeps_the_users_file(tmp_path, capsys):
                                             str(tmp_path / "nope")], capsys)
     mine = tmp_path / "mine.txt"
     mine.write_text("precious")
-    assert f"--out {mine} is not a folder" in one_line_error(bench.main, ["--smoke", "--out", str(mine)], capsys)
+    assert f"--out {mine} is not a folder" in one_line_error(bench.main, ["--smoke", "--out", str(mine), "--data",
+                                                                         str(tmp_path)], capsys)
     assert mine.read_text() == "precious"
 
 
-def test_the_full_bench_without_a_gpu_is_refused_as_bad_input(monkeypatch, capsys):
+def test_the_full_bench_without_a_gpu_is_refused_as_bad_input(monkeypatch, capsys, tiny_folder):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert "the bench needs a CUDA GPU" in one_line_error(bench.main, [], capsys)
+    assert "the bench needs a CUDA GPU" in one_line_error(bench.main, ["--data", str(tiny_folder)], capsys)
+
+
+def test_the_bench_without_data_is_refused_before_it_measures_the_device(capsys):
+    """Without --data or CIFAR10_DATA it measured the GPU, then failed at the download."""
+    assert "the bench times a local copy of CIFAR-10: give --data or set CIFAR10_DATA" in one_line_error(
+        bench.main, ["--smoke", "--out", "x"], capsys)
 
 
 def test_the_bench_shows_no_library_warning():

@@ -307,3 +307,15 @@ def test_a_closed_pipe_leaves_the_run_training_to_its_end(tmp_path, tiny_folder)
     assert process.wait(timeout=120) == 0, process.stderr.read()
     assert lines[-1] and "Broken pipe" not in process.stderr.read()
     assert_whole(the_run_folder(tmp_path))
+
+
+def test_a_run_folder_let_go_of_empty_is_removed_and_one_with_files_kept(tmp_path):
+    """A run that failed right after making its folder left an empty one behind."""
+    empty, kept = tmp_path / "empty", tmp_path / "kept"
+    for folder in (empty, kept):
+        folder.mkdir()
+        lifecycle.hold(folder)
+        if folder == kept:
+            (folder / "config.json").write_text("{}")
+        lifecycle.let_go()
+    assert not empty.exists() and sorted(p.name for p in kept.iterdir()) == ["config.json"]

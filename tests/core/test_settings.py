@@ -180,3 +180,26 @@ def test_an_out_inside_the_data_is_refused_before_any_work(tiny_folder, capsys):
     line = refusal(["--data", str(tiny_folder), "--out", str(tiny_folder / "train" / "runs")], capsys)
     assert line.startswith(f"error: --out {tiny_folder / 'train' / 'runs'} lies inside the data, --data {tiny_folder}")
     assert parse_args(["--data", str(tiny_folder), "--out", str(tiny_folder.parent / "runs")]).out
+
+
+# Issue 24, classes 7 and 8: refused before torch loads, and records that say what happened ---
+
+@pytest.mark.parametrize("argv,line", [
+    (["--lr-min", "2"], "--lr-min 2 is not below any LRMAX the LR range test can find (at most 1: its highest LR, "
+                        "10, over 10): give --lr-max too, or a lower --lr-min"),
+    (["--find-lr", "--lr-min", "1e-4", "--lr-max", "1e-3"], "--find-lr finds LRMIN and LRMAX: drop --lr-min and "
+                                                            "--lr-max, or --find-lr to train with them"),
+    (["--runs", "99999999999999999999"], "--runs must lie in [1, 10000], not 99999999999999999999"),
+])
+def test_what_cannot_run_is_refused_naming_the_flag_at_fault(argv, line, capsys):
+    """An LRMIN above any LRMAX was refused after the range test's minutes; --find-lr with both LRs
+    recorded LRs it never used; a huge --runs blamed --seed."""
+    assert refusal(argv, capsys) == f"error: {line} (see --help)"
+
+
+def test_data_that_is_a_link_loop_or_holds_an_invisible_character_is_named_as_such(tmp_path, monkeypatch, capsys):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert f"{tmp_path / 'loop'} is a link that leads back to itself" in refusal(["--data", str(tmp_path / "loop")],
+                                                                                capsys)
+    monkeypatch.setenv("CIFAR10_DATA", f"{tmp_path}/cifar10.tgz\r")  # pasted from a file with Windows line ends
+    assert f"error: CIFAR10_DATA={tmp_path}/cifar10.tgz\\x0d: " in refusal([], capsys)
