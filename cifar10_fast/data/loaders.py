@@ -5,6 +5,7 @@ The validation set is the official 10,000-image test split. Images are normalise
 channel statistics of the training images in use.
 """
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from fastai.data.transforms import Normalize, parent_label
 from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
 from fasttransform import Transform
+from PIL import Image
 
 from cifar10_fast.core.errors import DataError
 from cifar10_fast.data.decoded_folder import DecodedFolder, decoded_folder
@@ -44,7 +46,9 @@ class RGBImage(PILImage):
     read a file as the cache and predict.py do."""
 
     @classmethod
-    def create(cls, fn, **kwargs):
+    def create(cls, fn: Path | str | torch.Tensor | np.ndarray | bytes | Image.Image, **kwargs):
+        # Annotated as PILImage.create is: fastai's TfmdLists takes the pipeline's input types from
+        # it, and learn.predict refuses a str that they do not name.
         if isinstance(fn, (str, os.PathLike)):
             return cls(open_rgb(fn)[0])
         return super().create(fn, **kwargs)

@@ -89,7 +89,7 @@ CASES = {
     "empty folder": ("train", empty_folder, REFUSE, "neither train/ and test/", None),
     "a file where a folder is expected": ("train", file_not_folder, REFUSE, "not a folder or a .tgz", None),
     "wrong layout": ("train", wrong_layout, REFUSE, "neither train/ and test/", None),
-    "fewer than 2 classes": ("train", one_class, REFUSE, "has 1 class folders", None),
+    "fewer than 2 classes": ("train", one_class, REFUSE, "has 1 class folder: expected", None),
     "train and test classes differ": ("train", classes_differ, REFUSE, "different class folders", None),
     "a class folder with no images": ("train", class_without_images, REFUSE, "has no image files", None),
     "corrupt test image": ("train", corrupt_test_image, REFUSE, "cannot read image", None),
