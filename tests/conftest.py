@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -242,3 +244,23 @@ def loopback_only():
         mp.setattr(socket.socket, "connect_ex", guarded(connect_ex))
         mp.setattr(socket, "getaddrinfo", guarded_lookup)
         yield attempts
+
+
+def free_port():
+    """A port of 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tensorboard_scalars(port, run, tag, timeout=60):
+    """[wall time, step, value] of `tag` in `run`, from TensorBoard's HTTP API once it serves them."""
+    url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{urllib.parse.urlencode({'run': run, 'tag': tag})}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:  # not listening yet, or the run not loaded yet (an HTTP error)
+            assert time.monotonic() < deadline, f"TensorBoard served no {tag} of {run} in {timeout} s"
+            time.sleep(0.5)

@@ -5,12 +5,9 @@ written to the home folder."""
 import json
 import os
 import re
-import socket
 import struct
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ import train_fastai
 from cifar10_fast.core.trackers import DATABASE_STORE, INSTALL
 from cifar10_fast.training import trackers
 from cifar10_fast.training.tracking import LOGGED
-from tests.conftest import GIVEN_LRS, REPO, TINY, loopback_only, train, write_folder
+from tests.conftest import GIVEN_LRS, REPO, TINY, free_port, loopback_only, tensorboard_scalars, train, write_folder
 from tests.network_guard import LOG
 from tests.training.test_fit import SigtermAt
 
@@ -146,12 +143,6 @@ def test_wandb_runs_offline_inside_each_run_folder_as_one_group(tracked_group):
         assert float(summary_items["summary/final_accuracy"]) == pytest.approx(summary(member)["final_accuracy"])
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tensorboard_serves_every_run_over_http(tracked_group):
     """`tensorboard --logdir` on 127.0.0.1 shows the finished runs' scalars; stopped by its own PID."""
     out, _, members, _, _ = tracked_group
@@ -160,25 +151,12 @@ def test_tensorboard_serves_every_run_over_http(tracked_group):
                                "127.0.0.1", "--port", str(port), "--load_fast", "false"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        accuracies = fetch_scalars(port, members[1].name, "accuracy/test")
+        accuracies = tensorboard_scalars(port, members[1].name, "accuracy/test")
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert [step for _, step, _ in accuracies] == [0, 1]
     assert accuracies[-1][2] == pytest.approx(summary(members[1])["final_accuracy"])
-
-
-def fetch_scalars(port, run, tag, timeout=60):
-    """[wall time, step, value] of `tag` in `run`, from TensorBoard's HTTP API once it serves them."""
-    url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run={run}&tag={tag}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return json.loads(response.read())
-        except OSError:  # not listening yet, or the run not loaded yet (an HTTP error)
-            assert time.monotonic() < deadline, f"TensorBoard served no {tag} of {run} in {timeout} s"
-            time.sleep(0.5)
 
 
 def test_a_whole_process_tracked_in_mlflow_and_wandb_stays_on_the_loopback_to_its_exit(tmp_path, tiny_folder):
