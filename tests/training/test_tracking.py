@@ -92,6 +92,19 @@ def test_tensorboard_shows_each_epoch_once_and_the_run_as_its_summary_says(track
         assert start.hparams["group"].string_value == tracked_group[1].name
 
 
+def test_the_epoch_that_stops_a_run_at_its_target_accuracy_is_tracked(finished_sweep):
+    """--target-acc stops the fit at the end of the epoch that reaches it: the trackers see that
+    epoch before the stop (the sweep's runs stop after the first of their 2 where it is not at 0%)."""
+    out, group, _ = finished_sweep
+    stopped = []
+    for name in json.loads((group / "summary.json").read_text())["members"]:
+        _, curves = scalars(out / name)
+        stopped.append(summary(out / name)["stopped_early"])
+        assert [event.step for event in curves["accuracy/test"]] == list(range(summary(out / name)["epochs"]))
+        assert curves["summary/stopped_early"][-1].value == stopped[-1]
+    assert any(stopped)
+
+
 def test_mlflow_holds_the_group_as_one_experiment_with_each_run_its_epochs_and_files(tracked_group):
     out, group, members, _, _ = tracked_group
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
