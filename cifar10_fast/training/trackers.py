@@ -1,10 +1,10 @@
-"""One class per tracker, each writing a run to its library through the same five calls, which
+"""One class per tracker, each writing a run to its library through the same four calls, which
 training/tracking.py makes: `settings(values)` at the fit's start, `epoch(step, metrics)` at each
 trained epoch's end, `finish(step, numbers, figures)` once the run is whole, and `close(status)`
 ("finished", "failed" or "stopped") however it ends. Each imports its library as it opens: a run
 loads only the trackers it was asked for.
 
-fastai ships a TensorBoard and a W&B callback, but both read the smoothed loss at every batch (a
+fastai ships a TensorBoard and a W&B callback, but both log the smoothed loss at every batch (a
 wait for the GPU at each step), and with fastai 2.8.12 its W&B callback fails in before_fit;
 MLflow 3 has no fastai integration. Hence these, from each library's own client API.
 """

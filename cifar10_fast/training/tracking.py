@@ -46,8 +46,8 @@ class Tracking:
             try:
                 self.open.append(BACKENDS[name](self.run_dir, self.recorded, resumed=self.first_epoch > 0))
             except Exception as e:  # a server gone since the check, say: the run is worth more than its view
-                warn(f"{name} cannot track {self.run_dir.name} ({failure(e)}): the run goes on without it; its "
-                     "folder keeps everything")
+                warn(f"{BACKENDS[name].name} cannot track {self.run_dir.name} ({failure(e)}): the run goes on "
+                     "without it; its folder keeps everything")
         return self
 
     def __exit__(self, kind, error, traceback):
