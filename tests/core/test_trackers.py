@@ -35,7 +35,7 @@ def test_a_tracker_that_is_not_installed_is_refused_with_its_install_command(mon
 
 
 @pytest.mark.parametrize("uri,says", [
-    ("file:///tmp/mlruns", "is a folder, which MLflow 3 refuses as a store: use sqlite:///PATH/mlflow.db"),
+    ("file:///srv/mlruns", "is a folder, which MLflow 3 refuses as a store: use sqlite:///PATH/mlflow.db"),
     ("./mlruns", "is a folder, which MLflow 3 refuses as a store"),
     ("sqlite:////no/such/folder/mlflow.db", "/no/such/folder is not a folder: give a database file in an existing"),
     ("ftp://example.org", "has a scheme MLflow does not store runs in (ftp)"),
