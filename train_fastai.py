@@ -78,6 +78,7 @@ with without_unused():  # fastai's modules without scikit-learn and SciPy's stat
     from cifar10_fast.training.optimizer import FusedAdamW
     from cifar10_fast.training.outputs import new_run_dir, summarize, write_outputs
     from cifar10_fast.training.recording import FailOnHostSync, record_on_device
+    from cifar10_fast.training.tracking import Tracking
     from customresnet import CustomResNet
 
 
@@ -196,22 +197,26 @@ def run(config, data=None, start_up=None):
     time_to_accuracy = TimeToAccuracy(target=config.target_acc, resumed=resumed)
     last_test_pass = LastTestPass()  # the final model's test predictions, for the outputs
     split_batches(learn, processes)
-    fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy, last_test_pass])  # keeps the weights
-    learn.model = plain_model(learn)
-    phases.end("fit")
+    # The trackers (TensorBoard by default) show the fit as it goes and the run once whole; closed
+    # however the run ends.
+    with Tracking(config.track if main_process else (), run_dir, recorded, resumed) as tracking:
+        fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy, last_test_pass, tracking.callback()])
+        learn.model = plain_model(learn)  # the fit kept its weights
+        phases.end("fit")
 
-    # Outputs: the summary, the figures, the class names, the exported learner, the report, the index row.
-    predictions = last_test_pass.predictions(learn)
-    summary = {**summarize(learn, run_dir, config, fit_seconds, device), **time_to_accuracy.results(),
-               "compile_seconds": round(phases.compiling(), 3)}
-    if config.tta:
-        summary["tta_accuracy"] = flip_tta_accuracy(learn, *predictions[:2])
-    write_outputs(learn, run_dir, summary, predictions, stats, (lr_min, lr_max), resumed)
-    if main_process:  # the run folder's parent is its --out, for a run resumed from elsewhere, as ".", through a link
-        run_folder.append_to_index(run_dir.resolve().parent, run_dir.resolve(), recorded, summary)
-    phases.end("outputs")
-    run_folder.write_summary(run_dir, {**summary, "phases": phases.seconds})  # where the time went, whole
-    run_folder.remove_checkpoint(run_dir)  # last: a run stopped before it resumes
+        # Outputs: the summary, the figures, the class names, the exported learner, the report, the index row.
+        predictions = last_test_pass.predictions(learn)
+        summary = {**summarize(learn, run_dir, config, fit_seconds, device), **time_to_accuracy.results(),
+                   "compile_seconds": round(phases.compiling(), 3)}
+        if config.tta:
+            summary["tta_accuracy"] = flip_tta_accuracy(learn, *predictions[:2])
+        write_outputs(learn, run_dir, summary, predictions, stats, (lr_min, lr_max), resumed)
+        if main_process:  # the run folder's parent is its --out, for a run resumed from elsewhere, as ".", or linked
+            run_folder.append_to_index(run_dir.resolve().parent, run_dir.resolve(), recorded, summary)
+        phases.end("outputs")
+        run_folder.write_summary(run_dir, {**summary, "phases": phases.seconds})  # where the time went, whole
+        run_folder.remove_checkpoint(run_dir)  # a run stopped before it resumes
+        tracking.finish(summary)  # last: its files as they stay
     tta = f" ({100 * summary['tta_accuracy']:.2f}% with flip TTA)" if config.tta else ""
     stopped = f", stopped at --target-acc {config.target_acc}" if summary["stopped_early"] else ""
     compiled = f" and {summary['compile_seconds']:.1f} s compiling" if config.compile else ""

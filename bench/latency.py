@@ -26,10 +26,13 @@ Where the run records its own phases (summary.json's `phases`), they are kept be
     python -m bench.latency --smoke --out DIR  # tiny data, to test the harness: its figures mean nothing
 
 The cases: `given_lrs`, the configuration of issue 18 (`--width 4 --subset 1024 --epochs 1
---bs 512 --lr-min 1e-4 --lr-max 1e-3`), and `range_test`, the same run finding its LRs. One
-untimed run first fills the data cache (CIFAR10_CACHE, as the user's runs use it) and warms the
-machine's file cache; then the runs alternate with the two references. Results:
-bench/results/latency-<device>-<date>.json with the raw log (.log) beside it.
+--bs 512 --lr-min 1e-4 --lr-max 1e-3`), tracked in TensorBoard as every run is by default;
+`untracked`, the same with `--track none`, right after it in each repeat, so that the two rows show
+what the default tracking costs (issue 25: at most TRACKING_GOAL_S of fixed cost); and
+`range_test`, the same run finding its LRs. One untimed run first fills the data cache
+(CIFAR10_CACHE, as the user's runs use it) and warms the machine's file cache; then the runs
+alternate with the two references. Results: bench/results/latency-<device>-<date>.json with the
+raw log (.log) beside it.
 """
 import argparse
 import json
@@ -59,6 +62,7 @@ SEED = 0  # train_fastai.py's default --seed, given explicitly so the results fi
 SETTINGS = dict(repeats=5, range_test_repeats=3, warmup=1)
 SMOKE = dict(repeats=1, range_test_repeats=0, warmup=0)
 RATIO_GOAL = 2.0  # issue 18: the fixed cost at most twice `import torch`
+TRACKING_GOAL_S = 0.3  # issue 25: the default tracking adds at most this to a run's fixed cost
 PHASES = ("start_up", "before_fit", "range_test", "fit", "outputs")
 # What each run is measured against, in processes of their own: issue 18's `import torch`, and
 # that with a first torch.optim optimizer, which loads torch._dynamo (a run that trains with one pays it).
@@ -178,7 +182,8 @@ def run_cases(args, flags, work, results, save):
     each run's reference figures are the means of those just before and just after it."""
     schedule = [("given_lrs", True)] * args.warmup + [
         (case, False) for repeat in range(args.repeats)
-        for case in ("given_lrs", "range_test") if case == "given_lrs" or repeat < args.range_test_repeats]
+        for case in ("given_lrs", "untracked", "range_test")
+        if case != "range_test" or repeat < args.range_test_repeats]
     before = None
     for number, (case, warmup) in enumerate(schedule):
         if before is None and not warmup:
@@ -197,8 +202,10 @@ def run_cases(args, flags, work, results, save):
         for name, case_results in results["cases"].items():
             case_results["median"] = medians(case_results["runs"])
         save()
-    given = results["cases"]["given_lrs"]["median"]
+    given, untracked = (results["cases"][case]["median"] for case in ("given_lrs", "untracked"))
     results["goal_met"] = given["ratio"] <= RATIO_GOAL
+    results["tracking_s"] = given["fixed_s"] - untracked["fixed_s"]
+    results["tracking_goal_met"] = results["tracking_s"] <= TRACKING_GOAL_S
 
 
 def report(results):
@@ -210,6 +217,8 @@ def report(results):
             print(f"{case:12}" + "".join(f"{case_results['median'][figure]:{len(name) + 2}.2f}"
                                          for figure, name in zip(FIGURES, names)))
     print(f"goal met: {results['goal_met']}")
+    print(f"the default tracking's fixed cost: {results['tracking_s']:.2f} s (goal: at most {TRACKING_GOAL_S} s); "
+          f"goal met: {results['tracking_goal_met']}")
 
 
 def main(argv=None):
@@ -230,7 +239,8 @@ def measure_and_record(args, argv):
         "device": device, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(),
         "versions": library_versions(), "git_commit": git_commit(), "data": None if args.smoke else data,
         "settings": {name: getattr(args, name) for name in SETTINGS}, "seeds": {"run": SEED},
-        "ratio_goal": RATIO_GOAL, "goal_met": None, "cases": {},
+        "ratio_goal": RATIO_GOAL, "goal_met": None, "tracking_goal_s": TRACKING_GOAL_S, "tracking_s": None,
+        "tracking_goal_met": None, "cases": {},
     }
 
     def save():
@@ -249,7 +259,8 @@ def measure_and_record(args, argv):
             data = Path(data).expanduser().absolute()
             base = [*(SMOKE_FLAGS if args.smoke else RUN_FLAGS), "--seed", str(SEED),
                     "--data", str(data) if args.smoke else os.path.relpath(data, REPO)]
-            flags = {"given_lrs": [*base, *GIVEN_LRS], "range_test": base}
+            flags = {"given_lrs": [*base, *GIVEN_LRS], "untracked": [*base, *GIVEN_LRS, "--track", "none"],
+                     "range_test": base}
             for case, argv in flags.items():
                 results["cases"][case] = {"command": shlex.join(["python", "train_fastai.py", *argv]), "runs": [],
                                           "median": None}

@@ -6,10 +6,14 @@ import json
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ from safetensors.torch import save_file
 from cifar10_fast.data.loaders import cifar10_dataloaders
 from cifar10_fast.data.sources import cifar10_folder
 from customresnet import CustomResNet
+from tests.network_guard import address_host, loopback
 
 # What augment.py sets for the tools, for the tests' own imports of albumentations: no update check on PyPI.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -208,3 +213,54 @@ def ctrl_c_while_torch_loads(argv, cwd):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     return process.returncode, err
+
+
+@contextmanager
+def loopback_only():
+    """Inside, this process's connections and name lookups outside the loopback fail, and are listed
+    in the list it yields, for the test to assert it empty: a tracker that swallowed the failure
+    would hide it otherwise."""
+    attempts = []
+    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def refused(address):
+        attempts.append(address)
+        return OSError(f"the tests make no connection outside the loopback: {address}")
+
+    def guarded(real):
+        def call(self, address):
+            if not loopback(address_host(address)):
+                raise refused(address)
+            return real(self, address)
+        return call
+
+    def guarded_lookup(host, *args, **kwargs):
+        if not loopback(host.decode() if isinstance(host, bytes) else host):
+            raise refused(host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", guarded(connect))
+        mp.setattr(socket.socket, "connect_ex", guarded(connect_ex))
+        mp.setattr(socket, "getaddrinfo", guarded_lookup)
+        yield attempts
+
+
+def free_port():
+    """A port of 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tensorboard_scalars(port, run, tag, timeout=60):
+    """[wall time, step, value] of `tag` in `run`, from TensorBoard's HTTP API once it serves them."""
+    url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?{urllib.parse.urlencode({'run': run, 'tag': tag})}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:  # not listening yet, or the run not loaded yet (an HTTP error)
+            assert time.monotonic() < deadline, f"TensorBoard served no {tag} of {run} in {timeout} s"
+            time.sleep(0.5)

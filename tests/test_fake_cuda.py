@@ -12,6 +12,7 @@ from fastai.vision.all import ChannelsLast, MixedPrecision
 
 import train_fastai
 from bench import bench
+from cifar10_fast.core.run_folder import TENSORBOARD_EVENTS
 from cifar10_fast.training.optimizer import FusedAdamW
 from cifar10_fast.training.recording import FailOnHostSync
 from tests import fake_cuda
@@ -80,6 +81,7 @@ def test_a_whole_run_on_a_gpu_mixes_no_devices_and_never_waits_in_the_training_b
     run_dir, = (tmp_path / "runs").glob("*-gpu")
     for name in RUN_FILES:
         assert (run_dir / name).stat().st_size > 0, name
+    assert list(run_dir.glob(TENSORBOARD_EVENTS))  # tracked by default, with no read of its own in the batches
     config, summary = (json.loads((run_dir / name).read_text()) for name in ("config.json", "summary.json"))
     assert config["device"] == "cuda" and config["precision"] == "bf16" and config["lr_source"] == "lr_find.json"
     assert summary["device"] == "fake CUDA (CPU)" and "tta_accuracy" in summary

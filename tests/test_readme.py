@@ -22,7 +22,17 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import CLASSES, FINDER_FILES, REPO, TRAINING_FILES, class_image, write_folder, write_tgz
+from cifar10_fast.core.run_folder import MLFLOW_ARTIFACTS
+from tests.conftest import (
+    CLASSES,
+    FINDER_FILES,
+    REPO,
+    TRAINING_FILES,
+    class_image,
+    tensorboard_scalars,
+    write_folder,
+    write_tgz,
+)
 
 README = REPO / "README.md"
 THIN_MODEL = Path(__file__).parent / "thin_model"
@@ -35,6 +45,8 @@ NOT_RUN = {
     r"^make test$": "CI runs `make test`, which runs this test: it cannot run itself",
     r"^\.venv/bin/accelerate launch --multi_gpu ": "needs several GPUs, which CI lacks "
                                                    "(tests/test_distributed.py trains two processes on CPUs)",
+    r"^mlflow ui ": "needs the full mlflow 3.18.0 (its UI), whose mlflow-tracing the package index here lacks; "
+                    "tests/training/test_tracking.py reads the same database with MLflow's client",
 }
 
 
@@ -130,8 +142,10 @@ class Session:
         return found[-1].relative_to(self.work)
 
     def run_folders(self):
+        """The run and group folders under runs/ (not MLflow's store of their files)."""
         runs = self.work / "runs"
-        return {path for path in runs.iterdir() if path.is_dir()} if runs.is_dir() else set()
+        return {path for path in runs.iterdir() if path.is_dir() and path.name != MLFLOW_ARTIFACTS} if runs.is_dir() \
+            else set()
 
     def interrupted_run(self):
         """A training run stopped by SIGTERM in its third epoch, as a job scheduler stops one: it
@@ -246,6 +260,28 @@ CHECKS = {"train_fastai.py": check_training, "compare.py": check_compare, "predi
           "export": check_shell}
 
 
+def serve_tensorboard(argv, session):
+    """`tensorboard --logdir runs` as typed, a server: started, asked over HTTP for the test accuracy
+    of the newest run that has event files (one per epoch, the last its summary.json's), and stopped
+    by its PID. It says its address in a line of its own; its port is 6006 or the next free one."""
+    server = subprocess.Popen(argv, cwd=session.work, env=session.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        address = next(re.search(r"at (http://127\.0\.0\.1:(\d+)/)", line) for line in server.stderr
+                       if re.search(r"at http://127\.0\.0\.1:\d+/", line))
+        run = session.newest("runs/*/events.out.tfevents.*").parent
+        accuracy = tensorboard_scalars(int(address[2]), run.name, "accuracy/test")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    summary = json.loads((session.work / run / "summary.json").read_text())
+    assert [step for _, step, _ in accuracy] == list(range(summary["epochs"]))
+    assert accuracy[-1][2] == pytest.approx(summary["final_accuracy"])
+
+
+SERVERS = {".venv/bin/tensorboard": serve_tensorboard}  # started, checked while they run, stopped
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     return Session(tmp_path_factory.mktemp("readme"))
@@ -258,6 +294,9 @@ def test_readme_command(command, session):
         pytest.skip(reason)
     typed = session.as_run_here(command)
     argv = shlex.split(typed)
+    if argv[0] in SERVERS:
+        SERVERS[argv[0]](argv, session)
+        return
     kind = argv[1] if argv[0] == ".venv/bin/python" else argv[0]
     assert kind in CHECKS, f"README command {command!r} is neither run by this test nor listed in NOT_RUN"
     before = session.run_folders()

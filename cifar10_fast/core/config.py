@@ -15,6 +15,7 @@ from typing import Optional
 
 from cifar10_fast.core.errors import BadInput
 from cifar10_fast.core.run_folder import LR_FIND_JSON
+from cifar10_fast.core.trackers import TRACKERS
 
 PEAK_FRACTION = 5 / 24  # LRMAX at the end of epoch 5 of 24, and at the same fraction of any run
 # The LR range test's sweep (lr_schedule.find_lr): here, where the --wd check reads its lowest LR.
@@ -78,6 +79,8 @@ class Config:
     # Groups: seeds of each point of a grid.
     runs: int = 1
     sweep: tuple = ()
+    # Where the run is watched as it trains (core/trackers.py); () for nowhere but its folder.
+    track: tuple = setting(("tensorboard",), choices=TRACKERS)
     # Resolved as the run starts, recorded, and taken back by a resumed run.
     data_given: Optional[str] = None  # --data or $CIFAR10_DATA as given, made absolute
     group: Optional[str] = None  # the group folder of a member run
@@ -104,7 +107,7 @@ def preset(name, /, **given):
 
 def record(config):
     """The settings as config.json records them."""
-    return {**asdict(config), "sweep": list(config.sweep) or None}
+    return {**asdict(config), "sweep": list(config.sweep) or None, "track": list(config.track)}
 
 
 def departures(recorded):
@@ -136,8 +139,10 @@ def fits(name, value):
     if value is None:
         return type(None) in typing.get_args(kind)
     kind = next((k for k in typing.get_args(kind) if k is not type(None)), kind)
-    right_type = type(value) in (int, float) if kind is float else type(value) is kind  # by hand, 1.0 may be 1
     choices = FIELDS[name].metadata.get("choices")
+    if kind is tuple:  # a list in JSON, or a tuple as given; each item one of the choices
+        return type(value) in (list, tuple) and all(not choices or item in choices for item in value)
+    right_type = type(value) in (int, float) if kind is float else type(value) is kind  # by hand, 1.0 may be 1
     return right_type and (not choices or value in choices)
 
 

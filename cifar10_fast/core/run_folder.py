@@ -3,9 +3,11 @@ and checked; the --out folder's index of runs. No other module spells a file nam
 
     <out>/<timestamp>[-name]/          a run: config.json, history.csv, summary.json, the figures,
                                        model.safetensors, classes.json, export.pkl, report.html;
-                                       checkpoint.json (+ checkpoint.pth) while it can be resumed
+                                       checkpoint.json (+ checkpoint.pth) while it can be resumed;
+                                       the trackers': TensorBoard's event files, wandb/
     <out>/<timestamp>[-name]-group/    a group (--runs, --sweep): summary.json, compare.png
     <out>/index.csv                    a row per finished run
+    <out>/mlflow.db, <out>/mlartifacts/  --track mlflow's local store: the runs, their files
 
 Every file is written whole, by a rename (files.atomic). Nothing here loads torch: the tools that
 only read run folders answer without it.
@@ -37,6 +39,11 @@ REPORT = "report.html"
 LOCK = ".lock"
 COMPARE_PNG = "compare.png"  # a group folder's, beside its summary.json
 INDEX, INDEX_LOCK = "index.csv", ".index.csv.lock"  # an --out folder's
+# The trackers' (core/trackers.py). TensorBoard's event files lie in the run folder itself, so that
+# `tensorboard --logdir <out>` names each run as its folder; torch's SummaryWriter names them.
+TENSORBOARD_EVENTS = "events.out.tfevents.*"
+WANDB_FOLDER = "wandb"  # everything W&B writes for the run: its offline run, logs, cache, settings
+MLFLOW_DB, MLFLOW_DB_LOCK, MLFLOW_ARTIFACTS = "mlflow.db", ".mlflow.db.lock", "mlartifacts"  # an --out folder's
 # A run is finished when it has all of these: report.html comes after every file compare reads, so
 # a run that crashed on the way (in its export, say) has a summary.json but no report.html.
 FINISHED_RUN = (CONFIG, SUMMARY, HISTORY, LR_SCHEDULE_CSV, REPORT)

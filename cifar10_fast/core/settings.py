@@ -30,6 +30,7 @@ from cifar10_fast.core.config import (
     sweep_grid,
 )
 from cifar10_fast.core.errors import BadInput, printable
+from cifar10_fast.core.trackers import NO_TRACKING, TRACKERS, tracking, tracking_problem
 
 DEVICES = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what the recipe runs on; torch also knows mps, xla, meta, ...
 NO_GPU = "no CUDA GPU is visible here"
@@ -110,6 +111,9 @@ def flags_parser(description=None):
                         "batches (torch.cuda.set_sync_debug_mode): proof that nothing stalls the step")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic GPU kernels only (slower); a CPU run with a given --seed repeats anyway")
+    p.add_argument("--track", action="append", choices=[*TRACKERS, NO_TRACKING],
+                   help="where to watch the run as it trains, besides its folder (repeatable): tensorboard "
+                        "(default), mlflow, wandb; none for nowhere else (the README's Watching runs)")
     p.add_argument("--resume", type=os.path.expanduser, metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR from its last finished epoch, with its settings")
     p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
@@ -126,6 +130,11 @@ def parse_args(argv=None, description=None, reads_data=True):
         if flag in given and not given[flag].strip():  # `--resume "$RUN"` with RUN unset, say
             p.error(f"{option(flag)} is empty (an unset shell variable?): give {what}")
     given["sweep"] = tuple(given.get("sweep", ()))
+    if "track" in given:
+        try:
+            given["track"] = tracking(given["track"])
+        except ValueError as e:
+            p.error(str(e))
     config = preset(given.pop("preset", RECIPE.preset), **given)
     check_machine(p, config, reads_data)
     if not config.resume:  # a resumed run writes into its own folder
@@ -154,6 +163,9 @@ def parse_args(argv=None, description=None, reads_data=True):
     for point in points:
         for problem in invalid_settings(member(config, point)):
             p.error(problem)
+    problem = None if config.find_lr else tracking_problem(config.track, config.out)  # the range test is not tracked
+    if problem:
+        p.error(problem)
     return config
 
 
@@ -269,9 +281,15 @@ def resumed_settings(p, config, given):
     # The run folder's parent is its --out by construction, wherever --out was given from.
     if "out" in given and Path(given["out"]).resolve() != run_dir.resolve().parent:
         p.error(f"{run_dir} belongs to --out {run_dir.resolve().parent}, not {given['out']}: drop --out to resume it")
-    # Each setting as saved; one from before the setting existed, its default then.
+    # Each setting as saved; one from before the setting existed, its default then (a run from before
+    # the trackers was tracked nowhere). The trackers may be changed: they are views of the run.
+    track = given["track"] if "track" in given else saved.get("track", [])
+    if not fits("track", track):
+        p.error(f"{run_dir / run_folder.CONFIG} holds track = {track!r}, which --track cannot give: the run folder is "
+                "damaged; start a new run")
     config = replace(config, **{key: saved[key] for key in RESUMED if key in saved}, out=saved.get("out", config.out),
-                     data_given=saved.get("data_given"), group=saved.get("group"), sweep_point=saved.get("sweep_point"))
+                     data_given=saved.get("data_given"), group=saved.get("group"), sweep_point=saved.get("sweep_point"),
+                     track=tuple(track))
     if config.data:
         return config
     # The run's own data, which it compares by content; CIFAR10_DATA is a new run's default. The

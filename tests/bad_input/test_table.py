@@ -148,6 +148,9 @@ CASES = {
     "unknown preset": ("train", flags("--preset", "fastest"), REFUSE, "invalid choice", None),
     "finder with several runs": ("train", flags("--find-lr", "--runs", "2"), REFUSE,
                                  "--find-lr runs the LR range test once", None),
+    "an unknown tracker": ("train", flags("--track", "comet"), REFUSE, "invalid choice: 'comet'", None),
+    "--track none beside a tracker": ("train", flags("--track", "none", "--track", "wandb"), REFUSE,
+                                      "--track none turns tracking off", None),
     # Issue 9, train side
     "--resume with --sweep": ("train", resume_with_sweep, REFUSE, "--resume continues one run", None),
     "checkpoint.json beyond the run": ("train", checkpoint_saying(epochs_done=3), REFUSE, "says 3 epochs are done", None),

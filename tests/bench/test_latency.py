@@ -35,11 +35,20 @@ def test_smoke_times_a_whole_run_by_phase_against_import_torch(tmp_path):
     assert sum(run["run_phases"].values()) <= run["wall_s"] + 0.02
     assert given["median"] == {figure: statistics.median([run[figure]]) for figure in latency.FIGURES}
     assert results["goal_met"] == (run["ratio"] <= latency.RATIO_GOAL)
+    # The same run with --track none, beside it: what the default tracking (TensorBoard) costs.
+    untracked = results["cases"]["untracked"]
+    assert untracked["command"] == given["command"] + " --track none"
+    bare, = untracked["runs"]
+    assert bare["case"] == "untracked" and 0 < bare["fit_s"] < bare["wall_s"]
+    assert results["tracking_s"] == pytest.approx(run["fixed_s"] - bare["fixed_s"])
+    assert results["tracking_goal_met"] == (results["tracking_s"] <= latency.TRACKING_GOAL_S) and \
+        results["tracking_goal_s"] == latency.TRACKING_GOAL_S
     assert results["cases"]["range_test"] == {"command": given["command"].removesuffix(" --lr-min 1e-4 --lr-max 1e-3"),
                                               "runs": [], "median": None}
 
     log = results_file.with_suffix(".log").read_text()
     assert "import torch: " in log and "torch.optim.AdamW(" in log and "final test accuracy" in log and "goal met: " in log
+    assert "the default tracking's fixed cost: " in log
     assert str(tmp_path) not in log and "$SCRATCH/cifar10" in log  # no path of this machine in a committed log
 
 

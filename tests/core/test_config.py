@@ -66,12 +66,15 @@ def test_config_json_records_every_field():
     recorded = record(RECIPE)
     assert set(recorded) == set(Config.__dataclass_fields__) and recorded["sweep"] is None
     assert record(preset("seed", sweep=("lr_max=1e-3",)))["sweep"] == ["lr_max=1e-3"]
+    assert recorded["track"] == ["tensorboard"]  # JSON's list, which a resume takes back
 
 
 @pytest.mark.parametrize("name,value,fit", [
     ("epochs", 24, True), ("epochs", 24.0, False), ("epochs", True, False), ("epochs", None, False),
     ("lr_max", 1, True), ("lr_max", None, True), ("lr_max", "1e-3", False),
-    ("aug", "albumentations", True), ("aug", "magic", False), ("tta", 1, False), ("name", None, True)])
+    ("aug", "albumentations", True), ("aug", "magic", False), ("tta", 1, False), ("name", None, True),
+    ("track", ["tensorboard", "wandb"], True), ("track", [], True), ("track", "tensorboard", False),
+    ("track", ["comet"], False)])
 def test_a_saved_value_fits_its_field(name, value, fit):
     assert fits(name, value) is fit
 

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from cifar10_fast.core import files
 from cifar10_fast.core.files import atomic
+from cifar10_fast.core.run_folder import TENSORBOARD_EVENTS
 from tests.conftest import GIVEN_LRS, train
 
 
@@ -25,8 +26,10 @@ def test_every_output_file_reaches_its_name_by_a_rename(tmp_path, tiny_folder, m
     monkeypatch.setattr(files.os, "replace", lambda src, dst: renamed.append(dst.name) or real_replace(src, dst))
     run_dir = train(tiny_folder, tmp_path / "runs", *GIVEN_LRS, "--epochs", 1, "--name", "a")
     written = {p.name for p in run_dir.iterdir()}
-    # history.csv is fastai's CSVLogger's: a line is flushed and synced as each epoch ends.
-    assert written - {"history.csv"} <= set(renamed)
+    # history.csv is fastai's CSVLogger's: a line is flushed and synced as each epoch ends; TensorBoard's
+    # event file is a log too, which TensorBoard reads as it grows.
+    logs = {"history.csv", *(p.name for p in run_dir.glob(TENSORBOARD_EVENTS))}
+    assert len(logs) == 2 and written - logs <= set(renamed)
     assert {"summary.json", "model.safetensors", "classes.json", "export.pkl", "curves.png"} <= written
     assert not [name for name in written if name.endswith(".tmp")]
 
