@@ -54,12 +54,13 @@ with without_unused():  # fastai's modules without scikit-learn and SciPy's stat
     from fastai.torch_core import num_distrib, rank_distrib
 
     import augment
-    import compare
     from cifar10_fast.core import run_folder
-    from cifar10_fast.core.config import UsageError, departures, lr_source, member, record, sweep_grid
+    from cifar10_fast.core.config import UsageError, departures, lr_source, member, record
     from cifar10_fast.core.errors import counted
     from cifar10_fast.core.files import figures_to_files
+    from cifar10_fast.core.groups import is_group
     from cifar10_fast.core.lifecycle import hold, outliving_the_terminal, stops_cleanly
+    from cifar10_fast.core.run_folder import is_group_folder
     from cifar10_fast.data.loaders import cifar10_data, cifar10_dataloaders
     from cifar10_fast.training.callbacks import LastTestPass, TimeToAccuracy, flip_tta_accuracy
     from cifar10_fast.training.distributed import as_if_alone, join_processes, scratch_folder, split_batches
@@ -89,11 +90,10 @@ def main(argv=None):
     # Bad input, the machine's included: one line, exit status 2. Ctrl-C or SIGTERM at any moment:
     # one line saying what the run kept and how to go on, exit status 130.
     with outliving_the_terminal(), one_line_errors(config.debug), stops_cleanly(config.resume):
-        points = sweep_grid(config.sweep)
-        if len(points) * config.runs == 1:
-            run(member(config, points[0]), start_up=start_up)
+        if is_group(config) or is_group_folder(config.resume or ""):
+            run_group(config)
         else:
-            run_group(config, points, start_up)
+            run(member(config, {}), start_up=start_up)
 
 
 def make_learner(dls, config, run_dir, precision):
@@ -118,7 +118,7 @@ def make_learner(dls, config, run_dir, precision):
 
 
 @reports_out_of_memory
-def run(config, data=None, start_up=None):
+def run(config, data=None, start_up=None, callbacks=()):
     phases = Phases(start_up)  # where the run's time goes, into summary.json
     # Settings: the device, the processes, the precision, the seed.
     processes, device = join_processes(resolve_device(config.device))
@@ -133,7 +133,7 @@ def run(config, data=None, start_up=None):
     # device by default; a group's runs share `data`.
     data = data or cifar10_data(config.data)
     dls, stats = cifar10_dataloaders(data, bs=config.bs, device=device, subset=config.subset, workers=config.workers,
-                                     seed=config.seed, on_device=config.aug == "gpu",
+                                     seed=config.seed, on_device=config.aug == "gpu", holdout=config.holdout,
                                      augmentations=augment.training_augmentations(config.aug, config.seed))
     if len(dls.train) == 0:
         raise UsageError(f"{len(dls.train_ds)} training images make no full batch of --bs {config.bs}: "
@@ -155,7 +155,9 @@ def run(config, data=None, start_up=None):
                 "data": str(data.folder), **data.fingerprint, "device": str(device), "precision": precision,
                 "train_images": len(dls.train_ds), "test_images": len(dls.valid_ds), "classes": list(dls.vocab),
                 "normalize_mean": stats[0], "normalize_std": stats[1], "run_dir": str(run_dir), "processes": processes,
-                "bs_per_process": config.bs // processes}
+                "bs_per_process": config.bs // processes,
+                # What the "test" figures are of: a search's trials test on training images held out.
+                "tested_on": "held-out training images" if config.holdout else "the test set"}
     resumed = {}
     if config.resume:
         recorded = resumed_config(run_dir, recorded)
@@ -200,7 +202,8 @@ def run(config, data=None, start_up=None):
     # The trackers (TensorBoard by default) show the fit as it goes and the run once whole; closed
     # however the run ends.
     with Tracking(config.track if main_process else (), run_dir, recorded, resumed) as tracking:
-        fit_seconds = fit(learn, schedule, run_dir, resumed, [time_to_accuracy, last_test_pass, tracking.callback()])
+        fit_seconds = fit(learn, schedule, run_dir, resumed,
+                          [time_to_accuracy, last_test_pass, tracking.callback(), *callbacks])
         learn.model = plain_model(learn)  # the fit kept its weights
         phases.end("fit")
 
@@ -223,8 +226,9 @@ def run(config, data=None, start_up=None):
     # A resumed fit's seconds are those of all its sessions; this process's are part of them.
     seconds = (f"fit {fit_seconds:.1f} s{compiled} of {phases.total():.1f} s in all" if not config.resume else
                f"fit {fit_seconds:.1f} s in all its sessions{compiled}, this one {phases.total():.1f} s")
-    print(f"final test accuracy {100 * summary['final_accuracy']:.2f}%{tta} after {counted(summary['epochs'], 'epoch')}"
-          f"{stopped}, {seconds}; outputs in {run_dir}")
+    tested = "held-out" if config.holdout else "test"
+    print(f"final {tested} accuracy {100 * summary['final_accuracy']:.2f}%{tta} after "
+          f"{counted(summary['epochs'], 'epoch')}{stopped}, {seconds}; outputs in {run_dir}")
     return run_dir, summary
 
 
@@ -238,31 +242,20 @@ def settings_line(recorded):
             "every setting)")
 
 
-def run_group(config, points, start_up=None):
-    """--runs seeds of every sweep point, each in its own run folder; the group folder lists them
-    and holds their summary (mean, std, min, max per point) and compare.png."""
+def run_group(config):
+    """Seeds of every point of a --sweep grid, or a --search: one Optuna study whose trials are runs,
+    each in its own run folder, trained by --parallel workers; the group folder holds the study, its
+    summary (mean, std, min, max per point), compare.png and, for a search, its figures."""
     if num_distrib() > 1:
-        raise UsageError("--runs and --sweep run one process at a time: launch each run with accelerate, "
+        raise UsageError("--runs, --sweep and --search start their own workers: launch each run with accelerate, "
                          "or drop accelerate launch for the group")
-    data = cifar10_data(config.data)  # set up once for every run, each checked before the first
-    for point in points:
-        data.check_subset(member(config, point).subset)
-    group_dir = new_run_dir(config.out, f"{config.name}-group" if config.name else "group")
-    print(f"group folder: {group_dir}: {len(points)} configuration(s) x {config.runs} seed(s)")
-    members = []
-    for point in points:
-        for seed in range(config.seed, config.seed + config.runs):
-            members.append(run(member(config, point, seed, group_dir.name), data=data, start_up=start_up)[0])
-            start_up = None  # the first member's
-            # The members so far, at once: a group stopped by a later member still lists them.
-            group = {"members": [m.name for m in members], "sweep": list(config.sweep) or None, "runs": config.runs}
-            run_folder.write_summary(group_dir, group)
-    runs = compare.load_runs(members)
-    points_table = compare.points_table(runs)
-    run_folder.write_summary(group_dir, {**group, "points": compare.records(points_table)})
-    compare.write_figure(runs, group_dir / run_folder.COMPARE_PNG)
-    print(compare.format_points(points_table))
-    print(f"group summary and compare.png in {group_dir}")
+    from cifar10_fast.experiments.runner import run_group as run_study  # Optuna: only groups load it
+    run_study(config, train=run, data_of=group_data)
+
+
+def group_data(config):
+    """The data every run of a group trains on, set up once in each worker."""
+    return cifar10_data(config.data)
 
 
 if __name__ == "__main__":

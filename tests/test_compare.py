@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +9,7 @@ from matplotlib.colors import to_rgba
 from PIL import Image
 
 import compare
+from cifar10_fast.experiments import comparison
 
 
 def members(group):
@@ -82,10 +84,10 @@ def test_compare_prints_runs_side_by_side_and_writes_the_figure(finished_sweep, 
 
 def test_compare_figure_draws_accuracy_and_lr_of_every_run(finished_sweep, monkeypatch, tmp_path):
     out, group, _ = finished_sweep
-    runs = compare.load_runs(members(group))
+    runs = comparison.load_runs(members(group))
     drawn = []
-    monkeypatch.setattr(compare.plt, "close", drawn.append)
-    compare.write_figure(runs, tmp_path / "figure.png")
+    monkeypatch.setattr("matplotlib.pyplot.close", drawn.append)
+    comparison.write_figure(runs, tmp_path / "figure.png")
     ax_acc, ax_lr = drawn[0].axes
     assert len(ax_acc.lines) == len(ax_lr.lines) == 4
     assert ax_acc.get_shared_x_axes().joined(ax_acc, ax_lr)
@@ -186,7 +188,7 @@ def many_runs(count, points):
 
 
 def test_fifty_runs_each_get_a_colour_and_a_legend_inside_the_figure():
-    fig = compare.comparison_figure(many_runs(50, 50))
+    fig = comparison.comparison_figure(many_runs(50, 50))
     fig.canvas.draw()
     ax_acc, ax_lr = fig.axes
     assert len({tuple(np.round(to_rgba(line.get_color()), 4)) for line in ax_acc.lines}) == 50
@@ -197,18 +199,18 @@ def test_fifty_runs_each_get_a_colour_and_a_legend_inside_the_figure():
     assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
     for ax in fig.axes:  # and off the axes
         assert not ax.get_window_extent().overlaps(box)
-    compare.plt.close(fig)
+    plt.close(fig)
 
 
 def test_many_seeds_of_a_few_points_are_drawn_as_each_points_mean_and_range():
     runs = many_runs(50, 5)
-    fig = compare.comparison_figure(runs)
+    fig = comparison.comparison_figure(runs)
     ax_acc, ax_lr = fig.axes
     assert len(ax_acc.lines) == 5 and len(ax_acc.collections) == 5 and len(ax_lr.lines) == 50
     first_point = pd.concat(list(runs.history[::5])).groupby("epoch").accuracy.mean()
     assert list(ax_acc.lines[0].get_ydata()) == pytest.approx(list(100 * first_point))
     assert [text.get_text() for text in fig.legends[0].get_texts()][0] == "lr_max=1e-3 (10 runs: mean, min-max)"
-    compare.plt.close(fig)
+    plt.close(fig)
 
 
 def test_class_names_from_someone_else_are_shown_whole_and_escaped(finished_sweep, tmp_path, capsys):

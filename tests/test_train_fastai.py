@@ -224,14 +224,18 @@ def test_config_is_written_before_the_finder_can_stop_the_run(tmp_path, tiny_fol
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 1
 
 
-def test_a_group_stopped_by_a_later_member_still_lists_the_runs_it_finished(tmp_path, tiny_folder, capsys):
+def test_a_member_that_fails_on_its_own_leaves_the_others_trained_and_the_group_says_so(tmp_path, tiny_folder, capsys):
+    """A point of bad input (80 training images make no batch of 200) fails its run alone: the
+    others are trained and summarised, and the group ends with one line naming it, exit status 2."""
     out = tmp_path / "runs"
-    with pytest.raises(SystemExit) as e:  # 80 training images make no batch of 200
-        cli("--data", tiny_folder, "--out", out, *TINY, *GIVEN_LRS, "--epochs", 1, "--sweep", "bs=16,200")
-    assert e.value.code == 2 and "make no full batch of --bs 200" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli("--data", tiny_folder, "--out", out, *TINY, *GIVEN_LRS, "--epochs", 1, "--sweep", "bs=200,16")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("error: 1 run of 2 of ") and "no full batch of --bs 200" in err[-1]
     group, = out.glob("*-group")
-    members = json.loads((group / "summary.json").read_text())["members"]
-    assert len(members) == 1 and (out / members[0] / "report.html").is_file()
+    summary = json.loads((group / "summary.json").read_text())
+    assert len(summary["members"]) == 1 and (out / summary["members"][0] / "report.html").is_file()
+    assert summary["trials"]["fail"] == 1 and summary["trials"]["complete"] == 1
 
 
 def test_a_group_sets_its_data_up_once_and_each_run_takes_its_subset(tmp_path, tiny_folder, monkeypatch):

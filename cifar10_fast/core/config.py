@@ -5,13 +5,13 @@ what makes a set of settings one that can train.
 settings.py turns the flags into a Config; config.json records `asdict(config)` with what the run
 resolved; a resumed run takes its Config back from there. Nothing here loads torch.
 """
-import itertools
 import math
 import os
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from cifar10_fast.core.errors import BadInput
 from cifar10_fast.core.run_folder import LR_FIND_JSON
@@ -76,9 +76,17 @@ class Config:
     name: Optional[str] = setting(None, resumed=True)
     resume: Optional[str] = None
     debug: bool = False
-    # Groups: seeds of each point of a grid.
+    # Groups (core/groups.py): seeds of each point of a grid, or a search; the trials of one Optuna
+    # study, run by --parallel worker processes, kept in --storage (default: the group folder).
     runs: int = 1
     sweep: tuple = ()
+    search: tuple = ()  # KEY=LOW:HIGH[:log] each
+    trials: Optional[int] = None  # a search's (default 20)
+    prune: bool = False
+    holdout: Optional[int] = setting(None, identity=True)  # training images a search trial is tested on
+    final_runs: int = 3  # seeds of the point a search finds best, tested on the test set
+    parallel: Optional[int] = None  # default: one per visible GPU, one on a CPU
+    storage: Optional[str] = None
     # Where the run is watched as it trains (core/trackers.py); () for nowhere but its folder.
     track: tuple = setting(("tensorboard",), choices=TRACKERS)
     # Resolved as the run starts, recorded, and taken back by a resumed run.
@@ -107,24 +115,35 @@ def preset(name, /, **given):
 
 def record(config):
     """The settings as config.json records them."""
-    return {**asdict(config), "sweep": list(config.sweep) or None, "track": list(config.track)}
+    return {**asdict(config), "sweep": list(config.sweep) or None, "search": list(config.search) or None,
+            "track": list(config.track), "storage": config.storage and redacted(config.storage)}
 
 
 def departures(recorded):
     """The flags, as a user types them, by which the settings config.json records (`recorded`) depart
     from the recipe's: what makes a run other than the recipe, at a glance. A peak epoch at the
-    recipe's fraction of the run is the recipe's."""
+    recipe's fraction of the run is the recipe's, as is any seed."""
     flags = []
     for name in RESUMED:
         value, recipe = recorded.get(name), getattr(RECIPE, name)
         at_the_recipes_peak = name == "peak_epoch" and value == recorded.get("epochs", 0) * PEAK_FRACTION
-        if name == "name" or value == recipe or at_the_recipes_peak:
+        # The precision "auto" resolves to, on the device the run had (config.json records it resolved).
+        autos = {"auto", "fp32"} if recorded.get("device", "cpu").startswith("cpu") else {"auto", "bf16", "fp16"}
+        if name in ("name", "seed") or value == recipe or at_the_recipes_peak or (name == "precision" and value in autos):
             continue
         if isinstance(value, bool):
             flags.append(option(name) if value else f"--no-{option(name)[2:]}")
         else:
             flags.append(f"{option(name)} {value:g}" if isinstance(value, float) else f"{option(name)} {value}")
     return flags
+
+
+def redacted(url):
+    """`url` with its password as ***: what any file, log line or message says of a --storage."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
 def option(name):
@@ -144,29 +163,6 @@ def fits(name, value):
         return type(value) in (list, tuple) and all(not choices or item in choices for item in value)
     right_type = type(value) in (int, float) if kind is float else type(value) is kind  # by hand, 1.0 may be 1
     return right_type and (not choices or value in choices)
-
-
-def sweep_grid(sweeps):
-    """Every combination of the --sweep KEY=V1,V2,... values, as [{key: value}]; [{}] without a sweep."""
-    axes = {}
-    for sweep in sweeps or []:
-        key, _, values = sweep.partition("=")
-        key = key.strip().replace("-", "_")
-        if key not in SWEEPABLE:
-            raise UsageError(f"--sweep {sweep}: {key or '(no key)'} cannot be swept; use KEY=V1,V2,... with KEY one "
-                             f"of {', '.join(SWEEPABLE)}")
-        if key in axes:
-            raise UsageError(f"--sweep {key} is given twice: give all its values in one --sweep {key}=V1,V2,...")
-        try:
-            axes[key] = [SWEEPABLE[key](value) for value in values.split(",")]
-        except ValueError:
-            raise UsageError(f"--sweep {sweep}: the values of {key} must be {SWEEPABLE[key].__name__} numbers, "
-                             "separated by commas") from None
-        repeated = next((value for i, value in enumerate(axes[key]) if value in axes[key][:i]), None)
-        if repeated is not None:  # one point trained twice, and its spread reported as over seeds
-            raise UsageError(f"--sweep {sweep} gives {key} {repeated:g} twice: give each value once (--runs N "
-                             "trains N seeds of each point)")
-    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
 def member(config, point, seed=None, group=None):

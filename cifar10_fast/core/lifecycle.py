@@ -47,6 +47,11 @@ class SetUpInterrupted(Exception):
     says what was kept and how to go on."""
 
 
+class GroupInterrupted(Exception):
+    """Ctrl-C or SIGTERM while a group's workers trained, once each has saved what it had: the
+    message says what the group kept and how to go on."""
+
+
 class RunFolderInUse(BadInput):
     """Another process holds the run folder."""
 
@@ -157,7 +162,8 @@ def nothing_to_resume(run_dir):
 def stop_line(stopped):
     """The line for a run `stopped` (a KeyboardInterrupt, or SetUpInterrupted from its data set-up):
     what its run folder kept where that holds a checkpoint, else how far the set-up got."""
-    if isinstance(stopped, SetUpInterrupted) and not (Held.run_dir and read_progress(Held.run_dir)):
+    if isinstance(stopped, GroupInterrupted) or (
+            isinstance(stopped, SetUpInterrupted) and not (Held.run_dir and read_progress(Held.run_dir))):
         return str(stopped)
     return what_it_kept(Held.run_dir)
 
@@ -261,7 +267,7 @@ def stops_cleanly(resumed=None):
             if resumed:
                 hold(Path(resumed))
             yield
-        except (KeyboardInterrupt, SetUpInterrupted) as e:
+        except (KeyboardInterrupt, SetUpInterrupted, GroupInterrupted) as e:
             if main_process():  # one line from a run of several processes: the main one's
                 print(stop_line(e), file=sys.stderr)
             sys.exit(INTERRUPTED)

@@ -37,7 +37,11 @@ CLASSES = "classes.json"
 EXPORT = "export.pkl"
 REPORT = "report.html"
 LOCK = ".lock"
-COMPARE_PNG = "compare.png"  # a group folder's, beside its summary.json
+# A group folder's, beside its summary.json: its study (the settings that make it, where it is kept;
+# its journal where no database keeps it) and figures.
+COMPARE_PNG = "compare.png"
+STUDY, JOURNAL = "study.json", "study.journal"
+SEARCH_HISTORY_PNG, SEARCH_IMPORTANCE_PNG = "search_history.png", "search_importance.png"
 INDEX, INDEX_LOCK = "index.csv", ".index.csv.lock"  # an --out folder's
 # The trackers' (core/trackers.py). TensorBoard's event files lie in the run folder itself, so that
 # `tensorboard --logdir <out>` names each run as its folder; torch's SummaryWriter names them.
@@ -102,6 +106,18 @@ def write_summary(folder, summary):
 
 def write_lr_find(run_dir, found):
     write_json(Path(run_dir) / LR_FIND_JSON, found)
+
+
+def is_group_folder(folder):
+    return (Path(folder) / STUDY).is_file()
+
+
+def read_study(group_dir):
+    return read_object(Path(group_dir) / STUDY, "start the group again")
+
+
+def write_study(group_dir, study):
+    write_json(Path(group_dir) / STUDY, study)
 
 
 def is_range_test(run_dir):

@@ -27,11 +27,12 @@ from cifar10_fast.core.config import (
     member,
     option,
     preset,
-    sweep_grid,
 )
 from cifar10_fast.core.errors import BadInput, printable
+from cifar10_fast.core.groups import DEFAULT_TRIALS, NOT_THE_GROUPS, group_problems, is_group, search_space, sweep_grid
 from cifar10_fast.core.trackers import NO_TRACKING, TRACKERS, tracking, tracking_problem
 
+RECIPE_VALUES = {name: getattr(RECIPE, name) for name in FIELDS}
 DEVICES = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # what the recipe runs on; torch also knows mps, xla, meta, ...
 NO_GPU = "no CUDA GPU is visible here"
 NO_HOME = ("HOME is set but empty, and CIFAR10_CACHE is not set: the cache (~/.cache/cifar10-fast) would go to "
@@ -85,6 +86,25 @@ def flags_parser(description=None):
                    help=f"train this many seeds (--seed, --seed+1, ...) of each configuration (default {RECIPE.runs})")
     p.add_argument("--sweep", action="append", type=str, metavar="KEY=V1,V2,...",
                    help=f"train every combination of these values (repeatable); KEY is one of {', '.join(SWEEPABLE)}")
+    p.add_argument("--search", action="append", type=str, metavar="KEY=LOW:HIGH[:log]",
+                   help="search these ranges (repeatable) with Optuna's TPE, each trial tested on --holdout training "
+                        f"images, never the test set; KEY is one of {', '.join(SWEEPABLE)}")
+    p.add_argument("--trials", type=int, help=f"a search's trials (default {DEFAULT_TRIALS})")
+    p.add_argument("--prune", action="store_true",
+                   help="stop a search's trial at an epoch where its held-out accuracy is below the median of the "
+                        "other trials' at that epoch")
+    p.add_argument("--holdout", type=int,
+                   help="the training images a search's trials are tested on, class-balanced, the same for every "
+                        "trial (default: a tenth of the training images)")
+    p.add_argument("--final-runs", type=int,
+                   help="seeds of the point a search finds best, trained on every training image and tested on the "
+                        f"test set (default {RECIPE.final_runs})")
+    p.add_argument("--parallel", type=int,
+                   help="worker processes of a group, each on a GPU of its own (default: one per visible GPU, one on "
+                        "a CPU)")
+    p.add_argument("--storage", metavar="URL",
+                   help="keep the group's study in this database, which the same command on other machines joins "
+                        "(postgresql://USER:PASSWORD@HOST:PORT/DATABASE); default: a journal file in the group folder")
     p.add_argument("--seed", type=int, help=f"seed for every random generator (default {RECIPE.seed})")
     p.add_argument("--out", type=os.path.expanduser, help=f"parent folder of run folders (default {RECIPE.out})")
     p.add_argument("--name", help="suffix for the run folder's name")
@@ -129,7 +149,7 @@ def parse_args(argv=None, description=None, reads_data=True):
                        ("data", "a CIFAR-10 folder or .tgz")):
         if flag in given and not given[flag].strip():  # `--resume "$RUN"` with RUN unset, say
             p.error(f"{option(flag)} is empty (an unset shell variable?): give {what}")
-    given["sweep"] = tuple(given.get("sweep", ()))
+    given["sweep"], given["search"] = tuple(given.get("sweep", ())), tuple(given.get("search", ()))
     if "track" in given:
         try:
             given["track"] = tracking(given["track"])
@@ -140,26 +160,30 @@ def parse_args(argv=None, description=None, reads_data=True):
     if not config.resume:  # a resumed run writes into its own folder
         check_out_folder(p, config.out)
     # Before --resume reads its folder: these modes make no single run to resume.
-    if config.find_lr and (config.runs > 1 or config.sweep):
-        p.error("--find-lr runs the LR range test once: drop --runs and --sweep")
+    if config.find_lr and is_group(config):
+        p.error("--find-lr runs the LR range test once: drop --runs, --sweep and --search")
     # As given, not as the preset has them: `--preset fast --find-lr` is fine, its TTA is the preset's.
     evaluating = [flag for flag, key in (("--tta", "tta"), ("--target-acc", "target_acc")) if given.get(key)]
     if config.find_lr and evaluating:
         p.error(f"--find-lr runs only the LR range test, which trains no model to evaluate: drop {evaluating[0]}")
-    if config.resume and (config.runs > 1 or config.sweep):
-        p.error("--resume continues one run: drop --runs and --sweep")
     if config.resume and config.find_lr:
         p.error("--find-lr and --resume do not go together: a finder run has nothing to resume")
-    if config.resume:
+    if config.resume and run_folder.is_group_folder(config.resume):
+        config = group_settings(p, config, given)
+    elif config.resume and is_group(config):
+        p.error("--resume continues one run, or a group from its group folder: drop --runs, --sweep and --search")
+    elif config.resume:
         config = resumed_settings(p, config, given)
     else:
         # The data as given, beside the folder it resolves to; absolute, so that it holds from any folder.
         data = config.data or os.environ.get("CIFAR10_DATA")
         config = replace(config, data_given=str(Path(data).expanduser().absolute()) if data else None)
     try:
-        points = sweep_grid(config.sweep)
+        points = sweep_grid(config.sweep) if not config.search else search_corners(search_space(config.search))
     except UsageError as e:
         p.error(str(e))
+    for problem in group_problems(config):
+        p.error(problem)
     for point in points:
         for problem in invalid_settings(member(config, point)):
             p.error(problem)
@@ -167,6 +191,33 @@ def parse_args(argv=None, description=None, reads_data=True):
     if problem:
         p.error(problem)
     return config
+
+
+def search_corners(space):
+    """The two points of a search space whose settings its checks need: every range's low end, and
+    every range's high end."""
+    return [{key: span.kind(getattr(span, end)) for key, span in space.items()} for end in ("low", "high")]
+
+
+def group_settings(p, config, given):
+    """The Config of the group in --resume GROUP_DIR, from its study.json: a flag that makes the group
+    given again must say the same; those of where and how it runs (--parallel, --device, ...) apply."""
+    group_dir = Path(config.resume)
+    try:
+        saved = run_folder.read_study(group_dir)["settings"]
+    except (BadInput, KeyError, TypeError) as e:
+        p.error(str(e) if isinstance(e, BadInput) else f"{group_dir / run_folder.STUDY} is damaged: start the group "
+                "again")
+    # As the dataclass holds them: config.json's lists are tuples, its absent sweep or search none.
+    kept = {key: tuple(value or ()) if isinstance(RECIPE_VALUES.get(key), tuple) else value
+            for key, value in saved.items() if key in FIELDS and key not in NOT_THE_GROUPS}
+    for key, value in given.items():
+        if key in kept and value != kept[key]:
+            p.error(f"{group_dir} was run with {option(key)} {saved.get(key)}, not {value}: drop the flag to go on "
+                    "with the group")
+    if "***" in (saved.get("storage") or "") and "storage" not in given:
+        p.error(f"{group_dir}'s study is in {saved['storage']}: give --storage again (its password is never recorded)")
+    return replace(config, **kept, data=config.data or saved.get("data_given"), out=str(group_dir.resolve().parent))
 
 
 def check_training_flags(args, names):

@@ -85,20 +85,29 @@ class DecodedFolder:
         listing = sorted(f"{name}\t{size}\n" for name, size in zip(self.names, self.sizes.tolist()))
         return {"data_files": len(listing), "data_sha256": hashlib.sha256("".join(listing).encode()).hexdigest()}
 
-    def check_subset(self, subset):
+    def check_subset(self, subset, holdout=None):
         training = int((~self.is_test).sum())
-        if subset is not None and subset > training:
-            raise DataError(f"--subset {subset} is more than the {training} training images of {self.folder}: give "
-                            f"at most {training}, or leave --subset out to train on all of them")
+        if holdout is not None and holdout >= training:
+            raise DataError(f"--holdout {holdout} leaves none of the {training} training images of {self.folder} to "
+                            f"train on: give fewer, a tenth ({training // 10}) say")
+        available = training - (holdout or 0)
+        if subset is not None and subset > available:
+            held = f" that --holdout {holdout} leaves" if holdout else ""
+            raise DataError(f"--subset {subset} is more than the {available} training images{held} of {self.folder}: "
+                            f"give at most {available}, or leave --subset out to train on all of them")
 
-    def rows(self, subset=None):
+    def rows(self, subset=None, holdout=None):
         """The rows a run uses: the training images class-interleaved (so that the first `subset`
-        hold every class), then the test images. An unreadable training image is left out and
-        counted in a warning; an unreadable test image is refused: the test set must stay whole."""
-        self.check_subset(subset)
+        hold every class), then the test images; or, with a `holdout` (a search's trials), the last
+        `holdout` of those training images in place of the test images, class-balanced, the same for
+        every trial, and never the test set. An unreadable training image is left out and counted in
+        a warning; an unreadable test image is refused: the test set must stay whole."""
+        self.check_subset(subset, holdout)
         train = np.flatnonzero(~self.is_test)  # by class, in the classes' order
         rank_in_class = np.concatenate([np.arange(n) for n in np.bincount(self.labels[train])])
-        train = train[np.argsort(rank_in_class, kind="stable")][:subset]
+        train = train[np.argsort(rank_in_class, kind="stable")]
+        held_out, train = (train[len(train) - holdout:], train[:len(train) - holdout]) if holdout else (None, train)
+        train = train[:subset]
         if subset is not None and subset < len(self.classes):
             warn(f"--subset {subset} trains on {subset} of the {len(self.classes)} classes, one image each, and tests "
                  f"on all of them: give --subset {len(self.classes)} or more to train on every class")
@@ -110,7 +119,7 @@ class DecodedFolder:
             example = self.folder / self.names[unreadable[0]]
             warn(f"skipped {len(unreadable)} unreadable training images (such as {example}): remove or replace them "
                  "to silence this")
-        return train[self.readable[train]], test
+        return train[self.readable[train]], test if held_out is None else held_out[self.readable[held_out]]
 
 
 def refuse_unreadable(path):

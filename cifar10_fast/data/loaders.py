@@ -77,14 +77,15 @@ def normalisation_stats(data, train):
 
 
 def cifar10_dataloaders(data, bs=512, device=None, subset=None, workers=None, seed=None, on_device=True,
-                        augmentations=None):
+                        augmentations=None, holdout=None):
     """fastai DataLoaders over `data`, a DecodedFolder (which a group's runs share) or a folder;
     returns (dls, stats) with stats = (mean, std). `on_device`: the images held on the device and
     served by DeviceDataLoader; else read per image by fastai's loader on `workers` CPU processes.
     `augmentations(mean)` gives the training augmentation for that path (augment.py): batch
-    transforms after Normalize on the device, item transforms on uint8 images per image."""
+    transforms after Normalize on the device, item transforms on uint8 images per image. With a
+    `holdout` (a search's trial), the validation set is that many training images held out."""
     data = data if isinstance(data, DecodedFolder) else decoded_folder(data)
-    train, test = data.rows(subset)
+    train, test = data.rows(subset, holdout)  # with a holdout, its training images are the test set
     block = cifar10_block(data.classes, data.paths(np.concatenate([train, test]).tolist()), len(train))
     dsets = block.datasets(data.folder)
     stats = normalisation_stats(data, train)

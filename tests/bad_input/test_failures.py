@@ -16,6 +16,7 @@ import predict
 from cifar10_fast.core import files, settings
 from cifar10_fast.core.errors import DataError, unexpected_line
 from cifar10_fast.core.lifecycle import resume_command
+from cifar10_fast.experiments import comparison
 from tests.bad_input.makers_data import data
 from tests.bad_input.makers_tools import index_saying, resume_after_the_cache_was_cleaned
 from tests.bad_input.test_table import ONE_EPOCH, REFUSE, REPAIR, run_cli
@@ -43,7 +44,7 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--data", str(tmp_path / "empty"), "--debug"])
     with pytest.raises(predict.PredictError, match="is not a folder"):
         predict.main(["--run", str(tmp_path / "nope"), str(tmp_path), "--debug"])
-    with pytest.raises(compare.CompareError, match="is not a folder"):
+    with pytest.raises(comparison.CompareError, match="is not a folder"):
         compare.main([str(tmp_path / "nope"), "--debug"])
 
 

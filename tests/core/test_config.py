@@ -10,13 +10,11 @@ from cifar10_fast.core.config import (
     RECIPE,
     RESUMED,
     RUN_SETTINGS,
-    SWEEPABLE,
     Config,
     fits,
     member,
     preset,
     record,
-    sweep_grid,
 )
 from cifar10_fast.core.settings import flags_parser, parse_args
 
@@ -52,14 +50,6 @@ def test_a_member_takes_its_point_its_seed_and_a_peak_epoch_of_its_own_epochs():
     assert point.peak_epoch == 12 * PEAK_FRACTION and point.name == "lr-epochs=12,lr_max=0.004-seed3"
     assert member(preset("seed", peak_epoch=0.0), {}).peak_epoch == 0.0  # given, even if 0: refused later
     assert member(config, {}).name == "lr" and member(config, {}).sweep_point is None
-
-
-def test_the_sweep_grid_is_every_combination():
-    assert sweep_grid(["lr_max=1e-3,2e-3", "width=8,16"]) == [
-        {"lr_max": 1e-3, "width": 8}, {"lr_max": 1e-3, "width": 16},
-        {"lr_max": 2e-3, "width": 8}, {"lr_max": 2e-3, "width": 16}]
-    assert sweep_grid(()) == [{}]
-    assert SWEEPABLE["width"] is int and SWEEPABLE["lr_max"] is float
 
 
 def test_config_json_records_every_field():

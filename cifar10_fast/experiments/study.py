@@ -1,0 +1,251 @@
+"""A group of runs as one Optuna study: each trial a run, trained into a run folder of its own as any
+other run is; the study kept in a journal file in the group folder, or in a database (--storage)
+that workers on several machines share.
+
+A grid (--runs seeds of every --sweep point) is every point and seed enqueued once; a worker takes
+the next one waiting, so that each is trained once whatever the workers. A search (--search) is
+Optuna's TPE sampling the ranges, each worker with a seed of its own, every trial tested on the
+training images held out (--holdout), never the test set. A trial interrupted (Ctrl-C, SIGTERM) or
+whose worker was killed is queued again at the next start, and goes on from its run folder's
+checkpoint where this machine has it.
+"""
+import json
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+from fastai.callback.core import CancelFitException
+from fastai.callback.tracker import TrackerCallback
+from optuna.pruners import MedianPruner
+from optuna.samplers import TPESampler
+from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from optuna_integration.fastaiv2 import FastAIV2PruningCallback
+
+from cifar10_fast.core import run_folder
+from cifar10_fast.core.config import member, redacted
+from cifar10_fast.core.errors import BadInput, warn
+from cifar10_fast.core.groups import (
+    DEFAULT_TRIALS,
+    HOLDOUT_FRACTION,
+    group_key,
+    search_space,
+    sweep_grid,
+    without_password,
+)
+from cifar10_fast.data.cache import process_exists
+
+HEARTBEAT_S, GRACE_S = 20, 60  # a trial on a database beats every 20 s; one silent for a minute, its worker is lost
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # what each trial did is said by our own lines
+
+
+class StorageUnreachable(BadInput):
+    """A --storage database this worker cannot reach."""
+
+
+def open_storage(config, group_dir):
+    """The study's storage: the database of --storage, its stale trials (a worker lost) failed and
+    queued again by Optuna's heartbeat; else a journal file in the group folder."""
+    if not config.storage:
+        return JournalStorage(JournalFileBackend(str(Path(group_dir) / run_folder.JOURNAL)))
+    try:
+        return RDBStorage(config.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+    except Exception as e:  # SQLAlchemy's and the driver's errors, whatever the database says
+        reason = without_password(" ".join(str(e).split())[:300], config.storage)
+        raise StorageUnreachable(f"cannot reach the study's database {redacted(config.storage)} ({type(e).__name__}: "
+                                 f"{reason}): check the URL, that the server runs and takes this machine's "
+                                 "connections") from None
+
+
+class Group:
+    """The study of a group of runs in `group_dir`: its trials, the run each is, and how a worker
+    trains them with `train(config, data=...)`, train_fastai.run."""
+
+    def __init__(self, config, group_dir, storage=None):
+        self.config, self.dir = config, Path(group_dir)
+        self.name = self.study_name(config)
+        self.space = search_space(config.search)
+        seeds = range(config.seed, config.seed + config.runs)
+        self.grid = [] if self.space else [(point, seed) for point in sweep_grid(config.sweep) for seed in seeds]
+        self.storage = storage or open_storage(config, group_dir)
+
+    @staticmethod
+    def study_name(config):
+        """The study's name: the same for the same settings, which is how the same command started on
+        another machine joins it."""
+        return f"cifar10-fast-{group_key(config)}"
+
+    @property
+    def searching(self):
+        return bool(self.space)
+
+    @property
+    def total(self):
+        return self.config.trials or DEFAULT_TRIALS if self.searching else len(self.grid)
+
+    def study(self, worker=0):
+        """The study, made where it is new (two workers starting at once both find it); a search's
+        sampler seeded for this worker, so that two workers do not suggest the same points."""
+        sampler = TPESampler(seed=self.config.seed + worker) if self.searching else None
+        # A trial's held-out accuracy below the median of the others' at the same epoch, from its second
+        # epoch on and once two trials have finished, stops it.
+        pruner = MedianPruner(n_startup_trials=2, n_warmup_steps=1) if self.config.prune else None
+        return optuna.create_study(study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner,
+                                   load_if_exists=True, direction="maximize")
+
+    def prepare(self, study):
+        """Every point of the grid not in the study yet, enqueued; and each trial whose worker was
+        stopped or killed queued again."""
+        trials = study.get_trials(deepcopy=False)
+        present = {trial.user_attrs.get("point") for trial in trials}
+        for point, seed in self.grid:
+            key = point_key(point, seed)
+            if key not in present:
+                study.enqueue_trial({**point, "seed": seed}, user_attrs={"point": key})
+        retried = superseded(trials)
+        for trial in trials:
+            killed = trial.state == TrialState.RUNNING and worker_gone(trial)
+            if killed:
+                study.tell(trial.number, state=TrialState.FAIL)
+            interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") == "interrupted"
+            if (killed or interrupted) and trial.number not in retried:  # not those that failed on their own
+                study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, "retry_of": trial.number,
+                                                              "outcome": None})
+
+    def trial_settings(self, trial):
+        """The point and seed of `trial`, or None where it is no trial of this group: a grid trial
+        that was not enqueued (a worker asked as another took the last), or a point that an earlier
+        trial already trains or trained (two starts enqueuing at once)."""
+        if not self.searching:
+            if "point" not in trial.user_attrs:
+                return None
+            axes = {key: sorted({point[key] for point, _ in self.grid}) for key in self.grid[0][0]}
+            point = {key: trial.suggest_categorical(key, values) for key, values in axes.items()}
+            seed = trial.suggest_categorical("seed", sorted({seed for _, seed in self.grid}))
+            if any(other.number < trial.number and other.user_attrs.get("point") == trial.user_attrs["point"]
+                   and other.state in (TrialState.RUNNING, TrialState.COMPLETE)
+                   for other in trial.study.get_trials(deepcopy=False)):
+                return None
+            return point, seed
+        point = {key: trial.suggest_float(key, span.low, span.high, log=span.log) if span.kind is float
+                 else trial.suggest_int(key, int(span.low), int(span.high), log=span.log)
+                 for key, span in self.space.items()}
+        return point, self.config.seed
+
+    def member(self, point, seed, data):
+        """The settings of the run of `point` and `seed`: a search's trial is tested on its held-out
+        training images; where this machine holds its run folder, interrupted, it goes on from there."""
+        config = member(self.config, point, seed, self.dir.name)
+        if self.searching:
+            training = int((~data.is_test).sum())
+            config = replace(config, holdout=self.config.holdout or max(int(training * HOLDOUT_FRACTION), 1))
+        unfinished = sorted(path for path in Path(config.out).glob(f"*-{config.name}")
+                            if run_folder.has_checkpoint(path) and member_of(path, self.dir.name))
+        return replace(config, resume=str(unfinished[-1])) if unfinished else config
+
+    def objective(self, train, data, worker):
+        def run_trial(trial):
+            settings = self.trial_settings(trial)
+            if settings is None:
+                trial.set_user_attr("outcome", "not a point of the group")
+                raise optuna.TrialPruned()
+            config = self.member(*settings, data)
+            for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "worker": worker,
+                               "run": Path(config.resume).name if config.resume else None,
+                               "holdout": config.holdout}.items():
+                trial.set_user_attr(key, value)
+            pruning = [PruneAtMedian(trial)] if self.config.prune else []
+            try:
+                run_dir, summary = train(config, data=data, callbacks=pruning)
+            except KeyboardInterrupt:
+                trial.set_user_attr("outcome", "interrupted")
+                raise
+            except BadInput as e:
+                trial.set_user_attr("outcome", str(e))
+                warn(f"trial {trial.number} ({config.name}) failed: {e}")
+                raise
+            pruned = any(callback.pruned for callback in pruning)
+            for key, value in {"run": run_dir.name, "fit_seconds": summary["fit_seconds"],
+                               "outcome": "pruned" if pruned else "done",
+                               "tta_accuracy": summary.get("tta_accuracy")}.items():
+                trial.set_user_attr(key, value)
+            if pruned:
+                raise optuna.TrialPruned(f"its held-out accuracy at epoch {summary['epochs']} was below the median")
+            return summary["final_accuracy"]
+        return run_trial
+
+    def work(self, train, data, worker=0, callbacks=()):
+        """Train trials of the group until none is left: a grid's waiting points, or a search's
+        --trials. Bad input in a trial (a diverging LR) fails it alone; the others go on."""
+        study = self.study(worker)
+        if self.not_started(study):  # else its first trial would be none of the group's (see trial_settings)
+            study.optimize(self.objective(train, data, worker), callbacks=[Finished(self), *callbacks],
+                           catch=(BadInput,), gc_after_trial=True)
+
+    def not_started(self, study):
+        """How many of the group's trials no worker has taken yet: a grid's waiting points, a search's
+        trials beyond those started (a trial queued again counts once)."""
+        trials = study.get_trials(deepcopy=False)
+        waiting = sum(trial.state == TrialState.WAITING for trial in trials)
+        if not self.searching:
+            return waiting
+        started = [t for t in trials if t.state != TrialState.WAITING and t.number not in superseded(trials)]
+        return waiting + max(self.total - len(started) - waiting, 0)
+
+
+class PruneAtMedian(FastAIV2PruningCallback):
+    """Optuna's fastai callback on the held-out accuracy, as the Recorder logs it once an epoch: where
+    the pruner says so, the fit stops at the epoch's end and the run writes its outputs as any run
+    stopped early does; the trial is then pruned."""
+
+    def __init__(self, trial):
+        super().__init__(trial, monitor="accuracy")
+        self.pruned = False
+
+    def after_epoch(self):
+        try:
+            super().after_epoch()
+        except CancelFitException:
+            self.pruned = True
+            raise
+
+    def after_fit(self):
+        TrackerCallback.after_fit(self)  # the trial is pruned once the run is whole, not in the middle of its fit
+
+
+class Finished:
+    """Optuna's callback after each trial: the study stops once the group has nothing left to start."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def __call__(self, study, trial):
+        if not self.group.not_started(study):
+            study.stop()
+
+
+def superseded(trials):
+    """The numbers of the trials queued again, each replaced by its retry."""
+    return {trial.user_attrs.get("retry_of") for trial in trials} - {None}
+
+
+def point_key(point, seed):
+    return json.dumps({**point, "seed": seed}, sort_keys=True)
+
+
+def worker_gone(trial):
+    """Whether a RUNNING trial's worker is gone: killed outright on this machine (its process is no
+    more). A database's heartbeat tells of another machine's."""
+    pid = trial.user_attrs.get("pid")
+    return trial.user_attrs.get("host") == socket.gethostname() and pid is not None and not process_exists(pid)
+
+
+def member_of(run_dir, group):
+    try:
+        return run_folder.read_config(run_dir).get("group") == group
+    except BadInput:
+        return False
