@@ -2,9 +2,11 @@
 again, or given with --resume), its study prepared, its trials trained by the workers; then what
 they trained, as summary.json, compare.png and the table printed; for a search, the point it found
 best trained on every training image for --final-runs seeds and tested on the test set, once."""
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
@@ -25,6 +27,8 @@ from cifar10_fast.experiments.pictures import write_search_figures
 from cifar10_fast.experiments.study import Group, superseded
 from cifar10_fast.experiments.workers import WorkerFailed, run_workers
 from cifar10_fast.training.outputs import new_run_dir
+
+WAIT_S = 2  # how often a machine done with its own trials looks at the others'
 
 
 def run_group(config, train, data_of):
@@ -90,6 +94,8 @@ def train_group(config, group_dir, train, data, data_of):
           f"{redacted(config.storage) if config.storage else group_dir / run_folder.JOURNAL}")
     try:
         run_workers(config, group_dir, train, data, data_of, workers)
+        while wait_for_other_machines(group, study):  # a trial they give up is queued: this machine takes it
+            run_workers(config, group_dir, train, data, data_of, workers)
     except KeyboardInterrupt:
         raise GroupInterrupted(interrupted_line(group, study)) from None
     except WorkerFailed as e:
@@ -97,6 +103,24 @@ def train_group(config, group_dir, train, data, data_of):
         raise BadInput(f"{e}, and the group is not finished: its trial is queued again; run the same command again "
                        f"to finish the group, or {resume_command(group_dir)}") from None
     return group
+
+
+def wait_for_other_machines(group, study):
+    """Wait while workers elsewhere (the same command on other machines, on --storage's database)
+    train the group's last trials, so that the summary counts them; True where a trial was queued
+    again meanwhile (its worker lost: Optuna's heartbeat failed it), for this machine to train."""
+    said = False
+    while any(trial.state == TrialState.RUNNING for trial in study.get_trials(deepcopy=False)):
+        if not said:
+            print("waiting for the trials that workers on other machines train, to summarise the group with them")
+            said = True
+        time.sleep(WAIT_S)
+        if group.config.storage:
+            optuna.storages.fail_stale_trials(study)  # a machine lost: its trials' heartbeats stopped
+        group.prepare(study)  # a worker of this machine killed meanwhile: its trial queued again
+        if group.not_started(study):
+            return True
+    return bool(group.not_started(study))
 
 
 def final_config(config, group):

@@ -12,15 +12,18 @@ checkpoint where this machine has it.
 import json
 import os
 import socket
+import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from fastai.callback.core import CancelFitException
 from fastai.callback.tracker import TrackerCallback
 from optuna.pruners import MedianPruner
 from optuna.samplers import TPESampler
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from optuna_integration.fastaiv2 import FastAIV2PruningCallback
@@ -39,7 +42,9 @@ from cifar10_fast.core.groups import (
 from cifar10_fast.data.cache import process_exists
 
 HEARTBEAT_S, GRACE_S = 20, 60  # a trial on a database beats every 20 s; one silent for a minute, its worker is lost
+TABLE_RACE_ATTEMPTS = 10
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # what each trial did is said by our own lines
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's: it is ours
 
 
 class StorageUnreachable(BadInput):
@@ -48,17 +53,23 @@ class StorageUnreachable(BadInput):
 
 def open_storage(config, group_dir):
     """The study's storage: the database of --storage, its stale trials (a worker lost) failed and
-    queued again by Optuna's heartbeat; else a journal file in the group folder."""
+    queued again by Optuna's heartbeat; else a journal file in the group folder. Workers that start
+    at once on a new database race to make its tables: the one that loses tries again."""
     if not config.storage:
         return JournalStorage(JournalFileBackend(str(Path(group_dir) / run_folder.JOURNAL)))
-    try:
-        return RDBStorage(config.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
-    except Exception as e:  # SQLAlchemy's and the driver's errors, whatever the database says
-        reason = without_password(" ".join(str(e).split())[:300], config.storage)
-        raise StorageUnreachable(f"cannot reach the study's database {redacted(config.storage)} ({type(e).__name__}: "
-                                 f"{reason}): check the URL, that the server runs and takes this machine's "
-                                 "connections") from None
+    for attempt in range(TABLE_RACE_ATTEMPTS):
+        try:
+            return RDBStorage(config.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except sqlalchemy.exc.IntegrityError:  # another worker made the same table first
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as e:  # SQLAlchemy's and the driver's errors, whatever the database says
+            reason = without_password(" ".join(str(e).split())[:300], config.storage)
+            raise StorageUnreachable(f"cannot reach the study's database {redacted(config.storage)} "
+                                     f"({type(e).__name__}: {reason}): check the URL, that the server runs and takes "
+                                     "this machine's connections") from None
+    raise StorageUnreachable(f"the tables of the study's database {redacted(config.storage)} could not be made: "
+                             "another process kept making them; start again")
 
 
 class Group:
@@ -229,8 +240,9 @@ class Finished:
 
 
 def superseded(trials):
-    """The numbers of the trials queued again, each replaced by its retry."""
-    return {trial.user_attrs.get("retry_of") for trial in trials} - {None}
+    """The numbers of the trials queued again, each replaced by its retry (ours, or Optuna's of a
+    trial whose heartbeat stopped)."""
+    return {trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial")) for trial in trials} - {None}
 
 
 def point_key(point, seed):
