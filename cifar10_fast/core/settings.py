@@ -149,7 +149,9 @@ def parse_args(argv=None, description=None, reads_data=True):
                        ("data", "a CIFAR-10 folder or .tgz")):
         if flag in given and not given[flag].strip():  # `--resume "$RUN"` with RUN unset, say
             p.error(f"{option(flag)} is empty (an unset shell variable?): give {what}")
-    given["sweep"], given["search"] = tuple(given.get("sweep", ())), tuple(given.get("search", ()))
+    for flag in ("sweep", "search"):  # the dataclass holds tuples; argparse appends to lists
+        if flag in given:
+            given[flag] = tuple(given[flag])
     if "track" in given:
         try:
             given["track"] = tracking(given["track"])

@@ -150,7 +150,7 @@ class Group:
     def member(self, point, seed, data):
         """The settings of the run of `point` and `seed`: a search's trial is tested on its held-out
         training images; where this machine holds its run folder, interrupted, it goes on from there."""
-        config = member(self.config, point, seed, self.dir.name)
+        config = replace(member(self.config, point, seed, self.dir.name), resume=None)  # not the group's --resume
         if self.searching:
             training = int((~data.is_test).sum())
             config = replace(config, holdout=self.config.holdout or max(int(training * HOLDOUT_FRACTION), 1))

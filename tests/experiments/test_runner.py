@@ -98,6 +98,8 @@ def test_a_group_stopped_by_sigterm_is_finished_by_the_same_command_training_not
 
 
 def test_a_worker_killed_outright_leaves_its_trial_to_the_next_start(tmp_path, tiny_folder):
+    """SIGKILL (out of memory, a lost machine) leaves a trial running in the journal: the next start,
+    here by --resume GROUP_FOLDER, queues it again and trains it."""
     argv = command(tiny_folder, tmp_path / "runs", "--sweep", "lr_max=1e-3,2e-3", "--parallel", "2", epochs=40)
     process = start(argv, tmp_path)
     wait_for(lambda: sum(1 for run_dir in members(tmp_path / "runs")[1] if (run_dir / "history.csv").is_file()) == 2,
@@ -107,7 +109,8 @@ def test_a_worker_killed_outright_leaves_its_trial_to_the_next_start(tmp_path, t
     os.kill(worker, signal.SIGKILL)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 2 and "was killed by SIGKILL" in err and "its trial is queued again" in err, err
-    done = run(argv, tmp_path)
+    group, = (tmp_path / "runs").glob("*-group")
+    done = run([sys.executable, str(REPO / "train_fastai.py"), "--resume", str(group), "--track", "none"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(members(tmp_path / "runs")[0]) == [("lr_max=0.001", 0), ("lr_max=0.002", 0)]
 

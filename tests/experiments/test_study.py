@@ -1,0 +1,70 @@
+"""The study of a group: its trials as runs, queued again when their worker stopped or was lost,
+and a search's pruning, once an epoch."""
+import optuna
+import torch
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+
+from cifar10_fast.core.config import preset
+from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.experiments.study import Group, PruneAtMedian, superseded
+from cifar10_fast.training.recording import record_on_device
+from customresnet import CustomResNet
+
+
+def test_a_grid_is_each_point_and_seed_enqueued_once_however_often_it_is_prepared(tmp_path):
+    group = Group(preset("seed", sweep=("lr_max=1e-3,2e-3",), runs=2), tmp_path)
+    study = group.study()
+    group.prepare(study)
+    group.prepare(group.study())  # the same command run again, or a second machine's start
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(trial.user_attrs["point"] for trial in waiting) == sorted(
+        f'{{"lr_max": {lr}, "seed": {seed}}}' for lr in (0.001, 0.002) for seed in (0, 1))
+    assert group.not_started(study) == 4
+
+
+def test_an_interrupted_trial_is_queued_again_once_with_its_point(tmp_path):
+    group = Group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
+    study = group.study()
+    group.prepare(study)
+    trial = study.ask()
+    trial.set_user_attr("outcome", "interrupted")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    group.prepare(study)
+    group.prepare(study)
+    trials = study.get_trials()
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == trial.number]
+    assert len(retries) == 1 and retries[0].params == trial.params and superseded(trials) == {trial.number}
+
+
+def test_a_trial_whose_worker_was_killed_is_queued_again(tmp_path):
+    group = Group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
+    study = group.study()
+    group.prepare(study)
+    trial = study.ask()
+    trial.set_user_attr("host", __import__("socket").gethostname())
+    trial.set_user_attr("pid", 2**22 + 7)  # no such process
+    group.prepare(study)
+    assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
+    assert any(t.user_attrs.get("retry_of") == trial.number for t in study.trials)
+
+
+def test_a_trial_below_the_median_of_the_others_at_an_epoch_stops_there_and_its_run_is_whole(tiny_folder):
+    """Pruning reads the held-out accuracy the Recorder logged at each epoch's end: no read of its own."""
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2,
+                                                                                        n_warmup_steps=1))
+    for _ in range(2):  # two trials that did far better at every epoch
+        done = study.ask()
+        for epoch in range(4):
+            done.report(0.99, epoch)
+        study.tell(done, 0.99)
+    trial = study.ask()
+    dls, _ = cifar10_dataloaders(tiny_folder, bs=16, device="cpu", seed=0)
+    torch.manual_seed(0)
+    learn = record_on_device(Learner(dls, CustomResNet(width=4), loss_func=CrossEntropyLossFlat(), metrics=accuracy))
+    pruning = PruneAtMedian(trial)
+    with learn.no_bar():
+        learn.fit(4, 1e-3, cbs=[pruning])  # fastai's CancelFitException ends the fit cleanly
+    assert pruning.pruned and len(learn.recorder.values) == 2  # stopped at the end of epoch 2, the first after warm-up
+    assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == [0, 1]
