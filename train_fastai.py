@@ -54,7 +54,7 @@ with without_unused():  # fastai's modules without scikit-learn and SciPy's stat
     from fastai.torch_core import num_distrib, rank_distrib
 
     import augment
-    from cifar10_fast.core import run_folder
+    from cifar10_fast.core import report, run_folder
     from cifar10_fast.core.config import UsageError, departures, lr_source, member, record
     from cifar10_fast.core.errors import counted
     from cifar10_fast.core.files import figures_to_files
@@ -226,8 +226,7 @@ def run(config, data=None, start_up=None, callbacks=()):
     # A resumed fit's seconds are those of all its sessions; this process's are part of them.
     seconds = (f"fit {fit_seconds:.1f} s{compiled} of {phases.total():.1f} s in all" if not config.resume else
                f"fit {fit_seconds:.1f} s in all its sessions{compiled}, this one {phases.total():.1f} s")
-    tested = "held-out" if config.holdout else "test"
-    print(f"final {tested} accuracy {100 * summary['final_accuracy']:.2f}%{tta} after "
+    print(f"final {report.tested_on(recorded)} accuracy {100 * summary['final_accuracy']:.2f}%{tta} after "
           f"{counted(summary['epochs'], 'epoch')}{stopped}, {seconds}; outputs in {run_dir}")
     return run_dir, summary
 
@@ -237,9 +236,8 @@ def settings_line(recorded):
     images, where; config.json has every setting."""
     changed = departures(recorded)
     recipe = f"the recipe with {' '.join(changed)}" if changed else "the recipe"
-    return (f"settings: {recipe}; {recorded['train_images']} training and {recorded['test_images']} test images of "
-            f"{len(recorded['classes'])} classes; {recorded['device']}, {recorded['precision']} (config.json has "
-            "every setting)")
+    return (f"settings: {recipe}; {report.images_line(recorded)}; {recorded['device']}, {recorded['precision']} "
+            "(config.json has every setting)")
 
 
 def run_group(config):

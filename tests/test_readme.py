@@ -47,6 +47,11 @@ NOT_RUN = {
                                                    "(tests/test_distributed.py trains two processes on CPUs)",
     r"^mlflow ui ": "needs the full mlflow 3.18.0 (its UI), whose mlflow-tracing the package index here lacks; "
                     "tests/training/test_tracking.py reads the same database with MLflow's client",
+    r"--sweep lr_max=2e-3,4e-3,8e-3 --runs 3 --name lrs$": "9 runs of the recipe's 24 epochs, for GPUs: "
+                                                          "tests/experiments/test_runner.py trains a grid with two "
+                                                          "workers",
+    r"--storage postgresql://USER:PASSWORD@db-host": "needs a database server on db-host: "
+                                                     "tests/experiments/test_runner.py runs two commands on one",
 }
 
 
@@ -197,7 +202,8 @@ def check_finished_run(session, run_dir, printed):
         assert (session.work / run_dir / name).stat().st_size > 0, f"{run_dir}/{name}"
     assert not (session.work / run_dir / "checkpoint.pth").exists()
     assert run_dir.name in pd.read_csv(session.work / "runs" / "index.csv").run.tolist()
-    assert re.search(rf"final test accuracy [\d.]+% .*; outputs in {re.escape(str(run_dir))}$", printed, re.M), printed
+    tested = "held-out" if config["holdout"] else "test"  # a search's trial is never tested on the test set
+    assert re.search(rf"final {tested} accuracy [\d.]+% .*; outputs in {re.escape(str(run_dir))}$", printed, re.M), printed
 
 
 def check_training(argv, done, session, new_folders):
@@ -211,10 +217,11 @@ def check_training(argv, done, session, new_folders):
         for name in ["config.json", *FINDER_FILES]:
             assert (run_dir / name).stat().st_size > 0, name
         assert "LR range test: LRMIN = " in done.stdout
-    elif "--runs" in argv or "--sweep" in argv:
+    elif "--runs" in argv or "--sweep" in argv or "--search" in argv:
         group, = (path for path in new_folders if path.name.endswith("-group"))
         assert (group / "compare.png").is_file()
-        members = json.loads((group / "summary.json").read_text())["members"]
+        summary = json.loads((group / "summary.json").read_text())
+        members = summary["members"] + summary.get("final", {}).get("members", [])  # a search's trials, then finals
         assert {group.parent / name for name in members} == new_folders - {group}
         for name in members:
             check_finished_run(session, Path("runs") / name, done.stdout)

@@ -53,6 +53,17 @@ def percent(fraction):
     return None if fraction is None else f"{100 * fraction:.2f}%"
 
 
+def images_line(config):
+    """How many images a run trained and was tested on: a search's trial is tested on training images
+    held out of its training, and says so wherever it says what it was tested on."""
+    return (f"{config.get('train_images')} training and {config.get('test_images')} {tested_on(config)} images of "
+            f"{len(config.get('classes') or [])} classes")
+
+
+def tested_on(config):
+    return "held-out" if config.get("holdout") else "test"
+
+
 def headline(config, summary):
     """What a reader asks of a run first: what it ran (the recipe, or how it departs from it; the
     LRs; the data), how well (the final epoch's test accuracy, never the best), how fast, and where."""
@@ -63,9 +74,8 @@ def headline(config, summary):
                                            if summary.get("stopped_early") else "")
     rows = {"settings": f"the recipe with {' '.join(changed)}" if changed else "the recipe",
             "LRMIN -> LRMAX": lrs and f"{lrs} (from {lrs_from})",
-            "data": f"{config.get('train_images')} training and {config.get('test_images')} test images of "
-                    f"{len(config.get('classes') or [])} classes",
-            "final test accuracy (the headline)": percent(summary.get("final_accuracy")),
+            "data": images_line(config),
+            f"final {tested_on(config)} accuracy (the headline)": percent(summary.get("final_accuracy")),
             "with flip TTA": percent(summary.get("tta_accuracy")),
             "best epoch (for information only)": percent(summary.get("best_accuracy")),
             "epochs trained": epochs, "fit seconds": summary.get("fit_seconds"),
