@@ -226,7 +226,7 @@ def check_training(argv, done, session, new_folders):
         for name in members:
             check_finished_run(session, Path("runs") / name, done.stdout)
         assert "mean, std, min, max over seeds:" in done.stdout  # the table it ends with
-        assert f"group summary and compare.png in {group.relative_to(session.work)}" in done.stdout
+        assert f"group summary, compare.png and report.html in {group.relative_to(session.work)}" in done.stdout
     else:
         run_dir, = new_folders
         check_finished_run(session, run_dir.relative_to(session.work), done.stdout)

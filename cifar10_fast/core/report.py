@@ -1,6 +1,7 @@
 """One page per run: report.html with the config, the headline numbers and every plot the run
 wrote, embedded as data URIs, so the file is whole on its own and opens offline in any browser.
-train_fastai.py writes it last in every training run."""
+train_fastai.py writes it last in every training run, and one for every group in its folder: its
+summary, its points, its members' pages and its figures (for a search, Optuna's)."""
 import base64
 import html
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 from cifar10_fast.core.config import departures
 from cifar10_fast.core.files import atomic
 from cifar10_fast.core.run_folder import (
+    COMPARE_PNG,
     CONFUSION_MATRIX_PNG,
     CURVES_PNG,
     LR_FIND_JSON,
@@ -16,6 +18,8 @@ from cifar10_fast.core.run_folder import (
     LR_SCHEDULE_PNG,
     MISCLASSIFIED_PNG,
     REPORT,
+    SEARCH_HISTORY_PNG,
+    SEARCH_IMPORTANCE_PNG,
     read_config,
     read_summary,
 )
@@ -23,6 +27,8 @@ from cifar10_fast.core.run_folder import (
 PLOTS = {LR_FIND_PNG: "LR range test", LR_SCHEDULE_PNG: "LR and momentum schedule",
          CURVES_PNG: "loss and test accuracy per epoch", CONFUSION_MATRIX_PNG: "confusion matrix (test set)",
          MISCLASSIFIED_PNG: "the test images with the highest loss"}
+GROUP_PLOTS = {COMPARE_PNG: "final accuracy of every member", SEARCH_HISTORY_PNG: "the search's trials as they came",
+               SEARCH_IMPORTANCE_PNG: "how much each searched setting mattered"}
 MILESTONES = (90, 93, 94)  # test accuracy (%) whose first epoch and seconds a summary records
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
@@ -88,17 +94,61 @@ def headline(config, summary):
     return {label: value for label, value in rows.items() if value is not None}
 
 
+def rows_table(rows):
+    """Rows of a group's points (dicts of the same keys) as a table: the accuracies (%) and seconds
+    to two decimals."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cell = lambda value: f"{value:.2f}" if isinstance(value, float) else shown(value)  # noqa: E731
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(row.get(column)))}</td>" for column in columns) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def plots_html(folder, plots):
+    return "".join(f"<h3>{html.escape(title)}</h3><img alt='{name}' src='{data_uri(folder / name)}'>"
+                   for name, title in plots.items() if (folder / name).is_file())
+
+
+def page(title, body):
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
 def render(run_dir):
     config, summary = read_config(run_dir), read_summary(run_dir)
-    plots = "".join(f"<h3>{html.escape(title)}</h3><img alt='{name}' src='{data_uri(run_dir / name)}'>"
-                    for name, title in PLOTS.items() if (run_dir / name).is_file())
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>run {html.escape(run_dir.name)}</h1>"
-            f"<h2>headline</h2>{key_value_table(headline(config, summary))}<h2>plots</h2>{plots}"
-            f"<h2>config</h2>{key_value_table(config)}</body></html>\n")
+    return page(f"run {run_dir.name}", f"<h2>headline</h2>{key_value_table(headline(config, summary))}"
+                                       f"<h2>plots</h2>{plots_html(run_dir, PLOTS)}"
+                                       f"<h2>config</h2>{key_value_table(config)}")
 
 
-def write_report(run_dir):
+def members_list(summary):
+    """Each member run's name, linked to its own report beside the group folder."""
+    items = "".join(f"<li><a href='../{html.escape(name, quote=True)}/{REPORT}'>{html.escape(name)}</a></li>"
+                    for name in summary.get("members", []))
+    return f"<ul>{items}</ul>"
+
+
+def group_section(summary):
+    """A group's (or a search's final runs') figures: which study, its trials by state, what its
+    accuracies were tested on, and its points or, for a search, the best point of its trials."""
+    facts = {key: summary.get(key) for key in ("study", "storage", "trials", "tested_on", "holdout", "sweep",
+                                               "search", "best", "runs")}
+    points = f"<h3>per point, over its seeds</h3>{rows_table(summary['points'])}" if summary.get("points") else ""
+    return (f"{key_value_table({k: v for k, v in facts.items() if v is not None})}{points}"
+            f"<h3>members</h3>{members_list(summary)}")
+
+
+def render_group(group_dir):
+    summary = read_summary(group_dir)
+    final = (f"<h2>the best point's final runs (tested on the test set, once)</h2>{group_section(summary['final'])}"
+             if summary.get("final") else "")
+    return page(f"group {group_dir.name}", f"<h2>{'search' if summary.get('search') else 'group'}</h2>"
+                                           f"{group_section(summary)}{final}"
+                                           f"<h2>plots</h2>{plots_html(group_dir, GROUP_PLOTS)}")
+
+
+def write_report(run_dir, render=render):
     run_dir = Path(run_dir)
     with atomic(run_dir / REPORT) as tmp:
         tmp.write_text(render(run_dir))

@@ -15,6 +15,7 @@ from cifar10_fast.core.config import member, record, redacted
 from cifar10_fast.core.errors import BadInput, counted
 from cifar10_fast.core.groups import group_key, sweep_grid, worker_count
 from cifar10_fast.core.lifecycle import GroupInterrupted, resume_command
+from cifar10_fast.core.report import render_group, write_report
 from cifar10_fast.experiments.comparison import (
     folder_named,
     format_points,
@@ -45,8 +46,9 @@ def run_group(config, train, data_of):
         summary = {**summary, "final": summarize(final, "test set")}
         write_search_figures(group.study(), group_dir)
     run_folder.write_summary(group_dir, summary)
+    write_report(group_dir, render_group)
     run_folder.write_study(group_dir, {**run_folder.read_study(group_dir), "finished": True})
-    print(f"group summary and {run_folder.COMPARE_PNG} in {group_dir}")
+    print(f"group summary, {run_folder.COMPARE_PNG} and {run_folder.REPORT} in {group_dir}")
     failed = failures(group)
     if failed:  # bad input of one point fails its run alone: the others are trained and summarised first
         raise BadInput(f"{counted(len(failed), 'run')} of {group.total} of {group_dir} failed, the first: "

@@ -65,3 +65,19 @@ def test_the_headline_says_how_a_run_departs_from_the_recipe_in_words_not_python
     assert "0.0001 -&gt; 0.001 (from flags)" in headline and "80 training and 20 test images of 10 classes" in headline
     assert "not reached" in headline and "images/s through the fit" in headline
     assert not re.search(r">(None|False|True|null)<", page)
+
+
+def test_a_group_has_a_report_of_its_points_linking_its_members_reports(finished_sweep):
+    """The group folder's report.html: its study, the table per point, each member's own report one
+    click away, and compare.png embedded."""
+    _, group, _ = finished_sweep
+    page = (group / "report.html").read_text()
+    summary = json.loads((group / "summary.json").read_text())
+    links = re.findall(r"<a href='\.\./([^/']+)/report\.html'>", page)
+    assert links == summary["members"] and all((group.parent / name / "report.html").is_file() for name in links)
+    sources = dict(re.findall(r"<img alt='([^']+)' src='([^']+)'>", page))
+    assert base64.b64decode(sources["compare.png"].removeprefix("data:image/png;base64,")) == \
+        (group / "compare.png").read_bytes()
+    for point in summary["points"]:
+        assert f"<td>{point['point']}</td>" in page and f"<td>{point['final_accuracy_percent_mean']:.2f}</td>" in page
+    assert "test set" in page and not re.search(r">(None|False|True|null|nan)<", page)

@@ -167,3 +167,6 @@ def test_a_search_never_reads_the_test_set(tmp_path, tiny_folder):
     summary_shuffled, values_shuffled = search(shuffled, tmp_path / "shuffled-runs", tmp_path)
     assert summary["tested_on"] == "held-out training images" and summary["final"]["tested_on"] == "test set"
     assert summary_shuffled["best"] == summary["best"] and values_shuffled == values
+    page = (next((tmp_path / "true").glob("*-group")) / "report.html").read_text()
+    assert "held-out training images" in page and "tested on the test set, once" in page
+    assert "alt='search_history.png'" in page and "alt='search_importance.png'" in page
