@@ -192,7 +192,7 @@ def run(config, data=None, start_up=None, callbacks=()):
 
     # The one-cycle fit.
     schedule = one_cycle(lr_min, lr_max, config.peak_epoch, config.epochs)
-    print(f"training: {config.epochs} epochs, LR {lr_min:.3e} -> {lr_max:.3e} (epoch {config.peak_epoch:g}) "
+    print(f"training: {counted(config.epochs, 'epoch')}, LR {lr_min:.3e} -> {lr_max:.3e} (epoch {config.peak_epoch:g}) "
           f"-> {lr_min:.3e}, Adam, wd {config.wd}, bs {config.bs}, {precision}, on {device_name(device)}"
           + (f", data-parallel: {processes} processes x {config.bs // processes} = an effective batch of {config.bs}"
              if processes > 1 else ""))

@@ -139,24 +139,34 @@ def time_references():
     return seconds
 
 
+def stamped_lines(argv, environment=None, **popen):
+    """`python train_fastai.py argv` in a process of its own: each line it prints, with the seconds
+    since its start at which it arrived, printed here as it comes; then its wall time (None as the
+    line). Raises SystemExit where it fails."""
+    env = {**os.environ, **(environment or {}), "PYTHONUNBUFFERED": "1"}  # each line as printed, as on a terminal
+    start = time.perf_counter()
+    with subprocess.Popen([sys.executable, "train_fastai.py", *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen) as process:
+        for line in process.stdout:
+            seconds = time.perf_counter() - start
+            print(f"  [{seconds:7.2f} s] {line.rstrip()}")
+            yield seconds, line.rstrip("\n")
+    if process.returncode != 0:
+        raise SystemExit(f"error: the run failed (exit status {process.returncode}): see its lines above")
+    yield time.perf_counter() - start, None
+
+
 def time_run(argv, out):
     """One `python train_fastai.py` process, its lines stamped as they arrive; returns the
     figures of the run, or raises SystemExit with the run's last lines if it failed."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # each line as it is printed, as on a terminal
-    marks, lines = {}, []
-    start = time.perf_counter()
-    with subprocess.Popen([sys.executable, "train_fastai.py", *argv, "--out", str(out)], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        for line in process.stdout:
-            seconds = time.perf_counter() - start
-            lines.append(line.rstrip("\n"))
-            print(f"  [{seconds:7.2f} s] {lines[-1]}")
-            for name, pattern in MARKS.items():
-                if name not in marks and pattern.match(line):
-                    marks[name] = seconds
-    wall = time.perf_counter() - start
-    if process.returncode != 0 or {"run_folder", "training", "final"} - set(marks):
-        raise SystemExit(f"error: the run failed (exit status {process.returncode}): see its lines above")
+    marks = {}
+    for seconds, line in stamped_lines([*argv, "--out", str(out)]):
+        for name, pattern in MARKS.items():
+            if line is not None and name not in marks and pattern.match(line):
+                marks[name] = seconds
+    wall = seconds
+    if {"run_folder", "training", "final"} - set(marks):
+        raise SystemExit("error: the run did not print the lines that mark its phases: see its lines above")
     run_dir, = (path for path in out.iterdir() if path.is_dir())
     summary = json.loads((run_dir / "summary.json").read_text())
     return {**figures(marks, wall, summary["fit_seconds"]), "run_phases": summary.get("phases"),

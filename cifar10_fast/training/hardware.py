@@ -38,7 +38,8 @@ def resolve_device(name):
 def resolve_precision(precision, device, sync_debug=False):
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
-            raise UsageError(f"--precision {precision} needs a CUDA GPU (fastai's mixed precision); use fp32 on {device}")
+            raise UsageError(f"--precision {precision} needs a CUDA GPU (fastai's mixed precision); "
+                             f"use fp32 on {device}")
         return "fp32"
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -69,7 +70,8 @@ def device_name(device):
 def library_versions():
     """The versions a run ran with, as installed (their packages' metadata: importing albumentations
     to ask would cost a second)."""
-    installed = {name: installed_version(name) for name in ("torchvision", "fastai", "albumentations", "numpy")}
+    installed = {name: installed_version(name)
+                 for name in ("torchvision", "fastai", "albumentations", "numpy", "optuna")}
     return {"python": platform.python_version(), "torch": torch.__version__, **installed,
             "cuda": torch.version.cuda}
 
@@ -178,10 +180,11 @@ def estimate_line(trained, evaluated, train_rate, eval_rate, compiling):
     """The estimate of a run that trains `trained` images and tests `evaluated` ones (none for a
     range test alone) at the rates its first batches ran at."""
     seconds = trained / train_rate + evaluated / eval_rate + compiling
-    duration = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
+    duration = (f"about {seconds / 60:.0f} min" if seconds > 90 else f"about {seconds:.0f} s" if seconds >= 0.5
+                else "under a second")
     tested = f" and {evaluated} test images at {eval_rate:.0f}/s" if evaluated else ""
     compiled = (f"; and {compiling:.0f} s compiling the model, more for its first test pass" if compiling else "")
-    return (f"CPU only: this run will take about {duration} ({trained} training images at {train_rate:.0f}/s{tested}, "
+    return (f"CPU only: this run will take {duration} ({trained} training images at {train_rate:.0f}/s{tested}, "
             f"timed on its first training batches{compiled})")
 
 

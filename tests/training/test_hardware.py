@@ -96,6 +96,10 @@ def test_the_cpu_estimate_of_a_range_test_alone_counts_no_test_images():
         "CPU only: this run will take about 16 s (1600 training images at 100/s, timed on its first training batches)")
 
 
+def test_a_run_of_under_a_second_is_not_estimated_at_about_0_s():
+    assert hardware.estimate_line(16, 4, 100, 1000, 0).startswith("CPU only: this run will take under a second (")
+
+
 def test_a_gpu_index_beyond_the_machine_is_one_line_not_an_invalid_ordinal(monkeypatch):
     """torch.device("cuda:3") is a device on a machine with one GPU; the first tensor moved there
     fails with "invalid device ordinal", a traceback."""
