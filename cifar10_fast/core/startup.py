@@ -27,7 +27,11 @@ def flags_first(module_name, parse, stopped_line=lambda flags: "interrupted: not
     """Where the entry runs as a script (`module_name` is "__main__"): parse its command line now,
     so that --help and a bad flag answer before torch loads (seconds), and keep the garbage collector
     off while the imports after this call load. Ctrl-C or SIGTERM while they load: the one line
-    `stopped_line(flags)`, exit status 130. Imported (by a test, the bench), it does nothing."""
+    `stopped_line(flags)`, exit status 130. Imported by a group's worker process (multiprocessing's
+    spawn imports the script as "__mp_main__"), it keeps the collector off while the imports load,
+    until the worker calls imports_done(); imported otherwise (a test, the bench), it does nothing."""
+    if module_name == "__mp_main__":
+        gc.disable()
     if module_name != "__main__":
         return
     flags = parse(sys.argv[1:])
@@ -58,7 +62,12 @@ def run(main):
     (no collection looks through it again), and on success an exit without the interpreter's
     teardown; every file the entry writes is written and closed by then."""
     sys.excepthook = sys.__excepthook__
-    gc.enable()
-    gc.freeze()
+    imports_done()
     main()
     exit_without_teardown(0)
+
+
+def imports_done():
+    """The collector on again, past the objects the imports made: they live as long as the process."""
+    gc.enable()
+    gc.freeze()

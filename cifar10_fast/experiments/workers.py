@@ -9,7 +9,9 @@ import sys
 from contextlib import contextmanager
 
 from cifar10_fast.core.groups import visible_gpus
+from cifar10_fast.core.internals import exit_without_teardown
 from cifar10_fast.core.lifecycle import INTERRUPTED, let_go, outliving_the_terminal, stopping_on_signals
+from cifar10_fast.core.startup import imports_done
 from cifar10_fast.experiments.study import Group
 
 STOP_WAIT_S = 120  # a worker saves its checkpoint and goes; one that does not by then is killed
@@ -49,6 +51,7 @@ def train_trials(group, train, data, worker=0):
 def worker_main(config, group_dir, train, data_of, worker, threads):
     """A worker process: its lines prefixed, its share of the cores, the trials it can take; its
     exit status 130 where a stop ended it (the group says what it kept), else what its trials left."""
+    imports_done()  # `train`'s module is loaded: the script's, with the collector off (startup.flags_first)
     sys.stdout, sys.stderr = (Prefixed(stream, f"[worker {worker}] ") for stream in (sys.stdout, sys.stderr))
     if threads:
         import torch  # loaded already, by `train`'s module
@@ -57,7 +60,8 @@ def worker_main(config, group_dir, train, data_of, worker, threads):
         with outliving_the_terminal():
             train_trials(Group(config, group_dir), train, data_of(config), worker)
     except KeyboardInterrupt:
-        sys.exit(INTERRUPTED)
+        exit_without_teardown(INTERRUPTED)
+    exit_without_teardown(0)  # every trial's files are written: a second of teardown would only delay the group
 
 
 def run_workers(config, group_dir, train, data, data_of, count):

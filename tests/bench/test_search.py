@@ -34,6 +34,9 @@ def test_smoke_times_one_worker_against_two_on_twice_the_trials(tmp_path):
     gaps = one_run["gaps_s"] + parallel_run["gaps_s"]
     assert all(0 < gap < run["wall_s"] for run in (one_run, parallel_run) for gap in run["gaps_s"])
     assert results["ratio"] == pytest.approx(parallel_run["wall_s"] / one_run["wall_s"])
+    for case, run in (("one", one_run), ("parallel", parallel_run)):
+        assert 0 < run["to_first_fit_s"] < run["wall_s"] and 0 < run["after_last_trial_s"] < run["wall_s"]
+        assert results["fixed_median_s"][case] == pytest.approx(run["to_first_fit_s"] + run["after_last_trial_s"])
     assert results["overhead_per_trial_s"] == {"median": statistics.median(gaps), "max": max(gaps), "count": 3}
     assert results["ratio_goal_met"] == (results["ratio"] <= search.RATIO_GOAL)
 
