@@ -1,14 +1,16 @@
-"""The repository's shape: the entry points and the recipe's modules at the top, the package in three
-layers whose imports only go down, the torch-free layer free of torch, no module too long to read."""
+"""The repository's shape: the entry points and the recipe's modules at the top, the package in four
+layers whose imports only go down, the torch-free layer free of torch, no module too long to read,
+and every layer in what pip installs."""
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from tests.conftest import REPO
 
 TOP = {"train_fastai", "customresnet", "augment", "predict", "compare"}
-LAYERS = ["core", "data", "training"]  # each imports only those before it
+LAYERS = ["core", "data", "training", "experiments"]  # each imports only those before it
 MAX_LINES = 450
 
 
@@ -40,6 +42,14 @@ def layer_of(module):
 
 def test_the_top_holds_the_entry_points_and_the_recipe_alone():
     assert {path.stem for path in REPO.glob("*.py")} == TOP
+
+
+def test_pip_installs_every_layer_and_the_top():
+    """An install that is not editable holds only what pyproject.toml lists."""
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert set(listed["packages"]) == {"cifar10_fast", *(f"cifar10_fast.{layer}" for layer in LAYERS)}
+    assert {path.parent.name for path in (REPO / "cifar10_fast").glob("*/__init__.py")} == set(LAYERS)
+    assert set(listed["py-modules"]) == TOP
 
 
 def test_imports_only_go_down_the_layers():
