@@ -7,6 +7,7 @@ resolved; a resumed run takes its Config back from there. Nothing here loads tor
 """
 import math
 import os
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -138,8 +139,31 @@ def departures(recorded):
     return flags
 
 
+# A database URL's user and password as SQLAlchemy, which opens --storage, reads them: the password
+# runs to the first @, whatever it holds; a URL parser (urlsplit) ends it at a / ? or # too.
+DATABASE_USER_INFO = re.compile(r"^[\w+.-]+://(?P<user>[^:/]*)(?::(?P<password>[^@]*))?@")
+
+
+def database_password(url):
+    """The password of the database URL `url` as the database is given it, or None."""
+    found = DATABASE_USER_INFO.match(url)
+    return found and found["password"]
+
+
+def password_read_otherwise(url):
+    """Whether the database and a URL parser read the password of `url` differently: it holds an @,
+    /, ? or #, unencoded."""
+    return database_password(url) != urlsplit(url).password
+
+
 def redacted(url):
-    """`url` with its password as ***: what any file, log line or message says of a --storage."""
+    """`url` with its password as ***: what any file, log line or message says of a --storage. One
+    that the database and a URL parser read differently loses all either could take for it: all
+    from the user's colon up to the URL's last @."""
+    if password_read_otherwise(url):
+        scheme, _, rest = url.partition("://")
+        user_info, _, host = rest.rpartition("@")
+        return f"{scheme}://{user_info.partition(':')[0]}:***@{host}"
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -13,13 +13,22 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from cifar10_fast.core.config import SWEEPABLE, UsageError, option, record, redacted
+from cifar10_fast.core.config import (
+    SWEEPABLE,
+    UsageError,
+    database_password,
+    option,
+    password_read_otherwise,
+    record,
+    redacted,
+)
 
 # The databases Optuna keeps a study in for several processes or machines (SQLAlchemy's URLs);
 # SQLite, which several processes cannot share safely, for one worker alone.
 SHARED_STORAGES = ("postgresql", "mysql")
+IN_MEMORY = ("", ":memory:")  # an SQLite URL's database that is no file: sqlite://, sqlite:///:memory:
 DEFAULT_TRIALS = 20
 HOLDOUT_FRACTION = 0.1  # of the training images, where --holdout is not given
 # Settings that do not make the group what it is: running the same command with another of them
@@ -113,6 +122,10 @@ def group_problems(config):
         yield f"--final-runs must lie in [1, 100], not {config.final_runs}"
     if config.parallel is not None and config.parallel < 1:
         yield f"--parallel must be positive, not {config.parallel}"
+    cores = os.cpu_count() or 1
+    if config.parallel is not None and config.parallel > cores:  # each worker loads torch and the data
+        yield (f"--parallel {config.parallel} is more than the {cores} cores of this machine: each worker is a "
+               f"process of its own, with torch and the data loaded; give at most {cores}")
     if config.storage is not None:
         problem = storage_problem(config.storage, worker_count(config))
         if problem:
@@ -122,19 +135,41 @@ def group_problems(config):
 def storage_problem(url, workers):
     """Why `url` cannot keep a study for `workers` worker processes, or None."""
     scheme = urlsplit(url).scheme.split("+")[0]
+    if password_read_otherwise(url):
+        return (f"--storage {redacted(url)}: its password holds @, /, ? or #, which a URL reads as the end of the "
+                "password or of the host: write each percent-encoded (%40, %2F, %3F, %23)")
     if scheme == "sqlite":
-        return None if workers == 1 else (f"--storage {redacted(url)}: SQLite is no database for {workers} workers at "
-                                          "once (Optuna's own advice): use PostgreSQL or MySQL, or --parallel 1")
+        return sqlite_problem(url, workers)
     if scheme not in SHARED_STORAGES:
         return (f"--storage {redacted(url)} is no database URL this tool keeps a study in: give "
                 "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or mysql://...)")
     return None
 
 
+def sqlite_problem(url, workers):
+    """Why the SQLite database of `url` cannot keep a study for `workers` worker processes, or None:
+    one in memory is gone when the command ends, so the group could never go on; a file's folder
+    must be there (SQLite makes the file alone)."""
+    database = url.partition("://")[2].partition("/")[2].partition("?")[0]
+    if database in IN_MEMORY:
+        return (f"--storage {url} is a database in memory, gone when the command ends (and seen by no other worker): "
+                "give sqlite:///PATH/study.db, or leave --storage out for a journal in the group folder")
+    folder = Path(database).parent
+    if not folder.is_dir():
+        return f"--storage {redacted(url)}: {folder} is not a folder: give a database file in an existing folder"
+    if workers > 1:
+        return (f"--storage {redacted(url)}: SQLite is no database for {workers} workers at once (Optuna's own "
+                "advice): use PostgreSQL or MySQL, or --parallel 1")
+    return None
+
+
 def without_password(text, url):
-    """`text` (a database driver's message, say) with the password of `url` as ***."""
-    password = urlsplit(url).password if url else None
-    return text.replace(password, "***") if password else text
+    """`text` (a database driver's message, say) with the password of `url` as ***: as the URL
+    writes it, as the database reads it, and decoded (%40 as @)."""
+    written = {urlsplit(url).password, database_password(url)} - {None} if url else set()
+    for password in sorted(written | {unquote(each) for each in written}, key=len, reverse=True):
+        text = text.replace(password, "***") if password else text
+    return text
 
 
 def visible_gpus():

@@ -184,7 +184,7 @@ def parse_args(argv=None, description=None, reads_data=True):
         points = sweep_grid(config.sweep) if not config.search else search_corners(search_space(config.search))
     except UsageError as e:
         p.error(str(e))
-    for problem in group_problems(config):
+    for problem in [*group_problems(config), *flags_the_group_ignores(config, given)]:
         p.error(problem)
     for point in points:
         for problem in invalid_settings(member(config, point)):
@@ -193,6 +193,24 @@ def parse_args(argv=None, description=None, reads_data=True):
     if problem:
         p.error(problem)
     return config
+
+
+def flags_the_group_ignores(config, given):
+    """Each flag given that nothing would use, as a line: a group's workers or study for a run
+    alone, a search's final runs for a grid, a setting that the group's --sweep or --search sets
+    for each run. config.json would record it as if used."""
+    if not is_group(config):
+        for flag, what in (("parallel", "a group's workers"), ("storage", "a group's study")):
+            if flag in given:
+                yield f"{option(flag)} goes with --runs, --sweep or --search ({what}): drop it"
+    if "final_runs" in given and not config.search:
+        yield "--final-runs goes with --search: drop it, or search"
+    for flag, texts in (("--sweep", config.sweep), ("--search", config.search)):
+        for text in texts:
+            key = text.partition("=")[0].strip().replace("-", "_")
+            if key in given:
+                yield (f"{option(key)} {given[key]:g} and {flag} {text} both set {key}: drop {option(key)} (the group "
+                       "gives each run its own)")
 
 
 def search_corners(space):
@@ -210,6 +228,13 @@ def group_settings(p, config, given):
     except (BadInput, KeyError, TypeError) as e:
         p.error(str(e) if isinstance(e, BadInput) else f"{group_dir / run_folder.STUDY} is damaged: start the group "
                 "again")
+    if not isinstance(saved, dict):
+        p.error(f"{group_dir / run_folder.STUDY} is damaged: start the group again")
+    damaged = next((key for key, value in saved.items() if key in FIELDS and key not in NOT_THE_GROUPS
+                    and not recorded_fits(key, value)), None)
+    if damaged:  # edited by hand, or someone else's: every check below would take it for a flag's value
+        p.error(f"{group_dir / run_folder.STUDY} holds {damaged} = {saved[damaged]!r}, which {option(damaged)} cannot "
+                "give: the group folder is damaged; start the group again")
     # As the dataclass holds them: config.json's lists are tuples, its absent sweep or search none.
     kept = {key: tuple(value or ()) if isinstance(RECIPE_VALUES.get(key), tuple) else value
             for key, value in saved.items() if key in FIELDS and key not in NOT_THE_GROUPS}
@@ -217,9 +242,21 @@ def group_settings(p, config, given):
         if key in kept and value != kept[key]:
             p.error(f"{group_dir} was run with {option(key)} {saved.get(key)}, not {value}: drop the flag to go on "
                     "with the group")
+    # The group folder's parent is its --out by construction: its runs go there, whatever --out says.
+    if "out" in given and Path(given["out"]).resolve() != group_dir.resolve().parent:
+        p.error(f"{group_dir} belongs to --out {group_dir.resolve().parent}, not {given['out']}: drop --out to go on "
+                "with the group")
     if "***" in (saved.get("storage") or "") and "storage" not in given:
         p.error(f"{group_dir}'s study is in {saved['storage']}: give --storage again (its password is never recorded)")
     return replace(config, **kept, data=config.data or saved.get("data_given"), out=str(group_dir.resolve().parent))
+
+
+def recorded_fits(key, value):
+    """Whether `value` is one that record() writes for the setting `key`: a list of texts, or null
+    for none, for the repeatable flags (--sweep, --search); else one the setting can hold."""
+    if isinstance(RECIPE_VALUES.get(key), tuple):
+        return value is None or (type(value) is list and all(isinstance(item, str) for item in value))
+    return fits(key, value)
 
 
 def check_training_flags(args, names):

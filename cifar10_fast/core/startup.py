@@ -35,12 +35,16 @@ def flags_first(module_name, parse, stopped_line=lambda flags: "interrupted: not
     if module_name != "__main__":
         return
     flags = parse(sys.argv[1:])
+    stopped = []
 
     def stop(signum, frame):
+        stopped.append(signum)
         print(stopped_line(flags), file=sys.stderr)
         sys.exit(INTERRUPTED)
 
     def failed_to_load(kind, error, traceback):
+        if stopped:  # the stop's exit, raised inside a C extension's import, comes out as that import's failure
+            os._exit(INTERRUPTED)
         line = None if getattr(flags, "debug", False) else loading_failure_line(error)
         if line is None:
             sys.__excepthook__(kind, error, traceback)

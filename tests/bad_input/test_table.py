@@ -382,6 +382,32 @@ CASES = {
                                                          "--wd below 0.001, or --lr-max below 100 (the recipe's", None),
     "a weight decay too large for any LR of the range test": (
         "train", flags("--wd", "1e308"), REFUSE, "the LR range test's lowest LR, 1e-07, with --wd 1e+308", None),
+    # hostile input, round 5: groups, and names that reach a terminal
+    "a --name holding an escape sequence": ("train", flags("--name", "a\x1b[2Jb"), REFUSE,
+                                            "--name a\\x1b[2Jb holds a control character (\\x1b): give a name of "
+                                            "printable characters", None),
+    "a --name holding a newline": ("train", flags("--name", "a\nb"), REFUSE, "holds a control character (\\x0a)",
+                                   None),
+    "--parallel far above the cores": ("train", flags("--runs", "2", "--parallel", "100000"), REFUSE,
+                                       "--parallel 100000 is more than the", None),
+    "--parallel without a group": ("train", flags("--parallel", "2"), REFUSE,
+                                   "--parallel goes with --runs, --sweep or --search", None),
+    "--final-runs without a search": ("train", flags("--final-runs", "5"), REFUSE,
+                                      "--final-runs goes with --search", None),
+    "--storage without a group": ("train", flags("--storage", "sqlite:///study.db"), REFUSE,
+                                  "--storage goes with --runs, --sweep or --search", None),
+    "a flag that the group's sweep overrides": ("train", flags("--lr-max", "1e-3", "--sweep", "lr_max=1e-3,2e-3"),
+                                                REFUSE, "both set lr_max: drop --lr-max", None),
+    "a flag that the group's search overrides": ("train", flags("--wd", "0.01", "--search", "wd=0:0.1"), REFUSE,
+                                                 "both set wd: drop --wd", None),
+    "--storage of an SQLite database in memory": ("train", flags("--runs", "2", "--storage", "sqlite://"), REFUSE,
+                                                  "is a database in memory, gone when the command ends", None),
+    "--storage of an SQLite file in a missing folder": (
+        "train", flags("--runs", "2", "--storage", "sqlite:///nope/study.db"), REFUSE,
+        "nope is not a folder: give a database file in an existing folder", None),
+    "--storage with a # in its password": ("train", flags("--runs", "2", "--storage", "postgresql://me:a#b@db/s"),
+                                           REFUSE, "--storage postgresql://me:***@db/s: its password holds @, /, ? or "
+                                                   "#", None),
 }
 
 

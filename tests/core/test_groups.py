@@ -71,3 +71,42 @@ def test_the_same_command_is_the_same_group_wherever_and_however_it_runs():
     assert group_key(config) == group_key(preset("seed", sweep=("lr_max=1e-3,2e-3",), runs=2, parallel=4,
                                                  device="cuda", storage="postgresql://a:b@h/d", out="elsewhere"))
     assert group_key(config) != group_key(preset("seed", sweep=("lr_max=1e-3,3e-3",), runs=2))
+
+
+# Hostile input, round 5 ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("url,leaked", [
+    ("postgresql://me:pa#ss@db/studies", "pa#ss"),  # the database reads pa#ss as the password; a URL parser,
+    ("postgresql://me:pa/ss@db/studies", "pa/ss"),  # its # / ? as the end of the host: no password to hide
+    ("postgresql://me:pa?ss@db/studies", "pa?ss"),
+    ("postgresql://me:p@ss@db/studies", "ss"),  # the driver's error named the host 'ss@db'
+])
+def test_a_password_a_url_parser_reads_otherwise_is_refused_and_never_shown(url, leaked):
+    """The password was recorded whole in study.json and the group's lines, or its end shown in the
+    driver's error, where it held a character a URL gives a meaning to."""
+    assert leaked not in redacted(url) and redacted(url) == "postgresql://me:***@db/studies"
+    problem = storage_problem(url, 1)
+    assert problem == ("--storage postgresql://me:***@db/studies: its password holds @, /, ? or #, which a URL reads "
+                       "as the end of the password or of the host: write each percent-encoded (%40, %2F, %3F, %23)")
+    assert storage_problem("postgresql://me:p%40ss%23@db/studies", 1) is None
+
+
+def test_an_sqlite_study_in_memory_or_in_a_folder_that_is_not_there_is_refused(tmp_path):
+    """sqlite:// (in memory) hung the group for good; a missing folder was found after torch loaded,
+    with the fix for a server that does not run."""
+    assert "is a database in memory, gone when the command ends" in storage_problem("sqlite://", 1)
+    assert "is a database in memory" in storage_problem("sqlite:///:memory:", 1)
+    (tmp_path / "afile").write_text("a file")
+    for folder in (tmp_path / "nope", tmp_path / "afile"):
+        assert storage_problem(f"sqlite:///{folder}/study.db", 1) == (
+            f"--storage sqlite:///{folder}/study.db: {folder} is not a folder: give a database file in an existing "
+            "folder")
+    assert storage_problem(f"sqlite:///{tmp_path}/study.db", 1) is None
+
+
+def test_more_workers_than_cores_are_refused(monkeypatch):
+    """--parallel 100000 started a process with torch for each, on a machine of 2 cores."""
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert "--parallel 5 is more than the 4 cores of this machine" in " ".join(
+        group_problems(preset("seed", runs=8, parallel=5)))
+    assert not list(group_problems(preset("seed", runs=8, parallel=4)))

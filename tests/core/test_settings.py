@@ -203,3 +203,57 @@ def test_data_that_is_a_link_loop_or_holds_an_invisible_character_is_named_as_su
                                                                                 capsys)
     monkeypatch.setenv("CIFAR10_DATA", f"{tmp_path}/cifar10.tgz\r")  # pasted from a file with Windows line ends
     assert f"error: CIFAR10_DATA={tmp_path}/cifar10.tgz\\x0d: " in refusal([], capsys)
+
+
+# Hostile input, round 5: groups' flags and folders ----------------------------------------------
+
+@pytest.mark.parametrize("argv,line", [
+    (["--parallel", "2"], "--parallel goes with --runs, --sweep or --search (a group's workers): drop it"),
+    (["--storage", "postgresql://me:pw@db/studies"], "--storage goes with --runs, --sweep or --search (a group's "
+                                                     "study): drop it"),
+    (["--final-runs", "5", "--runs", "2"], "--final-runs goes with --search: drop it, or search"),
+    (["--lr-max", "1e-3", "--sweep", "lr_max=1e-3,2e-3"], "--lr-max 0.001 and --sweep lr_max=1e-3,2e-3 both set "
+                                                          "lr_max: drop --lr-max (the group gives each run its own)"),
+    (["--width", "8", "--search", "width=4:16"], "--width 8 and --search width=4:16 both set width: drop --width (the "
+                                                 "group gives each run its own)"),
+])
+def test_a_groups_flag_that_would_do_nothing_is_refused(argv, line, capsys):
+    """Each ran, the flag ignored, and config.json recorded it as if it had been used."""
+    assert refusal(argv, capsys) == f"error: {line} (see --help)"
+
+
+def group_folder(tmp_path, **settings_saved):
+    """A group folder as train_fastai.py starts one, its study.json's settings changed by `settings_saved`."""
+    from cifar10_fast.core.config import record
+    group = tmp_path / "runs" / "20250101-120000-group"
+    group.mkdir(parents=True)
+    saved = {**record(parse_args(["--runs", "2", "--out", str(tmp_path / "runs")])), **settings_saved}
+    (group / "study.json").write_text(json.dumps({"settings": saved, "key": "x", "study": "x", "finished": False}))
+    return group
+
+
+@pytest.mark.parametrize("saved,says", [
+    (dict(epochs="2"), "holds epochs = '2', which --epochs cannot give"),
+    (dict(sweep="lr_max=1e-3,2e-3"), "holds sweep = 'lr_max=1e-3,2e-3', which --sweep cannot give"),
+    (dict(width=None), "holds width = None, which --width cannot give"),
+])
+def test_a_group_folders_damaged_settings_are_one_line(tmp_path, capsys, saved, says):
+    """A study.json edited by hand (or from someone else) failed with a TypeError's traceback."""
+    group = group_folder(tmp_path, **saved)
+    assert refusal(["--resume", str(group)], capsys) == (f"error: {group / 'study.json'} {says}: the group folder is "
+                                                         "damaged; start the group again (see --help)")
+
+
+def test_a_group_folder_whose_settings_are_not_an_object_is_one_line(tmp_path, capsys):
+    group = group_folder(tmp_path)
+    (group / "study.json").write_text(json.dumps({"settings": [1]}))
+    assert f"{group / 'study.json'} is damaged: start the group again" in refusal(["--resume", str(group)], capsys)
+
+
+def test_a_group_resumed_into_another_out_is_refused(tmp_path, capsys):
+    """--out was ignored: the group went on in its own folder's --out."""
+    group = group_folder(tmp_path)
+    assert refusal(["--resume", str(group), "--out", str(tmp_path / "elsewhere")], capsys) == (
+        f"error: {group} belongs to --out {group.parent}, not {tmp_path / 'elsewhere'}: drop --out to go on with the "
+        "group (see --help)")
+    assert parse_args(["--resume", str(group), "--out", str(group.parent)]).runs == 2

@@ -50,6 +50,23 @@ def test_a_stop_while_predict_or_compare_loads_is_one_line(tmp_path, script, lib
     assert (status, err) == (130, "interrupted: nothing was written\n")
 
 
+def test_a_stop_that_a_c_extension_turns_into_its_import_failure_is_still_one_line(tmp_path):
+    """numpy's import, stopped inside its C part, raises "numpy._core.multiarray failed to import":
+    CI printed that as a second line, exit status 2, under the stop's own line."""
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import os, signal\n"
+        "from cifar10_fast.core import startup\n"
+        "startup.flags_first(__name__, lambda argv: None)\n"
+        "try:  # as numpy's C import does with whatever its module's code raised\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "except SystemExit as stop:\n"
+        "    raise ImportError('numpy._core.multiarray failed to import') from stop\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (done.returncode, done.stderr) == (130, "interrupted: nothing was written\n")
+
+
 def test_a_notebooks_matplotlib_backend_is_not_needed_to_draw_into_files(tmp_path):
     """A Jupyter kernel exports MPLBACKEND to its `!python` cells: a backend the venv lacks failed
     every tool at import, though they draw with Agg."""

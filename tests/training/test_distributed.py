@@ -28,10 +28,11 @@ def test_two_processes_train_data_parallel_and_one_writes_the_run(tmp_path, tiny
 
 
 def test_a_group_of_runs_is_refused_under_several_processes(tmp_path, tiny_folder, monkeypatch, capsys):
-    """Every process would write the group folder; the user is told to launch the runs one by one."""
+    """Every process would start the group's workers; the user is told to launch the runs one by one."""
     monkeypatch.setattr(train_fastai, "num_distrib", lambda: 2)
     with pytest.raises(SystemExit) as e:
         train(tiny_folder, tmp_path / "runs", *GIVEN_LRS, "--epochs", 1, "--runs", 2, "--name", "group")
     assert e.value.code == 2
-    assert "--runs and --sweep run one process at a time" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("error: --runs, --sweep and --search start their own workers: launch each run "
+                                       "with accelerate, or drop accelerate launch for the group\n")
     assert not (tmp_path / "runs").exists()
