@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from cifar10_fast.core.errors import BadInput
+from cifar10_fast.core.errors import CONTROL, BadInput, printable
 from cifar10_fast.core.run_folder import LR_FIND_JSON
 from cifar10_fast.core.trackers import TRACKERS
 
@@ -272,6 +272,10 @@ def invalid_settings(config):
         yield f"--seed must lie in [0, {SEED_LIMIT - config.runs}] (torch's seeds are 64-bit), not {config.seed}"
     if config.name and (Path(config.name).name != config.name or config.name == ".."):
         yield f"--name {config.name} is not a plain folder name: drop the path separators and '..' (--out is the folder)"
+    control = CONTROL.search(config.name or "")
+    if control:  # it would reach the terminal raw in every line that names the run folder
+        yield (f"--name {printable(config.name)} holds a control character ({printable(control[0])}): give a name of "
+               "printable characters")
     if config.name and len(config.name.encode()) > NAME_LIMIT:
         yield (f"--name is {len(config.name.encode())} bytes long: a folder name holds 255, the run's timestamp and "
                f"suffixes included; give at most {NAME_LIMIT}")
