@@ -229,7 +229,7 @@ def test_a_member_that_fails_on_its_own_leaves_the_others_trained_and_the_group_
     others are trained and summarised, and the group ends with one line naming it, exit status 2."""
     out = tmp_path / "runs"
     with pytest.raises(SystemExit) as e:
-        cli("--data", tiny_folder, "--out", out, *TINY, *GIVEN_LRS, "--epochs", 1, "--sweep", "bs=200,16")
+        cli("--data", tiny_folder, "--out", out, "--width", 8, *GIVEN_LRS, "--epochs", 1, "--sweep", "bs=200,16")
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1].startswith("error: 1 run of 2 of ") and "no full batch of --bs 200" in err[-1]
     group, = out.glob("*-group")

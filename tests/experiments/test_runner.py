@@ -18,9 +18,11 @@ POINTS = {(f"lr_max={lr:g}", seed) for lr in (1e-3, 2e-3, 3e-3) for seed in (0, 
 
 
 def command(data, out, *flags, epochs=1):
-    """train_fastai.py as a user types it for a tiny group: untracked, a thin model, given LRs."""
+    """train_fastai.py as a user types it for a tiny group: untracked, a thin model, given LRs (LRMAX
+    where the group does not set it for each run)."""
+    lr_max = [] if any(flag.startswith("lr_max=") for flag in flags) else ["--lr-max", "1e-3"]
     return [sys.executable, str(REPO / "train_fastai.py"), "--data", str(data), "--out", str(out), "--width", "4",
-            "--bs", "16", "--lr-min", "1e-4", "--lr-max", "1e-3", "--epochs", str(epochs), "--track", "none", *flags]
+            "--bs", "16", "--lr-min", "1e-4", *lr_max, "--epochs", str(epochs), "--track", "none", *flags]
 
 
 def run(argv, cwd):
