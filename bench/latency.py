@@ -72,7 +72,7 @@ FIGURES = (*REFERENCES, "wall_s", "fit_s", "fixed_s", "ratio", "ratio_with_optim
            *(f"{phase}_s" for phase in PHASES))
 # The run's lines that mark its phases: (name, the start of the line).
 MARKS = {"run_folder": re.compile(r"run folder: "), "range_test_start": re.compile(r"LR range test: \d+ iterations"),
-         "range_test_end": re.compile(r"LR range test: LRMIN"), "training": re.compile(r"training: "),
+         "range_test_end": re.compile(r"LR range test: .*LRMIN = "), "training": re.compile(r"training: "),
          "final": re.compile(r"final test accuracy ")}
 
 
@@ -165,7 +165,8 @@ def time_run(argv, out):
             if line is not None and name not in marks and pattern.match(line):
                 marks[name] = seconds
     wall = seconds
-    if {"run_folder", "training", "final"} - set(marks):
+    expected = {"run_folder", "training", "final"} | ({"range_test_end"} if "range_test_start" in marks else set())
+    if expected - set(marks):
         raise SystemExit("error: the run did not print the lines that mark its phases: see its lines above")
     run_dir, = (path for path in out.iterdir() if path.is_dir())
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -120,6 +120,8 @@ def test_the_range_test_is_labelled_and_its_result_has_a_line_of_its_own(tmp_pat
     assert not [line for line in lines if "Epoch" in line or "\r" in line]
     progress = [line for line in lines if re.fullmatch(r"LR range test: \d+/100 iterations, LR \S+", line)]
     assert [line.split()[3] for line in progress][:3] == ["10/100", "20/100", "30/100"]  # a line at each tenth
+    from bench.latency import MARKS  # the benches time the range test between its first line and its result's
+    assert [mark for mark in ("range_test_start", "range_test_end") if not any(map(MARKS[mark].match, lines))] == []
 
 
 def test_on_a_terminal_the_range_test_shows_its_bars_and_its_result_on_a_line_of_its_own(tmp_path, tiny_folder,
