@@ -258,7 +258,8 @@ def bench_and_record(args, argv):
         "command": shlex.join(["python", "-m", "bench.bench", *(sys.argv[1:] if argv is None else argv)]),
         "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device), "driver": driver_version(), "host": platform.node(),
-        "versions": library_versions(), "data": args.data or os.environ.get("CIFAR10_DATA"),  # as given, not the cache it unpacks to
+        # the data as given, not the cache it unpacks to
+        "versions": library_versions(), "data": args.data or os.environ.get("CIFAR10_DATA"),
         "settings": {k: args.__dict__[k] for k in ("rows", "epochs", "bs", "width", "subset", "workers", "seeds",
                                                    "baseline_seeds", "compile")},
         "seeds": {name: row_seeds(args, name) for name in args.rows},

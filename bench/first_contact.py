@@ -178,7 +178,8 @@ def collect_reference(ctx, status):
 
 def bench_argv(folder, *flags):
     def argv(ctx):
-        return [ctx.python, "-m", "bench.bench", *flags, "--data", ctx.data, "--out", str(ctx.scratch / folder), "--debug"]
+        return [ctx.python, "-m", "bench.bench", *flags, "--data", ctx.data, "--out", str(ctx.scratch / folder),
+                "--debug"]
     return argv
 
 
@@ -343,7 +344,8 @@ def first_contact(args, argv, steps=STEPS, clock=time.monotonic):
     commit = CARRY / "commit.txt"
     command = ["python3", "-m", "bench.first_contact", *(sys.argv[1:] if argv is None else argv)]
     ctx.record.update(command=log.plain(subprocess.list2cmdline(command)), smoke=args.smoke,
-                      started=started.isoformat(timespec="seconds"), budget_s=args.budget, commit_at_prepare=commit.read_text().strip() if commit.is_file() else None)
+                      started=started.isoformat(timespec="seconds"), budget_s=args.budget,
+                      commit_at_prepare=commit.read_text().strip() if commit.is_file() else None)
     driver = Driver(ctx, steps, log, args.budget, clock)
     log(f"first contact: {ctx.record['command']}; budget {args.budget:.0f} s; steps "
         f"{', '.join(args.steps or [s.name for s in steps])}; scratch {scratch}; home {home}")

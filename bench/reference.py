@@ -52,8 +52,9 @@ def read_run(run_dir):
     files = {name: run_dir / f"{name}.json" for name in RECORDED}
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing or not (run_dir / "model.safetensors").is_file():
-        raise ReferenceError(f"{run_dir} is not a finished training run ({', '.join(missing) or 'no model.safetensors'}):"
-                             " give the folder train_fastai.py wrote")
+        lacking = ", ".join(missing) or "no model.safetensors"
+        raise ReferenceError(f"{run_dir} is not a finished training run ({lacking}): give the folder train_fastai.py "
+                             "wrote")
     return {name: read_json(path, RECORDED[name]) for name, path in files.items()}
 
 
@@ -111,7 +112,8 @@ def write_reference(run_dir, models=None):
     read_classes(run_dir / "classes.json")  # what predict.py will read: refused here, not in every later predict
     models = models or REFERENCE.parent
     state = recipe_weights(run_dir, config)
-    weights, meta = (models / REFERENCE.name).with_suffix(".safetensors"), (models / REFERENCE.name).with_suffix(".json")
+    weights, meta = (models / REFERENCE.name).with_suffix(".safetensors"), (models / REFERENCE.name).with_suffix(
+        ".json")
     for path in (weights, meta):
         if path.exists():
             raise ReferenceError(f"{path} exists already: move it away first, it is never overwritten")

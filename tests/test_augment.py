@@ -163,6 +163,6 @@ def test_importing_the_augmentations_never_asks_pypi_for_albumentations_updates(
     machine without network (a GPU node, CI) each process could stall there."""
     looked_up = "import socket, sys; socket.getaddrinfo = lambda host, *a, **k: sys.exit(f'looked up {host}')"
     env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
-    done = subprocess.run([sys.executable, "-c", f"{looked_up}; import augment; augment.albumentations_pipeline((0.5, 0.5, 0.5))"], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    script = f"{looked_up}; import augment; augment.albumentations_pipeline((0.5, 0.5, 0.5))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

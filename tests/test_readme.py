@@ -6,7 +6,8 @@ row of runs/index.csv, the lines it prints.
 Only the compute is thinned, never a command line: CIFAR10_DATA is a tiny data set of flat-colour
 images at the path the Makefile and CI give (1,000 training images: one batch of the default 512 an
 epoch, and the --subset 1000 of the README's sweep; 20 test images), and thin_model/sitecustomize.py
-makes the recipe's full-width CustomResNet a width-4 copy (at batch 512 on two CPU cores a step takes 0.09 s at width 4, 0.56 s at width 8)."""
+makes the recipe's full-width CustomResNet a width-4 copy (at batch 512 on two CPU cores a step
+takes 0.09 s at width 4, 0.56 s at width 8)."""
 import json
 import os
 import re
@@ -207,7 +208,8 @@ def check_finished_run(session, run_dir, printed):
     assert not (session.work / run_dir / "checkpoint.pth").exists()
     assert run_dir.name in pd.read_csv(session.work / "runs" / "index.csv").run.tolist()
     tested = "held-out" if config["holdout"] else "test"  # a search's trial is never tested on the test set
-    assert re.search(rf"final {tested} accuracy [\d.]+% .*; outputs in {re.escape(str(run_dir))}$", printed, re.M), printed
+    last_line = rf"final {tested} accuracy [\d.]+% .*; outputs in {re.escape(str(run_dir))}$"
+    assert re.search(last_line, printed, re.M), printed
 
 
 def check_training(argv, done, session, new_folders):

@@ -130,7 +130,8 @@ def departures(recorded):
         at_the_recipes_peak = name == "peak_epoch" and value == recorded.get("epochs", 0) * PEAK_FRACTION
         # The precision "auto" resolves to, on the device the run had (config.json records it resolved).
         autos = {"auto", "fp32"} if recorded.get("device", "cpu").startswith("cpu") else {"auto", "bf16", "fp16"}
-        if name in ("name", "seed") or value == recipe or at_the_recipes_peak or (name == "precision" and value in autos):
+        automatic_precision = name == "precision" and value in autos
+        if name in ("name", "seed") or value == recipe or at_the_recipes_peak or automatic_precision:
             continue
         if isinstance(value, bool):
             flags.append(option(name) if value else f"--no-{option(name)[2:]}")
@@ -271,7 +272,8 @@ def invalid_settings(config):
     if not 0 <= config.seed <= SEED_LIMIT - config.runs:
         yield f"--seed must lie in [0, {SEED_LIMIT - config.runs}] (torch's seeds are 64-bit), not {config.seed}"
     if config.name and (Path(config.name).name != config.name or config.name == ".."):
-        yield f"--name {config.name} is not a plain folder name: drop the path separators and '..' (--out is the folder)"
+        yield (f"--name {config.name} is not a plain folder name: drop the path separators and '..' (--out is the "
+               "folder)")
     control = CONTROL.search(config.name or "")
     if control:  # it would reach the terminal raw in every line that names the run folder
         yield (f"--name {printable(config.name)} holds a control character ({printable(control[0])}): give a name of "

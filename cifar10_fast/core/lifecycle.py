@@ -153,8 +153,8 @@ def nothing_to_resume(run_dir):
     epochs = epochs_logged(run_dir)
     if epochs:
         return (f"{run_dir} holds no checkpoint.json: its run was killed (SIGKILL, out of memory, power loss) or "
-                f"crashed after {counted(epochs, 'epoch')}, before it saved one (a run saves one on Ctrl-C or SIGTERM, and every "
-                f"{CHECKPOINT_EVERY_S} s of fitting); nothing to resume: start a new run")
+                f"crashed after {counted(epochs, 'epoch')}, before it saved one (a run saves one on Ctrl-C or "
+                f"SIGTERM, and every {CHECKPOINT_EVERY_S} s of fitting); nothing to resume: start a new run")
     return (f"{run_dir} holds no checkpoint.json: its run stopped before its first epoch finished; nothing to "
             "resume: start a new run")
 

@@ -166,7 +166,8 @@ def read_checkpoint(run_dir, epochs):
     if not (isinstance(history, list) and len(history) == done and all(isinstance(row, list) for row in history)
             and all(numbers(saved.get(key)) for key in ("lrs", "moms"))
             and type(seconds) in (int, float) and seconds >= 0):
-        raise RunFileError(f"{path} lacks the lines, LRs or seconds of its {counted(done, 'epoch')}: {DAMAGED_CHECKPOINT}")
+        raise RunFileError(f"{path} lacks the lines, LRs or seconds of its {counted(done, 'epoch')}: "
+                           f"{DAMAGED_CHECKPOINT}")
     if not (type(saved.get("fit_done", False)) is bool and time_to_accuracy(saved.get("time_to_accuracy"))):
         raise RunFileError(f"{path} holds a fit_done or time_to_accuracy that a run cannot write: {DAMAGED_CHECKPOINT}")
     return saved

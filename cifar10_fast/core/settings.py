@@ -305,7 +305,8 @@ def check_machine(p, args, reads_data):
     if blocker:
         p.error(f"CIFAR10_CACHE={cache}: {blocker} is not a folder: set CIFAR10_CACHE to a folder (a missing one is "
                 "created), or unset it for ~/.cache/cifar10-fast")
-    data = args.data or (os.environ.get("CIFAR10_DATA") if reads_data and not args.resume else None)  # see resume_settings
+    # A resumed run reads the data it was trained on (see resume_settings), not the variable's.
+    data = args.data or (os.environ.get("CIFAR10_DATA") if reads_data and not args.resume else None)
     if not data:
         return
     given = f"--data {data}" if args.data else f"CIFAR10_DATA={data}"

@@ -94,7 +94,8 @@ class PredictedInterpretation(ClassificationInterpretation):
 
     def confusion_matrix(self):
         classes = len(self.vocab)
-        pairs = self.targets.flatten() * classes + self.decoded.flatten()  # rows the actual class, columns the predicted
+        # rows the actual class, columns the predicted
+        pairs = self.targets.flatten() * classes + self.decoded.flatten()
         return torch.bincount(pairs, minlength=classes * classes).view(classes, classes).numpy()
 
     def plot_top_losses(self, k, **grid):

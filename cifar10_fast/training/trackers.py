@@ -97,7 +97,8 @@ class MLflow:
         with FileLock(out / MLFLOW_DB_LOCK) if is_local_store(uri) else nullcontext():
             artifacts = (out / MLFLOW_ARTIFACTS).absolute().as_uri() if is_local_store(uri) else None
             experiment = self.experiment(experiment_name(recorded), artifacts)
-        found = self.client.search_runs([experiment], f"tags.`{RUN_DIR_TAG}` = '{run_dir.resolve()}'") if resumed else []
+        found = (self.client.search_runs([experiment], f"tags.`{RUN_DIR_TAG}` = '{run_dir.resolve()}'") if resumed
+                 else [])
         run = found[0] if found else self.client.create_run(experiment, run_name=run_dir.name,
                                                             tags={RUN_DIR_TAG: str(run_dir.resolve())})
         if found:

@@ -117,8 +117,8 @@ def test_a_programming_error_keeps_its_traceback(tmp_path, tiny_folder, monkeypa
 
 def test_text_in_another_encoding_is_one_line_naming_it():
     error = UnicodeDecodeError("utf-8", b"\xffcat.png", 0, 1, "invalid start byte")
-    assert unexpected_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with --debug "
-                               "for the traceback)")
+    assert unexpected_line(error) == ("b'\\xffcat.png': invalid start byte: use UTF-8 names and files (rerun with "
+                                      "--debug for the traceback)")
 
 
 # Issue 17, data side: interruptions and the machine's failures while the data is set up ----

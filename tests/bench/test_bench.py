@@ -39,7 +39,8 @@ def test_smoke_bench_writes_every_row_and_field(tmp_path, tiny_folder, capsys):
     assert ours["status"] == "ok" and [r["seed"] for r in ours["runs"]] == [0, 1]
     for run in ours["runs"]:
         assert RUN_FIELDS | {"mfu", "model_tflop", "lr_min", "lr_max"} <= set(run)
-        assert 0 <= run["accuracy"] <= 1 and 0 < run["fit_s"] < run["total_s"] and run["mfu"] > 0  # bf16 peak vs fp32 work on a CPU: no bound
+        # a bf16 peak against fp32 work on a CPU: no upper bound on the MFU
+        assert 0 <= run["accuracy"] <= 1 and 0 < run["fit_s"] < run["total_s"] and run["mfu"] > 0
     assert ours["accuracy_std"] is not None and ours["ratio_to_ours"]["fit_s"] == pytest.approx(1)
 
     for name in ("seed-style", "fastai-stock"):

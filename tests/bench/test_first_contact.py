@@ -38,8 +38,8 @@ def smoke(tmp_path_factory):
     data = write_tgz(write_folder(tmp / "cifar10"), tmp / "tiny.tgz", "cifar10")
     out, scratch, cache = tmp / "out", tmp / "scratch", tmp / "cache"
     env = {**os.environ, "CIFAR10_CACHE": str(cache)}
-    done = subprocess.run([sys.executable, "-m", "bench.first_contact", "--smoke", "--data", str(data), "--out", str(out),
-                           "--scratch", str(scratch)], cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "bench.first_contact", "--smoke", "--data", str(data), "--out",
+                           str(out), "--scratch", str(scratch)], cwd=REPO, env=env, capture_output=True, text=True)
     record_file, = (out / "bench" / "results").glob("first-contact-cpu-smoke-*.json")
     return (done.returncode, out, scratch, cache, json.loads(record_file.read_text()),
             record_file.with_suffix(".log").read_text())

@@ -10,8 +10,9 @@ from bench import reference
 from customresnet import CustomResNet
 from tests.conftest import one_line_error, real_subset
 
-RECIPE_CONFIG = {"epochs": 24, "peak_epoch": 5.0, "bs": 512, "lr_min": 1e-4, "lr_max": 1e-3, "lr_source": "lr_find.json",
-                 "wd": 0.01, "aug": "gpu", "precision": "bf16", "width": 64, "subset": None, "seed": 0,
+RECIPE_CONFIG = {"epochs": 24, "peak_epoch": 5.0, "bs": 512, "lr_min": 1e-4, "lr_max": 1e-3,
+                 "lr_source": "lr_find.json", "wd": 0.01, "aug": "gpu", "precision": "bf16", "width": 64,
+                 "subset": None, "seed": 0,
                  "label_smoothing": 0.0, "tta": False, "target_acc": None, "preset": "seed",
                  "data": "/data/cifar10", "test_images": 10000}
 SUMMARY = {"final_accuracy": 0.93, "fit_seconds": 9.5, "device": "gpu", "versions": {"torch": "x"}, "epochs": 24,

@@ -92,8 +92,8 @@ def sigterm_fails_the_test():
 def test_ctrl_c_in_the_range_test_removes_its_parked_weights_and_says_there_is_nothing_to_resume(
         tmp_path, tiny_folder, monkeypatch, capsys):
     with_callback(monkeypatch, SignalAt(signal.SIGINT, batch=3))
-    line = stopped(["--data", tiny_folder, "--out", tmp_path / "runs", "--finder-iters", FINDER_ITERS_MIN, "--epochs", 1],
-                   capsys)
+    line = stopped(["--data", tiny_folder, "--out", tmp_path / "runs", "--finder-iters", FINDER_ITERS_MIN,
+                    "--epochs", 1], capsys)
     run_dir, = (tmp_path / "runs").iterdir()
     assert line == f"interrupted before its first epoch finished: nothing to resume in {run_dir}; start the run again"
     assert sorted(path.name for path in run_dir.iterdir()) == ["config.json"]  # no models/tmp*/_tmp.pth, no .lock
@@ -125,7 +125,8 @@ def test_sigterm_after_the_fit_keeps_it_and_resume_writes_the_outputs_without_tr
     monkeypatch.setattr(outputs, "write_interpretation", real_interpretation)
     trained = with_callback(monkeypatch, CountTrainingBatches())
     main(["--resume", str(run_dir)])
-    assert trained.count == 0 and "the fit was done (1 epochs): writing its outputs, training nothing" in capsys.readouterr().out
+    assert trained.count == 0
+    assert "the fit was done (1 epochs): writing its outputs, training nothing" in capsys.readouterr().out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped_early"] and summary["epochs"] == 1 and summary["first_epoch_1"] == 1
     assert summary["fit_seconds"] == pytest.approx(progress["fit_seconds"], abs=1e-3) and "tta_accuracy" in summary
@@ -223,8 +224,9 @@ def test_two_resumes_of_one_run_cannot_both_train_it(tmp_path, capsys):
     refused at once, naming it; once it has died (SIGKILL), its lock is gone with it."""
     run_dir = interrupted_run(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from cifar10_fast.core import lifecycle; from pathlib import Path; lifecycle.hold(Path(sys.argv[1]));"
-         " print('held', flush=True); time.sleep(120)", str(run_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import sys, time; from cifar10_fast.core import lifecycle; from pathlib import Path; "
+         "lifecycle.hold(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)", str(run_dir)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(SystemExit) as e:

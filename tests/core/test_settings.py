@@ -157,7 +157,8 @@ def test_a_weight_decay_is_checked_against_each_swept_lr_max(capsys):
 # Issue 24, class 4: every path given means what it says ------------------------------------
 
 @pytest.mark.parametrize("flag,what", [("--resume", "the folder of an interrupted run"),
-                                       ("--out", "the folder for run folders"), ("--data", "a CIFAR-10 folder or .tgz")])
+                                       ("--out", "the folder for run folders"),
+                                       ("--data", "a CIFAR-10 folder or .tgz")])
 def test_an_empty_path_is_refused_not_taken_for_the_current_folder_or_a_default(flag, what, capsys):
     """`--resume "$RUN"` with RUN unset started a new run; `--out ''` wrote into the current folder."""
     assert refusal([flag, ""], capsys) == f"error: {flag} is empty (an unset shell variable?): give {what} (see --help)"

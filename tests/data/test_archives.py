@@ -99,13 +99,14 @@ def test_a_full_disk_while_tar_unpacks_names_the_disk(tmp_path, isolated_cache, 
         pytest.skip("no GNU tar or bsdtar on this machine")
     archive = write_tgz(write_folder(tmp_path / "cifar10"), tmp_path / "x.tgz", "cifar10")
     full = f"the disk holding {isolated_cache / 'unpacked'} is full \\(No space left on device\\): free space on it"
-    monkeypatch.setattr(archives, "system_tar", tar_saying(tmp_path, "tar: cifar10/train/cat/0003.png: Cannot write: "
-                                                                     "No space left on device\ntar: Exiting with failure "
-                                                                     "status"))
+    monkeypatch.setattr(archives, "system_tar", tar_saying(
+        tmp_path, "tar: cifar10/train/cat/0003.png: Cannot write: No space left on device\ntar: Exiting with failure "
+                  "status"))
     with pytest.raises(DataError, match=full):
         unpack(archive)
     # A file cut short is all tar says of it: the disk tells.
-    monkeypatch.setattr(archives, "system_tar", tar_saying(tmp_path, "tar: cifar10/x.png: Wrote only 512 of 10240 bytes"))
+    monkeypatch.setattr(archives, "system_tar",
+                        tar_saying(tmp_path, "tar: cifar10/x.png: Wrote only 512 of 10240 bytes"))
     monkeypatch.setattr(archives, "disk_is_full", lambda path: True)
     with pytest.raises(DataError, match=full):
         unpack(archive)

@@ -108,8 +108,8 @@ def test_a_subset_smaller_than_the_classes_says_it_trains_on_some_of_them(tiny_f
     data = decoded_folder(tiny_folder)
     capsys.readouterr()  # the decoding line
     assert len(data.rows(subset=5)[0]) == 5
-    assert capsys.readouterr().err == ("warning: --subset 5 trains on 5 of the 10 classes, one image each, and tests on "
-                                       "all of them: give --subset 10 or more to train on every class\n")
+    assert capsys.readouterr().err == ("warning: --subset 5 trains on 5 of the 10 classes, one image each, and tests "
+                                       "on all of them: give --subset 10 or more to train on every class\n")
     data.rows(subset=10)
     assert capsys.readouterr().err == ""
 

@@ -73,7 +73,8 @@ def test_fastai_distributed_loader_shares_out_every_image_once(monkeypatch, shuf
     assert sorted(ranks[0] + ranks[1]) == list(range(40))
 
 
-@pytest.mark.parametrize("n_images,bs,valid_bs", [(10_000, 512, 1000), (10_000, 50, 100), (20, 8, 10), (9_973, 512, 512)],
+@pytest.mark.parametrize("n_images,bs,valid_bs",
+                         [(10_000, 512, 1000), (10_000, 50, 100), (20, 8, 10), (9_973, 512, 512)],
                          ids=["cifar10", "small bs", "tiny", "prime: bs"])
 def test_the_test_batch_is_the_largest_divisor_of_the_test_set_up_to_twice_bs(n_images, bs, valid_bs):
     assert valid_batch_size(n_images, bs) == valid_bs

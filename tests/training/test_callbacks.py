@@ -75,7 +75,8 @@ def test_the_last_test_pass_gives_the_predictions_get_preds_would(tiny_folder):
 def test_a_diverging_loss_stops_the_run_naming_the_lr(tmp_path, tiny_folder, capsys):
     with pytest.raises(SystemExit) as e:
         # --wd 0: with the recipe's 0.01, LR x wd >= 1 is refused before the run (settings.wd_problem)
-        train(tiny_folder, tmp_path / "runs", "--lr-min", 10, "--lr-max", 1000, "--wd", 0, "--epochs", 2, "--name", "hot")
+        train(tiny_folder, tmp_path / "runs", "--lr-min", 10, "--lr-max", 1000, "--wd", 0, "--epochs", 2,
+              "--name", "hot")
     assert e.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "the loss diverged" in message and "LR is likely too high" in message

@@ -45,7 +45,8 @@ def test_a_module_loaded_already_is_left_as_it_is(heavy_package):
 def test_a_stand_in_used_while_the_block_imports_says_which_and_what_to_do(heavy_package):
     with without_unused(HEAVY):
         import heavy.metrics as hm
-        with pytest.raises(ImportError, match=r"heavy\.metrics\.score was used while fastai loads.*fastai_unused_imports"):
+        used_while_loading = r"heavy\.metrics\.score was used while fastai loads.*fastai_unused_imports"
+        with pytest.raises(ImportError, match=used_while_loading):
             hm.score(1)
 
 

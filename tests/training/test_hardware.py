@@ -43,7 +43,8 @@ def test_cudnn_autotunes_unless_the_run_must_repeat_bitwise():
 def test_seeding_a_run_that_need_not_repeat_bitwise_leaves_torchs_compiler_unloaded():
     """torch.use_deterministic_algorithms loads torch._dynamo: 2 s of every run on 2 cores, until
     torch's optimizer loads it for the fit (the run makes it with the learner, before the fit)."""
-    script = "import sys; from cifar10_fast.training import hardware; hardware.seed_everything(0, False); print('torch._dynamo' in sys.modules)"
+    script = ("import sys; from cifar10_fast.training import hardware; hardware.seed_everything(0, False); "
+              "print('torch._dynamo' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "False\n", done.stderr
 

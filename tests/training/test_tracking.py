@@ -48,8 +48,9 @@ def tracked_group(tmp_path_factory):
             mp.delenv(variable, raising=False)
         mp.setattr(train_fastai, "make_learner", stopping_the_second)
         with pytest.raises(SystemExit) as stopped:
-            train_fastai.main([*TINY, "--data", str(data), "--out", str(out), *GIVEN_LRS, "--epochs", "2", "--runs", "2",
-                               "--name", "tracked", "--track", "tensorboard", "--track", "mlflow", "--track", "wandb"])
+            train_fastai.main([*TINY, "--data", str(data), "--out", str(out), *GIVEN_LRS, "--epochs", "2",
+                               "--runs", "2", "--name", "tracked", "--track", "tensorboard", "--track", "mlflow",
+                               "--track", "wandb"])
         assert stopped.value.code == 130
         group, = out.glob("*-tracked-group")
         members = sorted(out.glob("*-tracked-seed*"))
