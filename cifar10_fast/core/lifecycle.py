@@ -269,6 +269,17 @@ def outliving_the_terminal():
 
 
 @contextmanager
+def hangups_ignored():
+    """SIGHUP ignored inside: a process started inside starts ignoring it too (an ignored signal stays
+    ignored across exec), until it sets a handler of its own (outliving_the_terminal)."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+@contextmanager
 def stops_cleanly(resumed=None):
     """Inside: Ctrl-C or SIGTERM ends the process with one line saying what its run folder kept and
     how to go on, exit status 130; a failure of the machine (an OSError) in a run that can be
