@@ -196,3 +196,13 @@ def test_a_group_goes_on_only_on_the_images_it_ran_on(tmp_path):
     assert group_folder(config, images_hashed("b", tmp_path / "cifar10")) != first
     with pytest.raises(BadInput, match=f"^{first} ran on other images than {tmp_path / 'cifar10'}"):
         group_folder(replace(config, resume=str(first)), images_hashed("b", tmp_path / "cifar10"))
+
+
+def test_a_group_folder_from_before_its_images_were_recorded_still_goes_on(tmp_path):
+    config = preset("seed", runs=2, out=str(tmp_path / "runs"))
+    older = group_folder(config, images_hashed("a", tmp_path / "cifar10"))
+    study = json.loads((older / "study.json").read_text())
+    del study["data_sha256"]
+    (older / "study.json").write_text(json.dumps(study))
+    assert group_folder(config, images_hashed("b", tmp_path / "cifar10")) == older
+    assert group_folder(replace(config, resume=str(older)), images_hashed("b", tmp_path / "cifar10")) == older
