@@ -86,7 +86,7 @@ def group_folder(config, data):
     group_dir = new_run_dir(config.out, f"{config.name}-group" if config.name else "group")
     run_folder.write_study(group_dir, {"settings": record(config), "key": key, "study": Group.study_name(config),
                                        "storage": redacted(config.storage) if config.storage else run_folder.JOURNAL,
-                                       "data_sha256": images, "finished": False})
+                                       "data_sha256": images, "folder": group_dir.name, "finished": False})
     return group_dir
 
 
@@ -188,7 +188,7 @@ def interrupted_line(group, study):
     kept = []
     for run_dir in sorted(group.dir.parent.glob(f"*-{group.config.name or ''}*seed*")):
         progress = run_folder.read_progress(run_dir) if run_folder.has_checkpoint(run_dir) else None
-        if progress and run_folder.read_config(run_dir).get("group") == group.dir.name:
+        if progress and run_folder.read_config(run_dir).get("group") in group.folder_names:
             kept.append(f"{run_dir} keeps {counted(progress['epochs_done'], 'epoch')}")
     return (f"interrupted: {done} of {group.total} runs of {group.dir} are done, {counted(len(stopped), 'run')} "
             f"stopped{': ' + '; '.join(kept) if kept else ''}. Run the same command again to finish the group, or "

@@ -1,5 +1,7 @@
 """The study of a group: its trials as runs, queued again when their worker stopped or was lost,
 and a search's pruning, once an epoch."""
+import json
+
 import optuna
 import torch
 from fastai.learner import Learner
@@ -68,3 +70,21 @@ def test_a_trial_below_the_median_of_the_others_at_an_epoch_stops_there_and_its_
         learn.fit(4, 1e-3, cbs=[pruning])  # fastai's CancelFitException ends the fit cleanly
     assert pruning.pruned and len(learn.recorder.values) == 2  # stopped at the end of epoch 2, the first after warm-up
     assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == [0, 1]
+
+
+# hostile input, round 5: a group folder renamed ------------------------------------------------
+
+def test_a_renamed_group_folder_goes_on_with_its_stopped_runs(tmp_path):
+    """`mv runs/<time>-group runs/lr-group`, then --resume runs/lr-group: its run stopped with 2 epochs
+    saved was trained again from the start in a new folder, the saved one left behind."""
+    out = tmp_path / "runs"
+    made = out / "20250101-120000-group"
+    made.mkdir(parents=True)
+    (made / "study.json").write_text(json.dumps({"folder": made.name}))
+    stopped = out / "20250101-120001-seed1"
+    stopped.mkdir()
+    (stopped / "config.json").write_text(json.dumps({"group": made.name}))
+    (stopped / "checkpoint.json").write_text(json.dumps({"epochs_done": 2}))
+    renamed = made.rename(out / "lr-group")
+    group = Group(preset("seed", runs=2, out=str(out)), renamed)
+    assert group.member({}, 1, data=None).resume == str(stopped)
