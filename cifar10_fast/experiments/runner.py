@@ -25,7 +25,7 @@ from cifar10_fast.experiments.comparison import (
     write_figure,
 )
 from cifar10_fast.experiments.pictures import write_search_figures
-from cifar10_fast.experiments.study import Group, superseded
+from cifar10_fast.experiments.study import Group, mend_journal, superseded
 from cifar10_fast.experiments.workers import WorkerFailed, run_workers
 from cifar10_fast.training.outputs import new_run_dir
 
@@ -75,6 +75,7 @@ def group_folder(config, data):
         if recorded not in (None, images):  # None: a group folder from before images were recorded
             raise BadInput(f"{config.resume} ran on other images than {data.folder} (their names and sizes differ): "
                            "give --data with the data it ran on, or start a new group")
+        mend_journal(config.resume)
         return Path(config.resume)
     key = group_key(config)
     same = [folder for folder in sorted(Path(config.out).glob("*-group*")) if run_folder.is_group_folder(folder)
@@ -82,6 +83,7 @@ def group_folder(config, data):
             and run_folder.read_study(folder).get("data_sha256") in (None, images)]
     if same:
         print(f"going on with the group of the same settings in {same[-1]}")
+        mend_journal(same[-1])
         return same[-1]
     group_dir = new_run_dir(config.out, f"{config.name}-group" if config.name else "group")
     run_folder.write_study(group_dir, {"settings": record(config), "key": key, "study": Group.study_name(config),

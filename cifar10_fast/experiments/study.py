@@ -47,6 +47,29 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)  # what each trial did is sai
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's: it is ours
 
 
+def mend_journal(group_dir):
+    """The group's study.journal made one that Optuna can read and append to, before any worker
+    starts (none writes then): a last record cut short (a process killed, or a disk that filled, as
+    it wrote it) removed, with a warning, since Optuna would append the next record to it and lose
+    both; a journal damaged elsewhere refused."""
+    journal = Path(group_dir) / run_folder.JOURNAL
+    if not journal.is_file():
+        return
+    written = journal.read_bytes()
+    whole = written[:written.rfind(b"\n") + 1]
+    for number, line in enumerate(whole.splitlines(), start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise BadInput(f"{journal} is damaged (its line {number} is no record of Optuna's): the group's study "
+                           "cannot be read; start the group again (its finished runs stay in their folders)") from None
+    if len(whole) < len(written):
+        with journal.open("r+b") as file:
+            file.truncate(len(whole))
+        warn(f"{journal} ended in a record cut short (a process killed, or a full disk, as it was written): removed; "
+             "the group goes on without it")
+
+
 class StorageUnreachable(BadInput):
     """A --storage database this worker cannot reach."""
 

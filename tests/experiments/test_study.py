@@ -3,14 +3,16 @@ and a search's pruning, once an epoch."""
 import json
 
 import optuna
+import pytest
 import torch
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 
 from cifar10_fast.core.config import preset
+from cifar10_fast.core.errors import BadInput
 from cifar10_fast.data.loaders import cifar10_dataloaders
-from cifar10_fast.experiments.study import Group, PruneAtMedian, superseded
+from cifar10_fast.experiments.study import Group, PruneAtMedian, mend_journal, superseded
 from cifar10_fast.training.recording import record_on_device
 from customresnet import CustomResNet
 
@@ -88,3 +90,30 @@ def test_a_renamed_group_folder_goes_on_with_its_stopped_runs(tmp_path):
     renamed = made.rename(out / "lr-group")
     group = Group(preset("seed", runs=2, out=str(out)), renamed)
     assert group.member({}, 1, data=None).resume == str(stopped)
+
+
+
+def a_journal(group_dir):
+    config = preset("seed", sweep=("lr_max=1e-3,2e-3",))
+    Group(config, group_dir).prepare(Group(config, group_dir).study())
+    return config, group_dir / "study.journal"
+
+
+def test_a_study_journal_cut_short_loses_only_its_last_record(tmp_path, capsys):
+    """A study.journal whose last line a killed process or a full disk cut short: Optuna appended the
+    next record to it, and --resume of the group ended in a JSONDecodeError's traceback."""
+    config, journal = a_journal(tmp_path)
+    journal.write_bytes(journal.read_bytes()[:-40])
+    mend_journal(tmp_path)
+    assert capsys.readouterr().err.startswith(f"warning: {journal} ended in a record cut short")
+    group = Group(config, tmp_path)
+    group.prepare(group.study())
+    assert len(Group(config, tmp_path).study().trials) == 2
+
+
+def test_a_study_journal_written_over_is_one_line(tmp_path):
+    _, journal = a_journal(tmp_path)
+    journal.write_text("garbage{{\n" + journal.read_text())
+    with pytest.raises(BadInput, match=f"^{journal} is damaged \\(its line 1 is no record of Optuna's\\): the "
+                                       "group's study cannot be read; start the group again"):
+        mend_journal(tmp_path)
