@@ -89,7 +89,8 @@ def given_runs(given):
         if not summary.is_file() and not (path / CONFIG).exists() and GROUP_NAME.search(path.name):
             raise unfinished_group(path)
         members = read_summary(path, RUN_FILE_FIX).get("members") if summary.is_file() else None
-        dirs += [path.parent / name for name in members] if members else [path]
+        # A group's members lie beside its folder: the one a link to it leads to.
+        dirs += [path.resolve().parent / name for name in members] if members else [path]
     return dirs
 
 
@@ -105,12 +106,13 @@ def unfinished_group(group):
 
 def finished_members(group):
     """The finished runs of `group` that its folder's index.csv lists (a run joins it when it finishes)."""
-    index = group.parent / INDEX
+    out = group.resolve().parent  # where the members are, for a group given through a link too
+    index = out / INDEX
     if not index.is_file():
         return []
     table = read_index(index)
-    names = table.run[table.group == group.name] if "group" in table.columns else []
-    return [group.parent / name for name in names if missing_run_file(group.parent / name) is None]
+    names = table.run[table.group == group.resolve().name] if "group" in table.columns else []
+    return [out / name for name in names if missing_run_file(out / name) is None]
 
 
 def distinct_runs(dirs):

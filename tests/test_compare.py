@@ -235,3 +235,15 @@ def test_two_runs_of_one_folder_name_in_two_places_are_two_configurations(finish
         (copied / "config.json").write_text(json.dumps({**config, "group": None, "sweep_point": None}))
     compare.main([str(tmp_path / "a" / run.name), str(tmp_path / "b" / run.name), "--png", str(tmp_path / "two.png")])
     assert "mean, std, min, max over seeds" not in capsys.readouterr().out  # no configuration has two runs
+
+
+# hostile input, round 5: a group folder by another path -----------------------------------------
+
+@pytest.mark.parametrize("given", ["link", "link/"])
+def test_a_group_folder_given_through_a_link_is_its_members(finished_sweep, tmp_path, capsys, given):
+    """`ln -s runs/<time>-lr-group best; compare.py best`: its members were looked for beside the link,
+    and compare said the first of them was no finished run."""
+    (tmp_path / "link").symlink_to(finished_sweep[1])
+    compare.main([str(tmp_path / given), "--png", str(tmp_path / "figure.png")])
+    printed = capsys.readouterr()
+    assert printed.err == "" and all(run.name in printed.out for run in members(finished_sweep[1]))

@@ -163,6 +163,17 @@ def sqlite_problem(url, workers):
     return None
 
 
+def absolute_storage(url):
+    """`url` with an SQLite database's relative path made absolute, from the folder the command was
+    typed in: the group resumed from another folder, and its study.json, mean that same file."""
+    scheme, _, rest = url.partition("://")
+    host, _, path = rest.partition("/")
+    database, query_mark, query = path.partition("?")
+    if scheme.split("+")[0] != "sqlite" or database in IN_MEMORY or Path(database).is_absolute():
+        return url
+    return f"{scheme}://{host}/{Path(database).absolute()}{query_mark}{query}"
+
+
 def without_password(text, url):
     """`text` (a database driver's message, say) with the password of `url` as ***: as the URL
     writes it, as the database reads it, and decoded (%40 as @)."""

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 from contextlib import contextmanager, suppress
@@ -230,6 +231,17 @@ class OutlivesItsReader:
         except (OSError, ValueError, AttributeError):  # a stream with no descriptor (a test's capture)
             pass
 
+    def lose_terminal(self):
+        """The terminal gone (SIGHUP): a stream written to it loses its reader; one written to a file
+        (`> train.log`) or a pipe keeps writing there, since its reader is still there (a pipe's gone
+        reader is a failed write)."""
+        try:
+            mode = os.fstat(self.stream.fileno()).st_mode
+        except (OSError, ValueError, AttributeError):
+            mode = 0
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            self.lose_reader()
+
     def __getattr__(self, name):
         return getattr(self.stream, name)
 
@@ -244,7 +256,7 @@ def outliving_the_terminal():
 
     def terminal_gone(signum, frame):
         for stream in streams:
-            stream.lose_reader()
+            stream.lose_terminal()
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGHUP, terminal_gone) if in_main_thread else None
@@ -254,6 +266,17 @@ def outliving_the_terminal():
         sys.stdout, sys.stderr = (stream.stream for stream in streams)
         if in_main_thread:
             signal.signal(signal.SIGHUP, previous)
+
+
+@contextmanager
+def hangups_ignored():
+    """SIGHUP ignored inside: a process started inside starts ignoring it too (an ignored signal stays
+    ignored across exec), until it sets a handler of its own (outliving_the_terminal)."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 @contextmanager

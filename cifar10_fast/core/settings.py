@@ -29,7 +29,15 @@ from cifar10_fast.core.config import (
     preset,
 )
 from cifar10_fast.core.errors import BadInput, printable
-from cifar10_fast.core.groups import DEFAULT_TRIALS, NOT_THE_GROUPS, group_problems, is_group, search_space, sweep_grid
+from cifar10_fast.core.groups import (
+    DEFAULT_TRIALS,
+    NOT_THE_GROUPS,
+    absolute_storage,
+    group_problems,
+    is_group,
+    search_space,
+    sweep_grid,
+)
 from cifar10_fast.core.trackers import NO_TRACKING, TRACKERS, tracking, tracking_problem
 
 RECIPE_VALUES = {name: getattr(RECIPE, name) for name in FIELDS}
@@ -158,6 +166,8 @@ def parse_args(argv=None, description=None, reads_data=True):
         except ValueError as e:
             p.error(str(e))
     config = preset(given.pop("preset", RECIPE.preset), **given)
+    if config.storage:
+        config = replace(config, storage=absolute_storage(config.storage))
     check_machine(p, config, reads_data)
     if not config.resume:  # a resumed run writes into its own folder
         check_out_folder(p, config.out)
@@ -248,7 +258,9 @@ def group_settings(p, config, given):
                 "with the group")
     if "***" in (saved.get("storage") or "") and "storage" not in given:
         p.error(f"{group_dir}'s study is in {saved['storage']}: give --storage again (its password is never recorded)")
-    return replace(config, **kept, data=config.data or saved.get("data_given"), out=str(group_dir.resolve().parent))
+    # Without --storage, the study goes on where it was kept (a password's database was refused above).
+    return replace(config, **kept, data=config.data or saved.get("data_given"), out=str(group_dir.resolve().parent),
+                   storage=config.storage or saved.get("storage"))
 
 
 def recorded_fits(key, value):

@@ -25,7 +25,7 @@ from cifar10_fast.experiments.comparison import (
     write_figure,
 )
 from cifar10_fast.experiments.pictures import write_search_figures
-from cifar10_fast.experiments.study import Group, superseded
+from cifar10_fast.experiments.study import Group, mend_journal, superseded
 from cifar10_fast.experiments.workers import WorkerFailed, run_workers
 from cifar10_fast.training.outputs import new_run_dir
 
@@ -38,7 +38,7 @@ def run_group(config, train, data_of):
     data = data_of(config)  # set up here first (a decode, once, into the cache the workers read), then checked
     for point in sweep_grid(config.sweep):
         data.check_subset(member(config, point).subset, config.holdout)
-    group_dir = group_folder(config)
+    group_dir = group_folder(config, data)
     group = train_group(config, group_dir, train, data, data_of)
     summary = summarize(group, "test set")
     if group.searching:
@@ -64,21 +64,31 @@ def failures(group):
             if trial.user_attrs.get("outcome") not in (None, "interrupted")]
 
 
-def group_folder(config):
-    """--resume's group folder; or that of an unfinished group of the same settings in --out (the
-    same command run again goes on with it); or a new one, its settings recorded."""
+def group_folder(config, data):
+    """--resume's group folder; or that of an unfinished group of the same settings on the same
+    images in --out (the same command run again goes on with it); or a new one, its settings and
+    images recorded. A group's trials are only comparable on one data set: its held-out images
+    are drawn from it."""
+    images = data.fingerprint["data_sha256"]
     if config.resume:
+        recorded = run_folder.read_study(config.resume).get("data_sha256")
+        if recorded not in (None, images):  # None: a group folder from before images were recorded
+            raise BadInput(f"{config.resume} ran on other images than {data.folder} (their names and sizes differ): "
+                           "give --data with the data it ran on, or start a new group")
+        mend_journal(config.resume)
         return Path(config.resume)
     key = group_key(config)
     same = [folder for folder in sorted(Path(config.out).glob("*-group*")) if run_folder.is_group_folder(folder)
-            and run_folder.read_study(folder).get("key") == key and not run_folder.read_study(folder).get("finished")]
+            and run_folder.read_study(folder).get("key") == key and not run_folder.read_study(folder).get("finished")
+            and run_folder.read_study(folder).get("data_sha256") in (None, images)]
     if same:
         print(f"going on with the group of the same settings in {same[-1]}")
+        mend_journal(same[-1])
         return same[-1]
     group_dir = new_run_dir(config.out, f"{config.name}-group" if config.name else "group")
     run_folder.write_study(group_dir, {"settings": record(config), "key": key, "study": Group.study_name(config),
                                        "storage": redacted(config.storage) if config.storage else run_folder.JOURNAL,
-                                       "finished": False})
+                                       "data_sha256": images, "folder": group_dir.name, "finished": False})
     return group_dir
 
 
@@ -180,7 +190,7 @@ def interrupted_line(group, study):
     kept = []
     for run_dir in sorted(group.dir.parent.glob(f"*-{group.config.name or ''}*seed*")):
         progress = run_folder.read_progress(run_dir) if run_folder.has_checkpoint(run_dir) else None
-        if progress and run_folder.read_config(run_dir).get("group") == group.dir.name:
+        if progress and run_folder.read_config(run_dir).get("group") in group.folder_names:
             kept.append(f"{run_dir} keeps {counted(progress['epochs_done'], 'epoch')}")
     return (f"interrupted: {done} of {group.total} runs of {group.dir} are done, {counted(len(stopped), 'run')} "
             f"stopped{': ' + '; '.join(kept) if kept else ''}. Run the same command again to finish the group, or "

@@ -47,6 +47,29 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)  # what each trial did is sai
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's: it is ours
 
 
+def mend_journal(group_dir):
+    """The group's study.journal made one that Optuna can read and append to, before any worker
+    starts (none writes then): a last record cut short (a process killed, or a disk that filled, as
+    it wrote it) removed, with a warning, since Optuna would append the next record to it and lose
+    both; a journal damaged elsewhere refused."""
+    journal = Path(group_dir) / run_folder.JOURNAL
+    if not journal.is_file():
+        return
+    written = journal.read_bytes()
+    whole = written[:written.rfind(b"\n") + 1]
+    for number, line in enumerate(whole.splitlines(), start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise BadInput(f"{journal} is damaged (its line {number} is no record of Optuna's): the group's study "
+                           "cannot be read; start the group again (its finished runs stay in their folders)") from None
+    if len(whole) < len(written):
+        with journal.open("r+b") as file:
+            file.truncate(len(whole))
+        warn(f"{journal} ended in a record cut short (a process killed, or a full disk, as it was written): removed; "
+             "the group goes on without it")
+
+
 class StorageUnreachable(BadInput):
     """A --storage database this worker cannot reach."""
 
@@ -78,6 +101,7 @@ class Group:
 
     def __init__(self, config, group_dir, storage=None):
         self.config, self.dir = config, Path(group_dir)
+        self.folder_names = folder_names(self.dir)
         self.name = self.study_name(config)
         self.space = search_space(config.search)
         seeds = range(config.seed, config.seed + config.runs)
@@ -155,7 +179,7 @@ class Group:
             training = int((~data.is_test).sum())
             config = replace(config, holdout=self.config.holdout or max(int(training * HOLDOUT_FRACTION), 1))
         unfinished = sorted(path for path in Path(config.out).glob(f"*-{config.name}")
-                            if run_folder.has_checkpoint(path) and member_of(path, self.dir.name))
+                            if run_folder.has_checkpoint(path) and member_of(path, self.folder_names))
         return replace(config, resume=str(unfinished[-1])) if unfinished else config
 
     def objective(self, train, data, worker):
@@ -256,8 +280,15 @@ def worker_gone(trial):
     return trial.user_attrs.get("host") == socket.gethostname() and pid is not None and not process_exists(pid)
 
 
-def member_of(run_dir, group):
+def folder_names(group_dir):
+    """The names that a group folder's members know it by: its own, and the one it was made with (a
+    folder renamed since is still theirs)."""
+    made_as = run_folder.read_study(group_dir).get("folder") if run_folder.is_group_folder(group_dir) else None
+    return {group_dir.name, made_as} - {None}
+
+
+def member_of(run_dir, names):
     try:
-        return run_folder.read_config(run_dir).get("group") == group
+        return run_folder.read_config(run_dir).get("group") in names
     except BadInput:
         return False

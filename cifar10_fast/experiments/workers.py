@@ -10,7 +10,13 @@ from contextlib import contextmanager
 
 from cifar10_fast.core.groups import visible_gpus
 from cifar10_fast.core.internals import exit_without_teardown
-from cifar10_fast.core.lifecycle import INTERRUPTED, let_go, outliving_the_terminal, stopping_on_signals
+from cifar10_fast.core.lifecycle import (
+    INTERRUPTED,
+    hangups_ignored,
+    let_go,
+    outliving_the_terminal,
+    stopping_on_signals,
+)
 from cifar10_fast.core.startup import imports_done
 from cifar10_fast.experiments.study import Group
 
@@ -79,11 +85,8 @@ def run_workers(config, group_dir, train, data, data_of, count):
     workers = []
     for worker in range(count):
         environment = {"CUDA_VISIBLE_DEVICES": gpus[worker % len(gpus)]} if gpus else {}
-        with changed_environment(environment):
-            process = context.Process(target=worker_main,
-                                      args=(config, group_dir, train, data_of, worker, threads))
-            process.start()
-        workers.append(process)
+        workers.append(start_worker(context, worker_main, (config, group_dir, train, data_of, worker, threads),
+                                    environment))
     try:
         with stopping_on_signals():
             for process in workers:
@@ -96,6 +99,15 @@ def run_workers(config, group_dir, train, data, data_of, count):
     if failed:
         worker, status = failed[0]
         raise WorkerFailed(worker, status)
+
+
+def start_worker(context, target, args, environment):
+    """A worker process running `target(*args)`, started with `environment` added to this one's, deaf
+    to a closed terminal (SIGHUP) until it sets its own handler: it loads torch for seconds first."""
+    with changed_environment(environment), hangups_ignored():
+        process = context.Process(target=target, args=args)
+        process.start()
+    return process
 
 
 class WorkerFailed(Exception):

@@ -321,3 +321,22 @@ def test_a_run_folder_let_go_of_empty_is_removed_and_one_with_files_kept(tmp_pat
             (folder / "config.json").write_text("{}")
         lifecycle.let_go()
     assert not empty.exists() and sorted(p.name for p in kept.iterdir()) == ["config.json"]
+
+
+# hostile input, round 5: a run outlives its terminal -------------------------------------------
+
+def test_a_closed_terminal_leaves_a_log_file_written_to_the_end(tmp_path):
+    """`train_fastai.py ... > train.log 2>&1 &`, then the ssh session closed: the hangup pointed the
+    log file at /dev/null, and the log stopped there while the run went on."""
+    log = tmp_path / "train.log"
+    script = ("import os, signal, sys\n"
+              "from cifar10_fast.core.lifecycle import outliving_the_terminal\n"
+              "with outliving_the_terminal():\n"
+              "    print('before', flush=True)\n"
+              "    os.kill(os.getpid(), signal.SIGHUP)\n"
+              "    print('after', flush=True)\n"
+              "    print('on stderr', file=sys.stderr, flush=True)\n")
+    with log.open("w") as written:
+        subprocess.run([sys.executable, "-c", script], cwd=REPO, stdout=written, stderr=subprocess.STDOUT,
+                       check=True, timeout=60)
+    assert log.read_text().split() == ["before", "after", "on", "stderr"]

@@ -258,3 +258,21 @@ def test_a_group_resumed_into_another_out_is_refused(tmp_path, capsys):
         f"error: {group} belongs to --out {group.parent}, not {tmp_path / 'elsewhere'}: drop --out to go on with the "
         "group (see --help)")
     assert parse_args(["--resume", str(group), "--out", str(group.parent)]).runs == 2
+
+
+# hostile input, round 5: a group's --storage, from where it was given --------------------------
+
+def test_a_relative_sqlite_storage_means_the_file_in_the_folder_it_was_typed_in(tmp_path, monkeypatch):
+    """`--storage sqlite:///study.db`, resumed from another folder, opened another (empty) database there
+    and trained the group again from its first run."""
+    monkeypatch.chdir(tmp_path)
+    config = parse_args(["--runs", "2", "--storage", "sqlite:///study.db?timeout=5"])
+    assert config.storage == f"sqlite:///{tmp_path / 'study.db'}?timeout=5"
+    assert parse_args(["--runs", "2", "--storage", f"sqlite:///{tmp_path}/s.db"]).storage == f"sqlite:///{tmp_path}/s.db"
+
+
+def test_a_group_resumed_without_storage_goes_on_in_the_database_it_was_started_with(tmp_path):
+    """The line a stopped group prints, `train_fastai.py --resume GROUP`, pasted: its study went on in a
+    new journal in the group folder, not the --storage database, and every finished run was trained again."""
+    group = group_folder(tmp_path, storage=f"sqlite:///{tmp_path}/study.db")
+    assert parse_args(["--resume", str(group)]).storage == f"sqlite:///{tmp_path}/study.db"

@@ -7,10 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
+import pytest
 
+from cifar10_fast.core.config import preset
+from cifar10_fast.core.errors import BadInput
+from cifar10_fast.experiments.runner import group_folder
 from tests.conftest import REPO
 
 GRID = ["--sweep", "lr_max=1e-3,2e-3,3e-3", "--runs", "2"]
@@ -172,3 +178,31 @@ def test_a_search_never_reads_the_test_set(tmp_path, tiny_folder):
     page = (next((tmp_path / "true").glob("*-group")) / "report.html").read_text()
     assert "held-out training images" in page and "tested on the test set, once" in page
     assert "alt='search_history.png'" in page and "alt='search_importance.png'" in page
+
+
+# hostile input, round 5: a group is keyed on everything it was built from
+
+def images_hashed(digit, folder):
+    """Data as a group sees it: the hash of its images' names and sizes, and where it lies."""
+    return SimpleNamespace(fingerprint={"data_sha256": digit * 64}, folder=Path(folder))
+
+
+def test_a_group_goes_on_only_on_the_images_it_ran_on(tmp_path):
+    """The images under --data replaced while a search was stopped: the same command went on with its
+    study, its first trials tested on held-out images of the old data, the others on the new."""
+    config = preset("seed", runs=2, out=str(tmp_path / "runs"), data_given=str(tmp_path / "cifar10"))
+    first = group_folder(config, images_hashed("a", tmp_path / "cifar10"))
+    assert group_folder(config, images_hashed("a", tmp_path / "cifar10")) == first
+    assert group_folder(config, images_hashed("b", tmp_path / "cifar10")) != first
+    with pytest.raises(BadInput, match=f"^{first} ran on other images than {tmp_path / 'cifar10'}"):
+        group_folder(replace(config, resume=str(first)), images_hashed("b", tmp_path / "cifar10"))
+
+
+def test_a_group_folder_from_before_its_images_were_recorded_still_goes_on(tmp_path):
+    config = preset("seed", runs=2, out=str(tmp_path / "runs"))
+    older = group_folder(config, images_hashed("a", tmp_path / "cifar10"))
+    study = json.loads((older / "study.json").read_text())
+    del study["data_sha256"]
+    (older / "study.json").write_text(json.dumps(study))
+    assert group_folder(config, images_hashed("b", tmp_path / "cifar10")) == older
+    assert group_folder(replace(config, resume=str(older)), images_hashed("b", tmp_path / "cifar10")) == older

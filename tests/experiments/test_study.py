@@ -1,14 +1,18 @@
 """The study of a group: its trials as runs, queued again when their worker stopped or was lost,
 and a search's pruning, once an epoch."""
+import json
+
 import optuna
+import pytest
 import torch
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 
 from cifar10_fast.core.config import preset
+from cifar10_fast.core.errors import BadInput
 from cifar10_fast.data.loaders import cifar10_dataloaders
-from cifar10_fast.experiments.study import Group, PruneAtMedian, superseded
+from cifar10_fast.experiments.study import Group, PruneAtMedian, mend_journal, superseded
 from cifar10_fast.training.recording import record_on_device
 from customresnet import CustomResNet
 
@@ -68,3 +72,48 @@ def test_a_trial_below_the_median_of_the_others_at_an_epoch_stops_there_and_its_
         learn.fit(4, 1e-3, cbs=[pruning])  # fastai's CancelFitException ends the fit cleanly
     assert pruning.pruned and len(learn.recorder.values) == 2  # stopped at the end of epoch 2, the first after warm-up
     assert sorted(trial.storage.get_trial(trial._trial_id).intermediate_values) == [0, 1]
+
+
+# hostile input, round 5: a group folder renamed ------------------------------------------------
+
+def test_a_renamed_group_folder_goes_on_with_its_stopped_runs(tmp_path):
+    """`mv runs/<time>-group runs/lr-group`, then --resume runs/lr-group: its run stopped with 2 epochs
+    saved was trained again from the start in a new folder, the saved one left behind."""
+    out = tmp_path / "runs"
+    made = out / "20250101-120000-group"
+    made.mkdir(parents=True)
+    (made / "study.json").write_text(json.dumps({"folder": made.name}))
+    stopped = out / "20250101-120001-seed1"
+    stopped.mkdir()
+    (stopped / "config.json").write_text(json.dumps({"group": made.name}))
+    (stopped / "checkpoint.json").write_text(json.dumps({"epochs_done": 2}))
+    renamed = made.rename(out / "lr-group")
+    group = Group(preset("seed", runs=2, out=str(out)), renamed)
+    assert group.member({}, 1, data=None).resume == str(stopped)
+
+
+
+def a_journal(group_dir):
+    config = preset("seed", sweep=("lr_max=1e-3,2e-3",))
+    Group(config, group_dir).prepare(Group(config, group_dir).study())
+    return config, group_dir / "study.journal"
+
+
+def test_a_study_journal_cut_short_loses_only_its_last_record(tmp_path, capsys):
+    """A study.journal whose last line a killed process or a full disk cut short: Optuna appended the
+    next record to it, and --resume of the group ended in a JSONDecodeError's traceback."""
+    config, journal = a_journal(tmp_path)
+    journal.write_bytes(journal.read_bytes()[:-40])
+    mend_journal(tmp_path)
+    assert capsys.readouterr().err.startswith(f"warning: {journal} ended in a record cut short")
+    group = Group(config, tmp_path)
+    group.prepare(group.study())
+    assert len(Group(config, tmp_path).study().trials) == 2
+
+
+def test_a_study_journal_written_over_is_one_line(tmp_path):
+    _, journal = a_journal(tmp_path)
+    journal.write_text("garbage{{\n" + journal.read_text())
+    with pytest.raises(BadInput, match=f"^{journal} is damaged \\(its line 1 is no record of Optuna's\\): the "
+                                       "group's study cannot be read; start the group again"):
+        mend_journal(tmp_path)
