@@ -178,9 +178,18 @@ class Group:
         if self.searching:
             training = int((~data.is_test).sum())
             config = replace(config, holdout=self.config.holdout or max(int(training * HOLDOUT_FRACTION), 1))
-        unfinished = sorted(path for path in Path(config.out).glob(f"*-{config.name}")
-                            if run_folder.has_checkpoint(path) and member_of(path, self.folder_names))
+        unfinished = [path for path in self.runs_here(config) if run_folder.has_checkpoint(path)]
         return replace(config, resume=str(unfinished[-1])) if unfinished else config
+
+    def runs_here(self, config):
+        """The run folders this machine holds of the member `config`, oldest first."""
+        return sorted(path for path in Path(config.out).glob(f"*-{config.name}") if member_of(path, self.folder_names))
+
+    def finished_untold(self, config):
+        """The run folder of the member `config` that trained to its end though the study never heard
+        (its worker stopped between the run's last file and the study's record), or None."""
+        return next((path for path in self.runs_here(config) if not run_folder.has_checkpoint(path)
+                     and run_folder.missing_run_file(path) is None), None)
 
     def objective(self, train, data, worker):
         def run_trial(trial):
@@ -194,8 +203,12 @@ class Group:
                                "holdout": config.holdout}.items():
                 trial.set_user_attr(key, value)
             pruning = [PruneAtMedian(trial)] if self.config.prune else []
+            run_dir = self.finished_untold(config)
             try:
-                run_dir, summary = train(config, data=data, callbacks=pruning)
+                if run_dir:  # trained to its end already: the study is told now, the point never trained twice
+                    summary = run_folder.read_summary(run_dir)
+                else:
+                    run_dir, summary = train(config, data=data, callbacks=pruning)
             except KeyboardInterrupt:
                 trial.set_user_attr("outcome", "interrupted")
                 raise

@@ -11,6 +11,7 @@ from fastai.metrics import accuracy
 
 from cifar10_fast.core.config import preset
 from cifar10_fast.core.errors import BadInput
+from cifar10_fast.core.run_folder import FINISHED_RUN
 from cifar10_fast.data.loaders import cifar10_dataloaders
 from cifar10_fast.experiments.study import Group, PruneAtMedian, mend_journal, superseded
 from cifar10_fast.training.recording import record_on_device
@@ -117,3 +118,37 @@ def test_a_study_journal_written_over_is_one_line(tmp_path):
     with pytest.raises(BadInput, match=f"^{journal} is damaged \\(its line 1 is no record of Optuna's\\): the "
                                        "group's study cannot be read; start the group again"):
         mend_journal(tmp_path)
+
+
+def test_a_run_that_finished_before_its_trial_was_told_is_taken_not_trained_again(tmp_path):
+    """SIGTERM between a run's last file and the study's record of it: the next start queued the trial
+    again and trained its point a second time, in a new folder."""
+    out = tmp_path / "runs"
+    group_dir = out / "20250101-120000-group"
+    group_dir.mkdir(parents=True)
+    group = Group(preset("seed", sweep=("lr_max=1e-3,2e-3",), out=str(out)), group_dir)
+    study = group.study()
+    group.prepare(study)
+    trial = study.ask()
+    its_name = group.member(*group.trial_settings(trial), data=None).name
+    finished = out / f"20250101-120001-{its_name}"
+    finished.mkdir()
+    for name in FINISHED_RUN:
+        (finished / name).write_text("{}")
+    (finished / "config.json").write_text(json.dumps({"group": group_dir.name}))
+    (finished / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "fit_seconds": 3.0}))
+    trial.set_user_attr("host", __import__("socket").gethostname())
+    trial.set_user_attr("pid", 2**22 + 7)  # its worker gone
+
+    trained = []
+
+    def train(config, data, callbacks):
+        trained.append(config.name)
+        return out / config.name, {"final_accuracy": 0.25, "fit_seconds": 2.0}
+
+    group.prepare(study)
+    group.work(train, data=None)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trained) == 1 and trained[0] != its_name
+    assert sorted(t.value for t in complete) == [0.25, 0.5]
+    assert {t.user_attrs["run"] for t in complete if t.value == 0.5} == {finished.name}
