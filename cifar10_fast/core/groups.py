@@ -201,8 +201,10 @@ def worker_count(config):
     return max(len(visible_gpus()), 1) if config.device != "cpu" else 1
 
 
-def group_key(config):
+def group_key(config, images):
     """What makes two commands the same group, as 12 hex digits: every setting but where and how it
-    runs (NOT_THE_GROUPS). Running the same command again continues the group's study."""
-    settings = {key: value for key, value in record(config).items() if key not in NOT_THE_GROUPS}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    runs (NOT_THE_GROUPS), and the `images` it trains on (the data's fingerprint), not the path they
+    lie at. The same command on the same images continues the group's study: run again, or on
+    another machine that shares its --storage, wherever that machine keeps its copy."""
+    settings = {key: value for key, value in record(config).items() if key not in (*NOT_THE_GROUPS, "data_given")}
+    return hashlib.sha256(json.dumps({**settings, "images": images}, sort_keys=True).encode()).hexdigest()[:12]

@@ -77,16 +77,17 @@ def group_folder(config, data):
                            "give --data with the data it ran on, or start a new group")
         mend_journal(config.resume)
         return Path(config.resume)
-    key = group_key(config)
+    key = group_key(config, images)
     same = [folder for folder in sorted(Path(config.out).glob("*-group*")) if run_folder.is_group_folder(folder)
-            and run_folder.read_study(folder).get("key") == key and not run_folder.read_study(folder).get("finished")
-            and run_folder.read_study(folder).get("data_sha256") in (None, images)]
+            and run_folder.read_study(folder).get("key") == key and not run_folder.read_study(folder).get("finished")]
     if same:
         print(f"going on with the group of the same settings in {same[-1]}")
         mend_journal(same[-1])
         return same[-1]
     group_dir = new_run_dir(config.out, f"{config.name}-group" if config.name else "group")
-    run_folder.write_study(group_dir, {"settings": record(config), "key": key, "study": Group.study_name(config),
+    # The study's name is the key's: the same command on the same images, on another machine sharing
+    # --storage, joins it.
+    run_folder.write_study(group_dir, {"settings": record(config), "key": key, "study": f"cifar10-fast-{key}",
                                        "storage": redacted(config.storage) if config.storage else run_folder.JOURNAL,
                                        "data_sha256": images, "folder": group_dir.name, "finished": False})
     return group_dir

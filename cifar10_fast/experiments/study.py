@@ -34,7 +34,6 @@ from cifar10_fast.core.errors import BadInput, warn
 from cifar10_fast.core.groups import (
     DEFAULT_TRIALS,
     HOLDOUT_FRACTION,
-    group_key,
     search_space,
     sweep_grid,
     without_password,
@@ -102,17 +101,11 @@ class Group:
     def __init__(self, config, group_dir, storage=None):
         self.config, self.dir = config, Path(group_dir)
         self.folder_names = folder_names(self.dir)
-        self.name = self.study_name(config)
+        self.name = run_folder.read_study(self.dir)["study"]  # named when the group folder was made
         self.space = search_space(config.search)
         seeds = range(config.seed, config.seed + config.runs)
         self.grid = [] if self.space else [(point, seed) for point in sweep_grid(config.sweep) for seed in seeds]
         self.storage = storage or open_storage(config, group_dir)
-
-    @staticmethod
-    def study_name(config):
-        """The study's name: the same for the same settings, which is how the same command started on
-        another machine joins it."""
-        return f"cifar10-fast-{group_key(config)}"
 
     @property
     def searching(self):

@@ -66,11 +66,15 @@ def test_workers_are_one_per_visible_gpu_or_one_on_a_cpu(monkeypatch):
     assert visible_gpus() == [] and worker_count(preset("seed")) == 1
 
 
-def test_the_same_command_is_the_same_group_wherever_and_however_it_runs():
-    config = preset("seed", sweep=("lr_max=1e-3,2e-3",), runs=2)
-    assert group_key(config) == group_key(preset("seed", sweep=("lr_max=1e-3,2e-3",), runs=2, parallel=4,
-                                                 device="cuda", storage="postgresql://a:b@h/d", out="elsewhere"))
-    assert group_key(config) != group_key(preset("seed", sweep=("lr_max=1e-3,3e-3",), runs=2))
+def test_the_same_command_on_the_same_images_is_the_same_group_wherever_and_however_it_runs():
+    """A second machine whose copy of the data lay at another path started a study of its own: the
+    two never shared their --storage's."""
+    config = preset("seed", sweep=("lr_max=1e-3,2e-3",), runs=2, data_given="/home/me/cifar10.tgz")
+    assert group_key(config, "images") == group_key(preset(
+        "seed", sweep=("lr_max=1e-3,2e-3",), runs=2, parallel=4, device="cuda", storage="postgresql://a:b@h/d",
+        out="elsewhere", data_given="/data/cifar10.tgz"), "images")
+    assert group_key(config, "images") != group_key(preset("seed", sweep=("lr_max=1e-3,3e-3",), runs=2), "images")
+    assert group_key(config, "images") != group_key(config, "other images")
 
 
 # Hostile input, round 5 ----------------------------------------------------------------------

@@ -11,15 +11,22 @@ from fastai.metrics import accuracy
 
 from cifar10_fast.core.config import preset
 from cifar10_fast.core.errors import BadInput
-from cifar10_fast.core.run_folder import FINISHED_RUN
+from cifar10_fast.core.run_folder import FINISHED_RUN, write_study
 from cifar10_fast.data.loaders import cifar10_dataloaders
 from cifar10_fast.experiments.study import Group, PruneAtMedian, mend_journal, superseded
 from cifar10_fast.training.recording import record_on_device
 from customresnet import CustomResNet
 
 
+def new_group(config, group_dir):
+    """The Group of a group folder as the runner makes it: its study.json names its study."""
+    group_dir.mkdir(parents=True, exist_ok=True)
+    write_study(group_dir, {"study": "cifar10-fast-test", "folder": group_dir.name})
+    return Group(config, group_dir)
+
+
 def test_a_grid_is_each_point_and_seed_enqueued_once_however_often_it_is_prepared(tmp_path):
-    group = Group(preset("seed", sweep=("lr_max=1e-3,2e-3",), runs=2), tmp_path)
+    group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",), runs=2), tmp_path)
     study = group.study()
     group.prepare(study)
     group.prepare(group.study())  # the same command run again, or a second machine's start
@@ -30,7 +37,7 @@ def test_a_grid_is_each_point_and_seed_enqueued_once_however_often_it_is_prepare
 
 
 def test_an_interrupted_trial_is_queued_again_once_with_its_point(tmp_path):
-    group = Group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
+    group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
     study = group.study()
     group.prepare(study)
     trial = study.ask()
@@ -44,7 +51,7 @@ def test_an_interrupted_trial_is_queued_again_once_with_its_point(tmp_path):
 
 
 def test_a_trial_whose_worker_was_killed_is_queued_again(tmp_path):
-    group = Group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
+    group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
     study = group.study()
     group.prepare(study)
     trial = study.ask()
@@ -83,7 +90,7 @@ def test_a_renamed_group_folder_goes_on_with_its_stopped_runs(tmp_path):
     out = tmp_path / "runs"
     made = out / "20250101-120000-group"
     made.mkdir(parents=True)
-    (made / "study.json").write_text(json.dumps({"folder": made.name}))
+    write_study(made, {"study": "cifar10-fast-test", "folder": made.name})
     stopped = out / "20250101-120001-seed1"
     stopped.mkdir()
     (stopped / "config.json").write_text(json.dumps({"group": made.name}))
@@ -96,7 +103,7 @@ def test_a_renamed_group_folder_goes_on_with_its_stopped_runs(tmp_path):
 
 def a_journal(group_dir):
     config = preset("seed", sweep=("lr_max=1e-3,2e-3",))
-    Group(config, group_dir).prepare(Group(config, group_dir).study())
+    new_group(config, group_dir).prepare(Group(config, group_dir).study())
     return config, group_dir / "study.journal"
 
 
@@ -125,8 +132,7 @@ def test_a_run_that_finished_before_its_trial_was_told_is_taken_not_trained_agai
     again and trained its point a second time, in a new folder."""
     out = tmp_path / "runs"
     group_dir = out / "20250101-120000-group"
-    group_dir.mkdir(parents=True)
-    group = Group(preset("seed", sweep=("lr_max=1e-3,2e-3",), out=str(out)), group_dir)
+    group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",), out=str(out)), group_dir)
     study = group.study()
     group.prepare(study)
     trial = study.ask()
