@@ -139,8 +139,10 @@ class Group:
             killed = trial.state == TrialState.RUNNING and worker_gone(trial)
             if killed:
                 study.tell(trial.number, state=TrialState.FAIL)
-            interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") == "interrupted"
-            if (killed or interrupted) and trial.number not in retried:  # not those that failed on their own
+            # Stopped, not failed on its own (a failure of its own records its line as its outcome): a stop
+            # inside Optuna's code, before the trial's own, leaves no outcome.
+            interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") in (None, "interrupted")
+            if (killed or interrupted) and trial.number not in retried:
                 study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, "retry_of": trial.number,
                                                               "outcome": None})
 
@@ -186,38 +188,45 @@ class Group:
 
     def objective(self, train, data, worker):
         def run_trial(trial):
-            settings = self.trial_settings(trial)
-            if settings is None:
-                trial.set_user_attr("outcome", "not a point of the group")
-                raise optuna.TrialPruned()
-            config = self.member(*settings, data)
-            for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "worker": worker,
-                               "run": Path(config.resume).name if config.resume else None,
-                               "holdout": config.holdout}.items():
+            # Who trains it, first: a trial whose worker is gone is known by them (see prepare).
+            for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "worker": worker}.items():
                 trial.set_user_attr(key, value)
-            pruning = [PruneAtMedian(trial)] if self.config.prune else []
-            run_dir = self.finished_untold(config)
             try:
-                if run_dir:  # trained to its end already: the study is told now, the point never trained twice
-                    summary = run_folder.read_summary(run_dir)
-                else:
-                    run_dir, summary = train(config, data=data, callbacks=pruning)
-            except KeyboardInterrupt:
+                return self.train_trial(trial, train, data)
+            except KeyboardInterrupt:  # wherever the stop came, the trial is queued again by the next start
                 trial.set_user_attr("outcome", "interrupted")
                 raise
-            except BadInput as e:
-                trial.set_user_attr("outcome", str(e))
-                warn(f"trial {trial.number} ({config.name}) failed: {e}")
-                raise
-            pruned = any(callback.pruned for callback in pruning)
-            for key, value in {"run": run_dir.name, "fit_seconds": summary["fit_seconds"],
-                               "outcome": "pruned" if pruned else "done",
-                               "tta_accuracy": summary.get("tta_accuracy")}.items():
-                trial.set_user_attr(key, value)
-            if pruned:
-                raise optuna.TrialPruned(f"its held-out accuracy at epoch {summary['epochs']} was below the median")
-            return summary["final_accuracy"]
         return run_trial
+
+    def train_trial(self, trial, train, data):
+        """The held-out or test accuracy of `trial`'s run, trained by `train`; its run folder's where it
+        trained to its end already."""
+        settings = self.trial_settings(trial)
+        if settings is None:
+            trial.set_user_attr("outcome", "not a point of the group")
+            raise optuna.TrialPruned()
+        config = self.member(*settings, data)
+        trial.set_user_attr("run", Path(config.resume).name if config.resume else None)
+        trial.set_user_attr("holdout", config.holdout)
+        pruning = [PruneAtMedian(trial)] if self.config.prune else []
+        run_dir = self.finished_untold(config)
+        try:
+            if run_dir:  # trained to its end already: the study is told now, the point never trained twice
+                summary = run_folder.read_summary(run_dir)
+            else:
+                run_dir, summary = train(config, data=data, callbacks=pruning)
+        except BadInput as e:
+            trial.set_user_attr("outcome", str(e))
+            warn(f"trial {trial.number} ({config.name}) failed: {e}")
+            raise
+        pruned = any(callback.pruned for callback in pruning)
+        for key, value in {"run": run_dir.name, "fit_seconds": summary["fit_seconds"],
+                           "outcome": "pruned" if pruned else "done",
+                           "tta_accuracy": summary.get("tta_accuracy")}.items():
+            trial.set_user_attr(key, value)
+        if pruned:
+            raise optuna.TrialPruned(f"its held-out accuracy at epoch {summary['epochs']} was below the median")
+        return summary["final_accuracy"]
 
     def work(self, train, data, worker=0, callbacks=()):
         """Train trials of the group until none is left: a grid's waiting points, or a search's
@@ -294,7 +303,9 @@ def folder_names(group_dir):
 
 
 def member_of(run_dir, names):
+    """Whether `run_dir` is a run of the group folder known by `names`: not where it is damaged, nor
+    where its process stopped before it wrote its config.json."""
     try:
         return run_folder.read_config(run_dir).get("group") in names
-    except BadInput:
+    except (BadInput, FileNotFoundError):
         return False

@@ -1,6 +1,7 @@
 """The study of a group: its trials as runs, queued again when their worker stopped or was lost,
 and a search's pruning, once an epoch."""
 import json
+import os
 
 import optuna
 import pytest
@@ -158,3 +159,35 @@ def test_a_run_that_finished_before_its_trial_was_told_is_taken_not_trained_agai
     assert len(trained) == 1 and trained[0] != its_name
     assert sorted(t.value for t in complete) == [0.25, 0.5]
     assert {t.user_attrs["run"] for t in complete if t.value == 0.5} == {finished.name}
+
+
+def test_a_trial_stopped_before_its_run_began_is_queued_again(tmp_path, monkeypatch):
+    """A stop while a worker set its next trial up (between Optuna's ask and the run) failed the
+    trial as if on its own: the next start never queued it again, and the group ended a point short."""
+    group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
+    study = group.study()
+    group.prepare(study)
+
+    def stopped(*settings, **data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(group, "member", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        group.work(train=None, data=None)
+    failed, = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed.user_attrs["outcome"] == "interrupted" and failed.user_attrs["pid"] == os.getpid()
+    told_nothing = study.ask()  # stopped inside Optuna's own code, before run_trial: no outcome at all
+    study.tell(told_nothing, state=optuna.trial.TrialState.FAIL)
+    group.prepare(study)
+    retries = [trial.user_attrs.get("retry_of") for trial in study.get_trials()]
+    assert failed.number in retries and told_nothing.number in retries
+
+
+def test_a_run_folder_stopped_before_its_config_was_written_is_no_member(tmp_path):
+    """The next start of a group stopped as a run folder was made: its worker read that folder's
+    config.json, which was never written, and ended in a FileNotFoundError's traceback."""
+    out = tmp_path / "runs"
+    group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",), out=str(out)), out / "20250101-120000-group")
+    config = group.member({"lr_max": 1e-3}, 0, data=None)
+    (out / f"20250101-120001-{config.name}").mkdir()
+    assert group.member({"lr_max": 1e-3}, 0, data=None).resume is None and group.finished_untold(config) is None
