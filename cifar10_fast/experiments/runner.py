@@ -25,7 +25,7 @@ from cifar10_fast.experiments.comparison import (
     write_figure,
 )
 from cifar10_fast.experiments.pictures import write_search_figures
-from cifar10_fast.experiments.study import Group, mend_journal, superseded
+from cifar10_fast.experiments.study import FAILURE, Group, failed_on_its_own, mend_journal, superseded
 from cifar10_fast.experiments.workers import WorkerFailed, run_workers
 from cifar10_fast.training.outputs import new_run_dir
 
@@ -60,8 +60,7 @@ def failures(group):
     """What each trial that failed on its own (bad input: a diverging LR, a batch larger than the data)
     said, as its warning did."""
     trials = group.study().get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return [trial.user_attrs["outcome"] for trial in trials
-            if trial.user_attrs.get("outcome") not in (None, "interrupted")]
+    return [trial.user_attrs[FAILURE] for trial in trials if failed_on_its_own(trial)]
 
 
 def group_folder(config, data):
@@ -187,7 +186,7 @@ def interrupted_line(group, study):
     trials = study.get_trials(deepcopy=False)
     done = sum(trial.state == TrialState.COMPLETE for trial in trials)
     stopped = [trial for trial in trials if trial.state == TrialState.FAIL and trial.number not in superseded(trials)
-               and trial.user_attrs.get("outcome") == "interrupted"]
+               and not failed_on_its_own(trial)]
     kept = []
     for run_dir in sorted(group.dir.parent.glob(f"*-{group.config.name or ''}*seed*")):
         progress = run_folder.read_progress(run_dir) if run_folder.has_checkpoint(run_dir) else None

@@ -42,6 +42,7 @@ from cifar10_fast.data.cache import process_exists
 
 HEARTBEAT_S, GRACE_S = 20, 60  # a trial on a database beats every 20 s; one silent for a minute, its worker is lost
 TABLE_RACE_ATTEMPTS = 10
+FAILURE = "failure"  # a trial's record of the line its bad input failed it with
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # what each trial did is said by our own lines
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's: it is ours
 
@@ -139,9 +140,9 @@ class Group:
             killed = trial.state == TrialState.RUNNING and worker_gone(trial)
             if killed:
                 study.tell(trial.number, state=TrialState.FAIL)
-            # Stopped, not failed on its own (a failure of its own records its line as its outcome): a stop
-            # inside Optuna's code, before the trial's own, leaves no outcome.
-            interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("outcome") in (None, "interrupted")
+            # Failed, though not on its own: a stop, wherever it came (inside Optuna's code, before or after
+            # the trial's own, or in it), and whatever the trial had recorded.
+            interrupted = trial.state == TrialState.FAIL and not failed_on_its_own(trial)
             if (killed or interrupted) and trial.number not in retried:
                 study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, "retry_of": trial.number,
                                                               "outcome": None})
@@ -216,7 +217,8 @@ class Group:
             else:
                 run_dir, summary = train(config, data=data, callbacks=pruning)
         except BadInput as e:
-            trial.set_user_attr("outcome", str(e))
+            trial.set_user_attr("outcome", "failed")
+            trial.set_user_attr(FAILURE, str(e))
             warn(f"trial {trial.number} ({config.name}) failed: {e}")
             raise
         pruned = any(callback.pruned for callback in pruning)
@@ -276,6 +278,12 @@ class Finished:
     def __call__(self, study, trial):
         if not self.group.not_started(study):
             study.stop()
+
+
+def failed_on_its_own(trial):
+    """Whether `trial` failed by its own bad input (a diverging LR, a batch larger than the data),
+    its line recorded, rather than by a stop."""
+    return trial.state == TrialState.FAIL and FAILURE in trial.user_attrs
 
 
 def superseded(trials):

@@ -14,6 +14,7 @@ from cifar10_fast.core.config import preset
 from cifar10_fast.core.errors import BadInput
 from cifar10_fast.core.run_folder import FINISHED_RUN, write_study
 from cifar10_fast.data.loaders import cifar10_dataloaders
+from cifar10_fast.experiments.runner import failures
 from cifar10_fast.experiments.study import Group, PruneAtMedian, mend_journal, superseded
 from cifar10_fast.training.recording import record_on_device
 from customresnet import CustomResNet
@@ -191,3 +192,17 @@ def test_a_run_folder_stopped_before_its_config_was_written_is_no_member(tmp_pat
     config = group.member({"lr_max": 1e-3}, 0, data=None)
     (out / f"20250101-120001-{config.name}").mkdir()
     assert group.member({"lr_max": 1e-3}, 0, data=None).resume is None and group.finished_untold(config) is None
+
+
+def test_a_trial_stopped_after_its_run_was_recorded_done_is_queued_again_not_counted_failed(tmp_path):
+    """A stop between a trial's last record ("done") and Optuna's: the next start took it for a failure
+    of its own, neither queued it again nor finished the group, and ended "1 run failed ...: done"."""
+    group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
+    study = group.study()
+    group.prepare(study)
+    trial = study.ask()
+    trial.set_user_attr("outcome", "done")
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    group.prepare(study)
+    assert [t.user_attrs.get("retry_of") for t in study.get_trials()].count(trial.number) == 1
+    assert failures(group) == []
