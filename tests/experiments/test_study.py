@@ -38,18 +38,22 @@ def test_a_grid_is_each_point_and_seed_enqueued_once_however_often_it_is_prepare
     assert group.not_started(study) == 4
 
 
-def test_an_interrupted_trial_is_queued_again_once_with_its_point(tmp_path):
+# "done": a stop between the trial's last record and Optuna's took it for a failure of its own, which
+# was neither queued again nor let the group finish ("1 run failed ...: done").
+@pytest.mark.parametrize("recorded", ["interrupted", "done"])
+def test_a_stopped_trial_is_queued_again_once_with_its_point_and_is_no_failure(tmp_path, recorded):
     group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
     study = group.study()
     group.prepare(study)
     trial = study.ask()
-    trial.set_user_attr("outcome", "interrupted")
+    trial.set_user_attr("outcome", recorded)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
     group.prepare(study)
     group.prepare(study)
     trials = study.get_trials()
     retries = [t for t in trials if t.user_attrs.get("retry_of") == trial.number]
     assert len(retries) == 1 and retries[0].params == trial.params and superseded(trials) == {trial.number}
+    assert failures(group) == []
 
 
 def test_a_trial_whose_worker_was_killed_is_queued_again(tmp_path):
@@ -192,17 +196,3 @@ def test_a_run_folder_stopped_before_its_config_was_written_is_no_member(tmp_pat
     config = group.member({"lr_max": 1e-3}, 0, data=None)
     (out / f"20250101-120001-{config.name}").mkdir()
     assert group.member({"lr_max": 1e-3}, 0, data=None).resume is None and group.finished_untold(config) is None
-
-
-def test_a_trial_stopped_after_its_run_was_recorded_done_is_queued_again_not_counted_failed(tmp_path):
-    """A stop between a trial's last record ("done") and Optuna's: the next start took it for a failure
-    of its own, neither queued it again nor finished the group, and ended "1 run failed ...: done"."""
-    group = new_group(preset("seed", sweep=("lr_max=1e-3,2e-3",)), tmp_path)
-    study = group.study()
-    group.prepare(study)
-    trial = study.ask()
-    trial.set_user_attr("outcome", "done")
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    group.prepare(study)
-    assert [t.user_attrs.get("retry_of") for t in study.get_trials()].count(trial.number) == 1
-    assert failures(group) == []
