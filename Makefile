@@ -1,5 +1,5 @@
 # make setup    create .venv in this checkout and install the project (editable) with its pinned requirements
-# make test     run the test suite (CPU, a few minutes)
+# make test     run the test suite (CPU, several minutes)
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 CIFAR10_DATA ?= ../shared/data/cifar10-jpeg.tgz
