@@ -49,12 +49,16 @@ class Range:
         return SWEEPABLE[self.key]
 
 
+def setting_of(flag_value):
+    """The setting a --sweep or --search value KEY=... is of, as the Config names it (lr-max: lr_max)."""
+    return flag_value.partition("=")[0].strip().replace("-", "_")
+
+
 def sweep_grid(sweeps):
     """Every combination of the --sweep KEY=V1,V2,... values, as [{key: value}]; [{}] without a sweep."""
     axes = {}
     for sweep in sweeps or []:
-        key, _, values = sweep.partition("=")
-        key = key.strip().replace("-", "_")
+        key, values = setting_of(sweep), sweep.partition("=")[2]
         if key not in SWEEPABLE:
             raise UsageError(f"--sweep {sweep}: {key or '(no key)'} cannot be swept; use KEY=V1,V2,... with KEY one "
                              f"of {', '.join(SWEEPABLE)}")
@@ -76,8 +80,7 @@ def search_space(searches):
     """{key: Range} of the --search KEY=LOW:HIGH[:log] flags; {} without a search."""
     space = {}
     for search in searches or []:
-        key, _, text = search.partition("=")
-        key = key.strip().replace("-", "_")
+        key, text = setting_of(search), search.partition("=")[2]
         if key not in SWEEPABLE:
             raise UsageError(f"--search {search}: {key or '(no key)'} cannot be searched; use KEY=LOW:HIGH[:log] with "
                              f"KEY one of {', '.join(SWEEPABLE)}")

@@ -36,6 +36,7 @@ from cifar10_fast.core.groups import (
     group_problems,
     is_group,
     search_space,
+    setting_of,
     sweep_grid,
 )
 from cifar10_fast.core.trackers import NO_TRACKING, TRACKERS, tracking, tracking_problem
@@ -217,7 +218,7 @@ def flags_the_group_ignores(config, given):
         yield "--final-runs goes with --search: drop it, or search"
     for flag, texts in (("--sweep", config.sweep), ("--search", config.search)):
         for text in texts:
-            key = text.partition("=")[0].strip().replace("-", "_")
+            key = setting_of(text)
             if key in given:
                 yield (f"{option(key)} {given[key]:g} and {flag} {text} both set {key}: drop {option(key)} (the group "
                        "gives each run its own)")
