@@ -10,20 +10,18 @@ cache warm, as every later command does. README.md quotes both from the results 
 
 Results: bench/results/first-hour-<device>-<date>.json with the raw log (.log) beside it.
 """
-import argparse
 import os
 import shlex
 import statistics
 import sys
 import tempfile
 from contextlib import redirect_stderr, redirect_stdout
-from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
-from cifar10_fast.core import settings, startup
-
-REPO = Path(__file__).resolve().parents[1]
+from bench import process_cli
+from bench.process_cli import DATA, REPO
+from cifar10_fast.core import startup
 
 # The README's CPU try: a thin model on 5,000 training images for 3 epochs, every step of the recipe
 # (the range test, the one-cycle fit, the figures and the report) in minutes on a CPU.
@@ -36,23 +34,10 @@ FIGURES = ("wall_s", "start_up_s", "before_fit_s", "range_test_s", "fit_s", "out
 
 
 def parse_args(argv=None):
-    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="CIFAR-10 folder or .tgz (default $CIFAR10_DATA, else "
-                                  "../shared/data/cifar10-jpeg.tgz from the checkout)")
-    p.add_argument("--warm-runs", type=int, help=f"runs on the warm cache (default {SETTINGS['warm_runs']})")
-    p.add_argument("--smoke", action="store_true", help="tiny data, to test the harness; its figures mean nothing")
-    p.add_argument("--out", type=Path, help="results folder (default bench/results; required with --smoke)")
-    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
-    args = p.parse_args(argv)
-    if args.smoke and args.out is None:
-        p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
-    if args.smoke and args.data:
-        p.error("--smoke makes its own tiny data: drop --data")
-    args.warm_runs = (SMOKE if args.smoke else SETTINGS)["warm_runs"] if args.warm_runs is None else args.warm_runs
+    p = process_cli.parser(__doc__, SETTINGS, SMOKE)
+    args = process_cli.parse(p, argv, SETTINGS, SMOKE)
     if args.warm_runs < 1:
         p.error(f"--warm-runs must be at least 1, not {args.warm_runs}")
-    args.out = args.out or REPO / "bench" / "results"
-    settings.check_out_folder(p, args.out)
     return args
 
 
@@ -62,12 +47,10 @@ startup.flags_first(__name__, parse_args)  # --help and bad flags answer before 
 import torch
 
 from bench.bench import Tee, finish, results_stem
-from bench.latency import DATA, time_run, tiny_cifar10
+from bench.latency import record_head, time_run, tiny_cifar10
 from bench.overhead import device_label
 from cifar10_fast.core.errors import one_line_errors
 from cifar10_fast.core.files import write_json
-from cifar10_fast.training.hardware import library_versions
-from cifar10_fast.training.outputs import git_commit
 
 
 def report(results):
@@ -94,11 +77,8 @@ def measure_and_record(args, argv):
     data = args.data or os.environ.get("CIFAR10_DATA") or DATA
     flags = SMOKE_TRY if args.smoke else CPU_TRY
     results = {
-        "command": shlex.join(["python", "-m", "bench.first_hour", *(sys.argv[1:] if argv is None else argv)]),
+        **record_head("first_hour", argv, args.smoke, device, data),
         "command_typed": shlex.join([".venv/bin/python", "train_fastai.py", *flags]),
-        "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-        "versions": library_versions(), "git_commit": git_commit(), "data": None if args.smoke else data,
         "seeds": {"run": 0}, "settings": {"warm_runs": args.warm_runs}, "cold_cache": None, "warm_cache": [],
     }
 

@@ -34,7 +34,6 @@ what the default tracking costs (issue 25: at most TRACKING_GOAL_S of fixed cost
 alternate with the two references. Results: bench/results/latency-<device>-<date>.json with the
 raw log (.log) beside it.
 """
-import argparse
 import json
 import os
 import re
@@ -49,11 +48,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
-from cifar10_fast.core import settings, startup
+from bench import process_cli
+from bench.process_cli import DATA, REPO
+from cifar10_fast.core import startup
 
-REPO = Path(__file__).resolve().parents[1]
-
-DATA = "../shared/data/cifar10-jpeg.tgz"  # relative to the checkout, as the Makefile has it
 # Issue 18's measured configuration: a thin model, a whole pass over the 10,000 test images.
 RUN_FLAGS = ["--width", "4", "--subset", "1024", "--epochs", "1", "--bs", "512"]
 SMOKE_FLAGS = ["--width", "4", "--epochs", "1", "--bs", "16"]
@@ -77,25 +75,10 @@ MARKS = {"run_folder": re.compile(r"run folder: "), "range_test_start": re.compi
 
 
 def parse_args(argv=None):
-    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help=f"CIFAR-10 folder or .tgz (default $CIFAR10_DATA, else {DATA} from the checkout)")
-    for name, default in SETTINGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default {default}; with --smoke {SMOKE[name]}")
-    p.add_argument("--smoke", action="store_true", help="tiny data, to test the harness; its figures mean nothing")
-    p.add_argument("--out", type=Path, help="results folder (default bench/results; required with --smoke)")
-    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
-    args = p.parse_args(argv)
-    if args.smoke and args.out is None:
-        p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
-    if args.smoke and args.data:
-        p.error("--smoke makes its own tiny data: drop --data")
-    for name, default in (SMOKE if args.smoke else SETTINGS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+    p = process_cli.parser(__doc__, SETTINGS, SMOKE)
+    args = process_cli.parse(p, argv, SETTINGS, SMOKE)
     if args.repeats < 1 or args.range_test_repeats < 0 or args.warmup < 0:
         p.error("--repeats must be at least 1, --range-test-repeats and --warmup at least 0")
-    args.out = args.out or REPO / "bench" / "results"
-    settings.check_out_folder(p, args.out)
     return args
 
 
@@ -238,6 +221,15 @@ def main(argv=None):
         measure_and_record(args, argv)
 
 
+def record_head(bench, argv, smoke, device, data):
+    """What the results file of a bench of whole processes begins with: its command as typed, when,
+    the machine and its load, the versions and commit, and the data (none: a smoke run's own)."""
+    return {"command": shlex.join(["python", "-m", f"bench.{bench}", *(sys.argv[1:] if argv is None else argv)]),
+            "smoke": smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device,
+            "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "versions": library_versions(),
+            "git_commit": git_commit(), "data": None if smoke else data}
+
+
 def measure_and_record(args, argv):
     """The runs, the results file rewritten after each, the raw log beside it."""
     args.out.mkdir(parents=True, exist_ok=True)
@@ -245,10 +237,7 @@ def measure_and_record(args, argv):
     stem = results_stem(args.out, f"latency {device}")
     data = args.data or os.environ.get("CIFAR10_DATA") or DATA
     results = {
-        "command": shlex.join(["python", "-m", "bench.latency", *(sys.argv[1:] if argv is None else argv)]),
-        "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device, "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(),
-        "versions": library_versions(), "git_commit": git_commit(), "data": None if args.smoke else data,
+        **record_head("latency", argv, args.smoke, device, data),
         "settings": {name: getattr(args, name) for name in SETTINGS}, "seeds": {"run": SEED},
         "ratio_goal": RATIO_GOAL, "goal_met": None, "tracking_goal_s": TRACKING_GOAL_S, "tracking_s": None,
         "tracking_goal_met": None, "cases": {},

@@ -23,7 +23,6 @@ cost per group, not per trial, which longer trials make smaller in the ratio).
 One untimed run first fills the data cache (CIFAR10_CACHE, as the user's runs use it). Results:
 bench/results/search-<device>-<date>.json with the raw log (.log) beside it.
 """
-import argparse
 import json
 import os
 import re
@@ -32,14 +31,13 @@ import statistics
 import sys
 import tempfile
 from contextlib import redirect_stderr, redirect_stdout
-from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
-from cifar10_fast.core import settings, startup
+from bench import process_cli
+from bench.process_cli import DATA, REPO
+from cifar10_fast.core import startup
 from cifar10_fast.core.groups import visible_gpus
-
-REPO = Path(__file__).resolve().parents[1]
 
 SEED = 0
 # Each trial on one core: a thin model, mostly its fit (about 10 s), as a trial on a GPU is.
@@ -55,23 +53,9 @@ TRIAL_END, FIT_START = re.compile(r"final (test|held-out) accuracy "), re.compil
 
 
 def parse_args(argv=None):
-    p = settings.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="CIFAR-10 folder or .tgz (default $CIFAR10_DATA, else "
-                                  "../shared/data/cifar10-jpeg.tgz from the checkout)")
+    p = process_cli.parser(__doc__, SETTINGS, SMOKE)
     p.add_argument("--workers", type=int, help="N: the visible GPUs where there are some, else 2 cores")
-    for name, default in SETTINGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default {default}; with --smoke {SMOKE[name]}")
-    p.add_argument("--smoke", action="store_true", help="tiny data, to test the harness; its figures mean nothing")
-    p.add_argument("--out", type=Path, help="results folder (default bench/results; required with --smoke)")
-    p.add_argument("--debug", action="store_true", help="on an error, show the traceback too")
-    args = p.parse_args(argv)
-    if args.smoke and args.out is None:
-        p.error("--smoke needs --out DIR: smoke results are never written into bench/results")
-    if args.smoke and args.data:
-        p.error("--smoke makes its own tiny data: drop --data")
-    for name, default in (SMOKE if args.smoke else SETTINGS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+    args = process_cli.parse(p, argv, SETTINGS, SMOKE)
     if args.trials_per_worker < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--trials-per-worker and --repeats must be at least 1, --warmup at least 0")
     args.gpus = visible_gpus()
@@ -79,8 +63,6 @@ def parse_args(argv=None):
     args.workers = args.workers or (len(args.gpus) or 2)
     if not 2 <= args.workers <= units:
         p.error(f"--workers must be from 2 to the {units} {'GPUs' if args.gpus else 'cores'} this process may use")
-    args.out = args.out or REPO / "bench" / "results"
-    settings.check_out_folder(p, args.out)
     return args
 
 
@@ -90,13 +72,11 @@ startup.flags_first(__name__, parse_args)  # --help and bad flags answer before 
 import torch
 
 from bench.bench import Tee, finish, results_stem
-from bench.latency import DATA, GIVEN_LRS, stamped_lines, tiny_cifar10
+from bench.latency import GIVEN_LRS, record_head, stamped_lines, tiny_cifar10
 from bench.overhead import device_label
 from cifar10_fast.core.errors import one_line_errors
 from cifar10_fast.core.files import write_json
 from cifar10_fast.data.cache import cache_root
-from cifar10_fast.training.hardware import library_versions
-from cifar10_fast.training.outputs import git_commit
 
 
 def placement(args, units):
@@ -202,11 +182,8 @@ def measure_and_record(args, argv):
     stem = results_stem(args.out, f"search {device}")
     data = args.data or os.environ.get("CIFAR10_DATA") or DATA
     results = {
-        "command": shlex.join(["python", "-m", "bench.search", *(sys.argv[1:] if argv is None else argv)]),
-        "smoke": args.smoke, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device, "devices": "GPUs" if args.gpus else "cores", "workers": args.workers,
-        "cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "versions": library_versions(),
-        "git_commit": git_commit(), "data": None if args.smoke else data, "storage": "journal file",
+        **record_head("search", argv, args.smoke, device, data),
+        "devices": "GPUs" if args.gpus else "cores", "workers": args.workers, "storage": "journal file",
         "settings": {name: getattr(args, name) for name in SETTINGS}, "seeds": {"first_run": SEED},
         "ratio_goal": RATIO_GOAL, "overhead_goal_s": OVERHEAD_GOAL_S, "cases": {},
     }
